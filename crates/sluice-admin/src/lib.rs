@@ -1,0 +1,43 @@
+//! The HTTP admin surface: `/healthz`, `/readyz` and `/metrics`.
+#![warn(missing_docs)]
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use sluice_proxy::ProxyState;
+use tokio::net::TcpListener;
+
+/// The admin routes.
+pub fn router(state: Arc<ProxyState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Serve the admin routes until the process ends.
+pub async fn serve(listener: TcpListener, state: Arc<ProxyState>) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).await
+}
+
+/// Ready while accepting sessions; 503 once draining so a load balancer
+/// stops sending new connections.
+async fn readyz(State(state): State<Arc<ProxyState>>) -> impl IntoResponse {
+    if state.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else {
+        (StatusCode::OK, "ready\n")
+    }
+}
+
+async fn metrics(State(state): State<Arc<ProxyState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(state.is_draining()),
+    )
+}

@@ -1,0 +1,249 @@
+//! The client side of startup: TLS negotiation, the startup packet, the
+//! parameters a client may pass on, and authentication of the caller.
+
+mod auth;
+pub mod params;
+
+use std::net::SocketAddr;
+
+use sluice_config::Plaintext;
+use sluice_identity::Principal;
+use sluice_wire::messages::startup::{self, StartupPacket};
+use sluice_wire::messages::{negotiate_protocol_version, Startup};
+use sluice_wire::WireError;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::cancel::CancelTarget;
+use crate::error::SessionError;
+use crate::server::Runtime;
+use crate::stream::{ClientStream, MaybeTls};
+
+pub use params::upstream_params;
+
+/// What a new connection turned out to be.
+pub enum Opening {
+    /// A session that passed authentication.
+    Session(Box<Handshaken>),
+    /// A cancel request for a live session (`None`: unknown key, ignored).
+    Cancel(Option<CancelTarget>),
+}
+
+/// A client that passed startup and authentication.
+pub struct Handshaken {
+    /// The socket.
+    pub stream: ClientStream,
+    /// Who they are.
+    pub principal: Principal,
+    /// The target they asked for.
+    pub target: sluice_config::Target,
+    /// Startup parameters to pass to the upstream.
+    pub upstream_params: Vec<(String, String)>,
+    /// `application_name`, for logs.
+    pub application_name: String,
+}
+
+/// Run startup and authentication. Refusals are written to the client here.
+pub async fn handshake(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    rt: &Runtime,
+) -> Result<Opening, SessionError> {
+    let (mut stream, first) = negotiate(MaybeTls::Plain(tcp), rt).await?;
+    let result = match first {
+        StartupPacket::CancelRequest {
+            process_id,
+            secret_key,
+        } => return Ok(Opening::Cancel(rt.cancels.lookup(process_id, secret_key))),
+        StartupPacket::Startup(s) => after_startup(&mut stream, s, peer, rt).await,
+        _ => Err(SessionError::fatal(
+            "08P01",
+            "invalid startup packet sequence",
+        )),
+    };
+    match result {
+        Ok((principal, target, upstream_params, application_name)) => {
+            Ok(Opening::Session(Box::new(Handshaken {
+                stream,
+                principal,
+                target,
+                upstream_params,
+                application_name,
+            })))
+        }
+        Err(e) => {
+            refuse(&mut stream, &e).await;
+            Err(e)
+        }
+    }
+}
+
+/// Tell the client why, if there is anything to tell, and close.
+pub async fn refuse(stream: &mut ClientStream, e: &SessionError) {
+    if let SessionError::Refused(err) = e {
+        let _ = stream.write_all(&err.encode()).await;
+        let _ = stream.flush().await;
+    }
+    let _ = stream.shutdown().await;
+}
+
+/// SSLRequest / GSSENCRequest negotiation, up to the packet that starts the
+/// session (or cancels another).
+async fn negotiate(
+    mut stream: ClientStream,
+    rt: &Runtime,
+) -> Result<(ClientStream, StartupPacket), SessionError> {
+    let mut gss_refused = false;
+    loop {
+        let packet = match read_startup_packet(&mut stream).await {
+            Ok(p) => p,
+            Err(e) => {
+                refuse(&mut stream, &e).await;
+                return Err(e);
+            }
+        };
+        match packet {
+            StartupPacket::SslRequest if !stream.is_tls() => {
+                let MaybeTls::Plain(tcp) = stream else {
+                    unreachable!("checked above")
+                };
+                let mut tcp = tcp;
+                tcp.write_all(b"S").await?;
+                // read_startup_packet read exactly the request, so nothing the
+                // client sent in clear can leak into the TLS session.
+                let tls = rt.server_tls.acceptor.accept(tcp).await.map_err(|e| {
+                    SessionError::ClientIo(std::io::Error::other(format!("TLS handshake: {e}")))
+                })?;
+                stream = MaybeTls::Tls(Box::new(tls));
+            }
+            StartupPacket::GssEncRequest if !gss_refused && !stream.is_tls() => {
+                gss_refused = true;
+                stream.write_all(b"N").await?;
+            }
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                let e = SessionError::fatal(
+                    "08P01",
+                    "unexpected encryption request after encryption was negotiated",
+                );
+                refuse(&mut stream, &e).await;
+                return Err(e);
+            }
+            other => return Ok((stream, other)),
+        }
+    }
+}
+
+/// Read exactly one startup packet, and not a byte more.
+async fn read_startup_packet(stream: &mut ClientStream) -> Result<StartupPacket, SessionError> {
+    let mut len = [0u8; 4];
+    match stream.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(SessionError::ClientGone)
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let total = startup::peek_len(&len)
+        .map_err(|_| SessionError::fatal("08P01", "invalid length of startup packet"))?
+        .ok_or(SessionError::ClientGone)?;
+    let mut packet = vec![0u8; total];
+    packet[..4].copy_from_slice(&len);
+    stream
+        .read_exact(&mut packet[4..])
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => SessionError::ClientGone,
+            _ => e.into(),
+        })?;
+    startup::decode(&packet).map_err(|e| match e {
+        WireError::UnsupportedProtocol { major, minor } => SessionError::fatal(
+            "0A000",
+            format!("unsupported frontend protocol {major}.{minor}: server supports 3.0"),
+        ),
+        other => SessionError::fatal("08P01", format!("invalid startup packet: {other}")),
+    })
+}
+
+async fn after_startup(
+    stream: &mut ClientStream,
+    s: Startup,
+    peer: SocketAddr,
+    rt: &Runtime,
+) -> Result<
+    (
+        Principal,
+        sluice_config::Target,
+        Vec<(String, String)>,
+        String,
+    ),
+    SessionError,
+> {
+    // Newer minor versions and protocol options are answered as PostgreSQL
+    // does: "I speak 3.0, and none of these options".
+    let unknown: Vec<&str> = s
+        .params
+        .iter()
+        .filter(|(k, _)| k.starts_with("_pq_."))
+        .map(|(k, _)| k.as_str())
+        .collect();
+    if s.minor_version > 0 || !unknown.is_empty() {
+        stream
+            .write_all(&negotiate_protocol_version::encode(0, &unknown))
+            .await?;
+    }
+
+    let config = &rt.config;
+    let plaintext_ok = match config.listen.plaintext {
+        Plaintext::Allow => true,
+        Plaintext::Loopback => peer.ip().is_loopback(),
+        Plaintext::Deny => false,
+    };
+    if !stream.is_tls() && !plaintext_ok {
+        return Err(SessionError::fatal_hint(
+            "28000",
+            "sluice: this connection must use TLS",
+            "connect with sslmode=require (or verify-full with Sluice's CA)",
+        ));
+    }
+    if let Some(r) = s.param("replication") {
+        if !matches!(
+            r.to_ascii_lowercase().as_str(),
+            "false" | "off" | "no" | "0"
+        ) {
+            return Err(SessionError::fatal(
+                "0A000",
+                "sluice: replication connections are not supported through Sluice",
+            ));
+        }
+    }
+    let user = s
+        .param("user")
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| {
+            SessionError::fatal(
+                "28000",
+                "no PostgreSQL user name specified in startup packet",
+            )
+        })?
+        .to_owned();
+    let database = s
+        .param("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(&user)
+        .to_owned();
+
+    // Authenticate before saying anything about targets, so that nobody
+    // learns which targets exist without signing in.
+    let principal = auth::authenticate(stream, &user, rt).await?;
+
+    let target = config.target(&database).cloned().ok_or_else(|| {
+        SessionError::fatal_hint(
+            "3D000",
+            format!("sluice: database \"{database}\" is not a target of this proxy"),
+            "use the target name your administrator gave you as the database name",
+        )
+    })?;
+    let params = upstream_params(&s)?;
+    let application_name = s.param("application_name").unwrap_or_default().to_owned();
+    Ok((principal, target, params, application_name))
+}

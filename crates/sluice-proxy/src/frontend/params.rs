@@ -1,0 +1,177 @@
+//! Which startup parameters a client may pass on to the upstream.
+//!
+//! Startup parameters can set any server setting, so they are input to
+//! policy, not a pass-through string: a client must not pick the upstream
+//! role, switch to an encoding whose bytes Sluice would read differently
+//! from the server, or forge the `sluice.*` settings Sluice sets itself.
+
+use sluice_wire::messages::Startup;
+
+use crate::error::SessionError;
+
+/// Client encodings whose bytes mean the same to Sluice's UTF-8 reading as
+/// to the server. (SJIS, BIG5, GBK, GB18030, UHC and JOHAB can hide a quote
+/// or backslash inside a multibyte character.)
+pub fn encoding_allowed(name: &str) -> bool {
+    let clean: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    matches!(clean.as_str(), "utf8" | "unicode" | "sqlascii")
+}
+
+fn check_setting(name: &str, value: &str) -> Result<(), SessionError> {
+    let lower = name.trim().to_ascii_lowercase().replace('-', "_");
+    match lower.as_str() {
+        "client_encoding" if !encoding_allowed(value) => Err(SessionError::fatal_hint(
+            "22023",
+            format!("sluice: client_encoding \"{value}\" is not supported"),
+            "use UTF8",
+        )),
+        "role" | "session_authorization" => Err(SessionError::fatal(
+            "42501",
+            format!("sluice: the startup parameter \"{name}\" is not allowed; Sluice chooses the upstream role"),
+        )),
+        _ if lower.starts_with("sluice.") => Err(SessionError::fatal(
+            "42501",
+            format!("sluice: the startup parameter \"{name}\" is reserved for Sluice"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Split `options` as the server does: whitespace separates, backslash escapes.
+fn split_options(options: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            c if c.is_whitespace() => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Check an `options` string: only `-c name=value` and `--name=value` are
+/// accepted, each checked like a startup parameter.
+fn check_options(options: &str) -> Result<(), SessionError> {
+    let words = split_options(options);
+    let mut it = words.iter();
+    while let Some(w) = it.next() {
+        let setting = if w == "-c" {
+            it.next().map(String::as_str)
+        } else if let Some(rest) = w.strip_prefix("-c") {
+            Some(rest)
+        } else {
+            w.strip_prefix("--")
+        };
+        let Some((name, value)) = setting.and_then(|s| s.split_once('=')) else {
+            return Err(SessionError::fatal(
+                "42501",
+                format!(
+                    "sluice: unsupported word {w:?} in the options parameter; use -c name=value"
+                ),
+            ));
+        };
+        check_setting(name, value)?;
+    }
+    Ok(())
+}
+
+/// The parameters to send upstream (without user and database), or a refusal.
+pub fn upstream_params(s: &Startup) -> Result<Vec<(String, String)>, SessionError> {
+    let mut out = Vec::with_capacity(s.params.len());
+    for (k, v) in &s.params {
+        match k.as_str() {
+            "user" | "database" | "replication" => continue,
+            k if k.starts_with("_pq_.") => continue,
+            "options" => check_options(v)?,
+            _ => check_setting(k, v)?,
+        }
+        out.push((k.clone(), v.clone()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn startup(params: &[(&str, &str)]) -> Startup {
+        Startup {
+            minor_version: 0,
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn passes_ordinary_settings() {
+        let p = upstream_params(&startup(&[
+            ("user", "alice"),
+            ("database", "app"),
+            ("application_name", "psql"),
+            ("client_encoding", "UTF8"),
+            (
+                "options",
+                "-c search_path=app,public --statement-timeout=5s",
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[0], ("application_name".into(), "psql".into()));
+    }
+
+    #[test]
+    fn refuses_dangerous_settings() {
+        for (k, v) in [
+            ("client_encoding", "SJIS"),
+            ("client_encoding", "gbk"),
+            ("role", "postgres"),
+            ("Session_Authorization", "postgres"),
+            ("sluice.user", "admin"),
+            ("options", "-c role=postgres"),
+            ("options", "-crole=postgres"),
+            ("options", "--client-encoding=BIG5"),
+            ("options", "-c\\ client_encoding=BIG5"),
+            ("options", "-B 100"),
+        ] {
+            assert!(upstream_params(&startup(&[(k, v)])).is_err(), "{k}={v}");
+        }
+    }
+
+    #[test]
+    fn encodings() {
+        for ok in ["UTF8", "utf-8", "Unicode", "SQL_ASCII"] {
+            assert!(encoding_allowed(ok), "{ok}");
+        }
+        for bad in [
+            "SJIS",
+            "Shift_JIS_2004",
+            "BIG5",
+            "GB18030",
+            "UHC",
+            "JOHAB",
+            "LATIN1",
+        ] {
+            assert!(!encoding_allowed(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Counters for `/metrics`, rendered in Prometheus text format.
+//!
+//! Sessions add to these once per batch of messages, not per message.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Process-wide counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Connections accepted.
+    pub connections_total: AtomicU64,
+    /// Sessions now relaying.
+    pub sessions_active: AtomicU64,
+    /// Sessions that reached the relay.
+    pub sessions_total: AtomicU64,
+    /// Failed authentications.
+    pub auth_failures_total: AtomicU64,
+    /// Connections refused or failed before the relay.
+    pub startup_failures_total: AtomicU64,
+    /// Upstream connections that failed.
+    pub upstream_errors_total: AtomicU64,
+    /// Cancel requests received.
+    pub cancel_requests_total: AtomicU64,
+    /// Protocol violations by clients.
+    pub protocol_errors_total: AtomicU64,
+    /// Bytes from clients to upstreams.
+    pub client_bytes_total: AtomicU64,
+    /// Bytes from upstreams to clients.
+    pub upstream_bytes_total: AtomicU64,
+}
+
+impl Metrics {
+    /// Add one.
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    /// Render all metrics.
+    pub fn render(&self, draining: bool) -> String {
+        let mut out = String::with_capacity(2048);
+        let mut put = |name: &str, kind: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        };
+        put(
+            "sluice_connections_total",
+            "counter",
+            "Client connections accepted.",
+            self.connections_total.load(Relaxed),
+        );
+        put(
+            "sluice_sessions_active",
+            "gauge",
+            "Sessions relaying now.",
+            self.sessions_active.load(Relaxed),
+        );
+        put(
+            "sluice_sessions_total",
+            "counter",
+            "Sessions that reached the relay.",
+            self.sessions_total.load(Relaxed),
+        );
+        put(
+            "sluice_auth_failures_total",
+            "counter",
+            "Failed client authentications.",
+            self.auth_failures_total.load(Relaxed),
+        );
+        put(
+            "sluice_startup_failures_total",
+            "counter",
+            "Connections refused or failed before the relay.",
+            self.startup_failures_total.load(Relaxed),
+        );
+        put(
+            "sluice_upstream_errors_total",
+            "counter",
+            "Upstream connections that failed.",
+            self.upstream_errors_total.load(Relaxed),
+        );
+        put(
+            "sluice_cancel_requests_total",
+            "counter",
+            "Cancel requests received.",
+            self.cancel_requests_total.load(Relaxed),
+        );
+        put(
+            "sluice_protocol_errors_total",
+            "counter",
+            "Protocol violations by clients.",
+            self.protocol_errors_total.load(Relaxed),
+        );
+        put(
+            "sluice_client_bytes_total",
+            "counter",
+            "Bytes relayed from clients to upstreams.",
+            self.client_bytes_total.load(Relaxed),
+        );
+        put(
+            "sluice_upstream_bytes_total",
+            "counter",
+            "Bytes relayed from upstreams to clients.",
+            self.upstream_bytes_total.load(Relaxed),
+        );
+        put(
+            "sluice_draining",
+            "gauge",
+            "1 while shutting down.",
+            u64::from(draining),
+        );
+        out
+    }
+}

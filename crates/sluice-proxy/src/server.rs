@@ -1,0 +1,223 @@
+//! The accept loop and the state all sessions share: the current config
+//! (swapped on SIGHUP), TLS material, cancel keys and metrics.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rand::RngCore;
+use sluice_config::Config;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tokio_rustls::TlsConnector;
+
+use crate::cancel::CancelRegistry;
+use crate::tls::{self, ServerTls};
+use crate::Metrics;
+
+/// Everything a new session needs, fixed for that session's life.
+pub struct Runtime {
+    /// The config.
+    pub config: Arc<Config>,
+    /// Client-facing TLS.
+    pub server_tls: ServerTls,
+    /// TLS connector per target name (`None`: plaintext).
+    pub upstream_tls: HashMap<String, Option<TlsConnector>>,
+    /// Salt source for the decoy exchange of unknown users.
+    pub decoy_secret: [u8; 32],
+    /// Cancel keys (shared with every runtime).
+    pub cancels: CancelRegistry,
+    /// Metrics (shared with every runtime).
+    pub metrics: Arc<Metrics>,
+}
+
+/// State shared by every session of one process.
+pub struct ProxyState {
+    runtime: RwLock<Arc<Runtime>>,
+    config_path: PathBuf,
+    data_dir: PathBuf,
+    decoy_secret: [u8; 32],
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Cancel keys.
+    pub cancels: CancelRegistry,
+    draining: AtomicBool,
+    live: AtomicUsize,
+    idle: Notify,
+    force_close: watch::Sender<bool>,
+}
+
+impl ProxyState {
+    /// Load the config and TLS material.
+    pub fn load(config_path: &Path, data_dir: &Path) -> Result<Arc<Self>, String> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| format!("cannot create data directory {}: {e}", data_dir.display()))?;
+        let mut decoy_secret = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut decoy_secret);
+        let metrics = Arc::new(Metrics::default());
+        let cancels = CancelRegistry::default();
+        let runtime = build_runtime(config_path, data_dir, decoy_secret, &cancels, &metrics)?;
+        Ok(Arc::new(ProxyState {
+            runtime: RwLock::new(Arc::new(runtime)),
+            config_path: config_path.to_owned(),
+            data_dir: data_dir.to_owned(),
+            decoy_secret,
+            metrics,
+            cancels,
+            draining: AtomicBool::new(false),
+            live: AtomicUsize::new(0),
+            idle: Notify::new(),
+            force_close: watch::channel(false).0,
+        }))
+    }
+
+    /// The runtime new sessions use.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        match self.runtime.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Re-read the config file; on error the old config stays in force.
+    pub fn reload(&self) -> Result<(), String> {
+        let runtime = build_runtime(
+            &self.config_path,
+            &self.data_dir,
+            self.decoy_secret,
+            &self.cancels,
+            &self.metrics,
+        )?;
+        let new_listen = runtime.config.listen.clone();
+        let old = self.runtime();
+        if new_listen.postgres != old.config.listen.postgres
+            || new_listen.http != old.config.listen.http
+        {
+            tracing::warn!("listen addresses changed in the config; they take effect on restart");
+        }
+        match self.runtime.write() {
+            Ok(mut r) => *r = Arc::new(runtime),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(runtime),
+        }
+        Ok(())
+    }
+
+    /// True once shutdown started.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Connections open now (in startup or relaying).
+    pub fn live_connections(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// A receiver that turns `true` when sessions must close now.
+    pub fn force_close_signal(&self) -> watch::Receiver<bool> {
+        self.force_close.subscribe()
+    }
+
+    /// Accept connections until `shutdown` resolves, then drain: wait for
+    /// sessions to end up to the configured timeout, then close the rest.
+    pub async fn serve(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => self.spawn_session(tcp, peer),
+                    // Out of file descriptors and the like: keep serving.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        self.draining.store(true, Ordering::Relaxed);
+        let timeout = Duration::from_secs(self.runtime().config.limits.shutdown_timeout_secs);
+        tracing::info!(
+            sessions = self.live_connections(),
+            timeout_secs = timeout.as_secs(),
+            "draining"
+        );
+        if tokio::time::timeout(timeout, self.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                sessions = self.live_connections(),
+                "drain timeout; closing remaining sessions"
+            );
+            let _ = self.force_close.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.wait_idle()).await;
+        }
+        tracing::info!("shutdown complete");
+    }
+
+    async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.live.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn spawn_session(self: &Arc<Self>, tcp: tokio::net::TcpStream, peer: SocketAddr) {
+        Metrics::inc(&self.metrics.connections_total);
+        self.live.fetch_add(1, Ordering::SeqCst);
+        let state = self.clone();
+        tokio::spawn(async move {
+            let _live = LiveGuard(&state);
+            crate::session::run(tcp, peer, &state).await;
+        });
+    }
+}
+
+struct LiveGuard<'a>(&'a ProxyState);
+
+impl Drop for LiveGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.live.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+fn build_runtime(
+    config_path: &Path,
+    data_dir: &Path,
+    decoy_secret: [u8; 32],
+    cancels: &CancelRegistry,
+    metrics: &Arc<Metrics>,
+) -> Result<Runtime, String> {
+    let config = Config::load(config_path).map_err(|e| e.to_string())?;
+    let server_tls = tls::server_tls(config.tls.as_ref(), data_dir)?;
+    let mut upstream_tls = HashMap::new();
+    for (i, t) in config.targets.iter().enumerate() {
+        let connector = tls::upstream_connector(t)
+            .map_err(|e| format!("{}: targets[{i}].tls: {e}", config_path.display()))?;
+        upstream_tls.insert(t.name.clone(), connector);
+    }
+    if !config.oidc.is_empty() {
+        tracing::warn!("[[oidc]] is configured but sign-in with OIDC tokens is not available in this version; local users only");
+    }
+    Ok(Runtime {
+        config: Arc::new(config),
+        server_tls,
+        upstream_tls,
+        decoy_secret,
+        cancels: cancels.clone(),
+        metrics: metrics.clone(),
+    })
+}
