@@ -178,7 +178,7 @@ pub async fn connect(
             tag::ERROR_RESPONSE => return Err(rejected(&body)),
             tag::NEGOTIATE_PROTOCOL_VERSION | tag::NOTICE_RESPONSE => {}
             other => {
-                return Err(proto(&format!(
+                return Err(proto(format!(
                     "unexpected message {:?} during login",
                     other as char
                 )))
@@ -222,7 +222,7 @@ pub async fn connect(
             }
             tag::ERROR_RESPONSE => return Err(rejected(&body)),
             other => {
-                return Err(proto(&format!(
+                return Err(proto(format!(
                     "unexpected message {:?} after login",
                     other as char
                 )))

@@ -93,6 +93,7 @@ async fn negotiate(
     mut stream: ClientStream,
     rt: &Runtime,
 ) -> Result<(ClientStream, StartupPacket), SessionError> {
+    stream = direct_tls(stream, rt).await?;
     let mut gss_refused = false;
     loop {
         let packet = match read_startup_packet(&mut stream).await {
@@ -131,6 +132,31 @@ async fn negotiate(
             other => return Ok((stream, other)),
         }
     }
+}
+
+/// Direct TLS (`sslnegotiation=direct`, PostgreSQL 17 clients): the first
+/// byte is a TLS handshake record instead of a length. As PostgreSQL does,
+/// require ALPN `postgresql`, so that a TLS connection meant for another
+/// protocol cannot be replayed here.
+async fn direct_tls(stream: ClientStream, rt: &Runtime) -> Result<ClientStream, SessionError> {
+    const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+    let MaybeTls::Plain(tcp) = stream else {
+        return Ok(stream);
+    };
+    let mut first = [0u8; 1];
+    if tcp.peek(&mut first).await? == 0 || first[0] != TLS_HANDSHAKE_RECORD {
+        return Ok(MaybeTls::Plain(tcp));
+    }
+    let tls = rt.server_tls.acceptor.accept(tcp).await.map_err(|e| {
+        SessionError::ClientIo(std::io::Error::other(format!("direct TLS handshake: {e}")))
+    })?;
+    if tls.get_ref().1.alpn_protocol() != Some(b"postgresql") {
+        let mut stream = MaybeTls::Tls(Box::new(tls));
+        let e = SessionError::fatal("08P01", "direct TLS requires ALPN \"postgresql\"");
+        refuse(&mut stream, &e).await;
+        return Err(e);
+    }
+    Ok(MaybeTls::Tls(Box::new(tls)))
 }
 
 /// Read exactly one startup packet, and not a byte more.

@@ -1,0 +1,260 @@
+//! The client side of startup: TLS, plaintext policy, authentication,
+//! protocol negotiation and the startup parameters a client may send.
+
+mod common;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_with_the_self_signed_certificate_and_channel_binding() {
+    let (_pg, sluice) = start();
+    // psql with channel_binding=require needs SCRAM-SHA-256-PLUS over TLS.
+    let (ok, out, err) = psql(
+        &sluice,
+        "sslmode=require channel_binding=require",
+        &["-A", "-t", "-c", "select 'over tls'"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "over tls");
+    assert!(sluice.data_dir().join("tls/server.crt").exists());
+    // The certificate verifies against itself as a CA.
+    let cert = sluice.data_dir().join("tls/server.crt");
+    let (ok, _, err) = psql(
+        &sluice,
+        &format!(
+            "sslmode=verify-full sslrootcert={} host=localhost",
+            cert.display()
+        ),
+        &["-c", "select 1"],
+    );
+    assert!(ok, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plaintext_can_be_denied() {
+    let (_pg, sluice) = start_with("plaintext = \"deny\"", "");
+    let (ok, _, err) = psql(&sluice, "sslmode=disable", &["-c", "select 1"]);
+    assert!(!ok);
+    assert!(
+        err.contains("sluice: this connection must use TLS"),
+        "{err}"
+    );
+    assert!(err.contains("sslmode=require"), "{err}");
+    assert!(psql(&sluice, "sslmode=require", &["-c", "select 1"]).0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_password_and_unknown_user_look_the_same() {
+    let (_pg, sluice) = start();
+    let try_login = |user: &str, pw: &str| {
+        let out = std::process::Command::new("psql")
+            .arg(format!(
+                "host=127.0.0.1 port={} user={user} dbname={TARGET} sslmode=disable",
+                sluice.pg_port()
+            ))
+            .args(["-X", "-c", "select 1"])
+            .env("PGPASSWORD", pw)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).replace(user, "USER")
+    };
+    let wrong = try_login(USER, "nope");
+    let unknown = try_login("mallory", "nope");
+    assert!(
+        wrong.contains("password authentication failed for user \"USER\""),
+        "{wrong}"
+    );
+    assert_eq!(
+        wrong.replace(&sluice.pg_port().to_string(), ""),
+        unknown.replace(&sluice.pg_port().to_string(), "")
+    );
+    let (_, body) = sluice.http_get("/metrics");
+    assert!(body.contains("sluice_auth_failures_total 2"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_target_is_refused_without_listing_targets() {
+    let (_pg, sluice) = start();
+    let out = std::process::Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={} user={USER} dbname=nope sslmode=disable",
+            sluice.pg_port()
+        ))
+        .args(["-X", "-c", "select 1"])
+        .env("PGPASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("database \"nope\" is not a target"), "{err}");
+    assert!(!err.contains(TARGET), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gssenc_then_ssl_then_startup() {
+    let (_pg, sluice) = start();
+    let mut raw = Raw::connect(sluice.pg_port());
+    let mut gss = 8i32.to_be_bytes().to_vec();
+    gss.extend_from_slice(&80877104i32.to_be_bytes());
+    raw.send(&gss);
+    assert_eq!(raw.recv_byte(), b'N');
+    let mut ssl = 8i32.to_be_bytes().to_vec();
+    ssl.extend_from_slice(&80877103i32.to_be_bytes());
+    raw.send(&ssl);
+    assert_eq!(raw.recv_byte(), b'S');
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn newer_protocol_is_negotiated_down() {
+    let (_pg, sluice) = start();
+    let mut raw = Raw::connect(sluice.pg_port());
+    raw.send(&startup_version(
+        3,
+        2,
+        &[
+            ("user", USER),
+            ("database", TARGET),
+            ("_pq_.test_option", "1"),
+        ],
+    ));
+    let (tag, body) = raw.recv().unwrap();
+    assert_eq!(tag, b'v');
+    assert_eq!(&body[..8], &[0, 0, 0, 0, 0, 0, 0, 1]);
+    assert_eq!(&body[8..], b"_pq_.test_option\0");
+    // Then authentication goes on as usual.
+    assert_eq!(raw.recv().unwrap().0, b'R');
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replication_and_identity_changing_parameters_are_refused() {
+    let (_pg, sluice) = start();
+    for (k, v, code) in [
+        ("replication", "database", "0A000"),
+        ("options", "-c role=postgres", "42501"),
+        ("options", "-c session_authorization=postgres", "42501"),
+        ("client_encoding", "SJIS", "22023"),
+        ("sluice.user", "someone-else", "42501"),
+    ] {
+        let mut raw = Raw::connect(sluice.pg_port());
+        raw.send(&startup(&[("user", USER), ("database", TARGET), (k, v)]));
+        // Refused after authentication or before it (replication): either way a FATAL.
+        let e = if k == "replication" {
+            raw.expect_error()
+        } else {
+            raw_login_then_error(&mut raw)
+        };
+        assert_eq!(field(&e, b'C'), code, "{k}={v}: {e:?}");
+        assert!(field(&e, b'M').starts_with("sluice:"), "{e:?}");
+    }
+}
+
+/// Finish SCRAM on a connection whose startup packet was already sent, and
+/// return the error that follows.
+fn raw_login_then_error(raw: &mut Raw) -> Vec<(u8, String)> {
+    let mut scram = None;
+    loop {
+        let (tag, body) = raw.recv().expect("closed without an error");
+        match tag {
+            b'R' => match i32::from_be_bytes([body[0], body[1], body[2], body[3]]) {
+                10 => {
+                    let s = postgres_protocol::authentication::sasl::ScramSha256::new(
+                        PASSWORD.as_bytes(),
+                        postgres_protocol::authentication::sasl::ChannelBinding::unsupported(),
+                    );
+                    let mut m = b"SCRAM-SHA-256\0".to_vec();
+                    m.extend_from_slice(&(s.message().len() as i32).to_be_bytes());
+                    m.extend_from_slice(s.message());
+                    raw.send(&message(b'p', &m));
+                    scram = Some(s);
+                }
+                11 => {
+                    let s = scram.as_mut().unwrap();
+                    s.update(&body[4..]).unwrap();
+                    let m = s.message().to_vec();
+                    raw.send(&message(b'p', &m));
+                }
+                _ => {}
+            },
+            b'E' => return parse_fields(&body),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn switching_to_an_unsafe_encoding_ends_the_session() {
+    let (_pg, sluice) = start();
+    let c = connect(&sluice).await;
+    let result = c.batch_execute("set client_encoding = 'SJIS'").await;
+    assert!(result.is_err() || c.query_one("select 1", &[]).await.is_err());
+    assert!(c.is_closed() || c.query_one("select 1", &[]).await.is_err());
+    sluice_testkit::wait_until(
+        std::time::Duration::from_secs(5),
+        "log names the reason",
+        || sluice.log().contains("client_encoding was changed"),
+    );
+}
+
+/// Direct TLS as PostgreSQL 17 clients do it with `sslnegotiation=direct`.
+async fn direct_tls(
+    port: u16,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use std::sync::Arc;
+    let roots = {
+        // Trust Sluice's self-signed certificate, as `sslrootcert` would.
+        let mut r = rustls::RootCertStore::empty();
+        r.add_parsable_certificates(SELF_SIGNED.with(|c| c.borrow().clone()));
+        r
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .expect("direct TLS handshake")
+}
+
+thread_local! {
+    static SELF_SIGNED: std::cell::RefCell<Vec<rustls_pki_types::CertificateDer<'static>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn direct_tls_needs_alpn_postgresql() {
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_pg, sluice) = start();
+    let certs: Vec<_> =
+        rustls_pki_types::CertificateDer::pem_file_iter(sluice.data_dir().join("tls/server.crt"))
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect();
+    SELF_SIGNED.with(|c| *c.borrow_mut() = certs);
+
+    let mut tls = direct_tls(sluice.pg_port(), &[b"postgresql"]).await;
+    tls.write_all(&startup(&[("user", USER), ("database", TARGET)]))
+        .await
+        .unwrap();
+    let mut first = [0u8; 9];
+    tls.read_exact(&mut first).await.unwrap();
+    assert_eq!(first[0], b'R', "authentication request over direct TLS");
+    assert_eq!(&first[5..9], &10i32.to_be_bytes(), "SASL");
+
+    // Without ALPN the connection is refused.
+    let mut tls = direct_tls(sluice.pg_port(), &[]).await;
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    assert_eq!(out.first(), Some(&b'E'), "{out:?}");
+    assert!(String::from_utf8_lossy(&out).contains("ALPN"));
+}

@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Sluice demo: a throwaway PostgreSQL with sample customer PII, Sluice in
+# front of it, and a client session through Sluice.
+#
+#   ./scripts/demo.sh            interactive: leaves everything running until Ctrl-C
+#   DEMO_EXIT=1 ./scripts/demo.sh  run the scripted session and clean up
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}"
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+# --- what the demo needs -----------------------------------------------------
+need_apt=()
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql)
+command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  say "installing ${need_apt[*]}"
+  sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q "${need_apt[@]}" >/dev/null
+fi
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+
+say "building sluice (release)"
+cargo build --release -p sluice --quiet
+sluice="$CARGO_TARGET_DIR/release/sluice"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+pg_port=$(free_port); px_port=$(free_port); http_port=$(free_port)
+
+work=$(mktemp -d /tmp/sluice-demo.XXXXXX)
+chmod 755 "$work"
+run_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+[ "$(id -u)" -eq 0 ] && chown postgres "$work"
+pids=()
+cleanup() {
+  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  run_pg "$pg_bin/pg_ctl" -D "$work/pg" -m fast stop >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+# --- a throwaway PostgreSQL with sample PII -----------------------------------
+say "starting a throwaway PostgreSQL on port $pg_port"
+run_pg "$pg_bin/initdb" -D "$work/pg" -U postgres --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C >/dev/null
+cat >> "$work/pg/postgresql.conf" <<CONF
+port = $pg_port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$work'
+fsync = off
+CONF
+run_pg "$pg_bin/pg_ctl" -D "$work/pg" -l "$work/pg.log" -w start >/dev/null
+db_password=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
+psql -X -q -h "$work" -p "$pg_port" -U postgres -v ON_ERROR_STOP=1 <<SQL
+create role shop_app login password '$db_password';
+create database shop owner shop_app;
+SQL
+psql -X -q -h "$work" -p "$pg_port" -U shop_app -d shop -v ON_ERROR_STOP=1 <<'SQL'
+create table customers (
+  id          serial primary key,
+  full_name   text not null,
+  email       text not null,
+  phone       text,
+  card_number text,
+  ssn         text,
+  created_at  timestamptz default now()
+);
+insert into customers (full_name, email, phone, card_number, ssn)
+select f || ' ' || l,
+       lower(f) || '.' || lower(l) || g || '@example.com',
+       '+1-202-555-' || lpad((1000 + g)::text, 4, '0'),
+       -- Visa test numbers (valid Luhn)
+       (array['4111111111111111','4012888888881881','4222222222222','5555555555554444','378282246310005'])[1 + g % 5],
+       lpad((100 + g)::text, 3, '0') || '-' || lpad((10 + g % 89)::text, 2, '0') || '-' || lpad((1000 + g * 7)::text, 4, '0')
+from generate_series(1, 200) g,
+     lateral (select (array['Ada','Grace','Alan','Edsger','Barbara','Donald','Frances','John'])[1 + g % 8] as f,
+                     (array['Lovelace','Hopper','Turing','Dijkstra','Liskov','Knuth','Allen','Backus'])[1 + (g / 8) % 8] as l) n;
+create table orders (id serial primary key, customer_id int references customers, total numeric(10,2));
+insert into orders (customer_id, total) select 1 + g % 200, (g * 13 % 500) + 0.99 from generate_series(1, 1000) g;
+SQL
+
+# --- Sluice in front of it ----------------------------------------------------
+say "starting Sluice: PostgreSQL protocol on $px_port, admin HTTP on $http_port"
+alice_password="demo-alice"
+alice_hash=$(printf %s "$alice_password" | "$sluice" passwd)
+cat > "$work/sluice.toml" <<TOML
+[listen]
+postgres = "127.0.0.1:$px_port"
+http = "127.0.0.1:$http_port"
+
+[[targets]]
+name = "shop-prod"
+environment = "production"
+upstream = "127.0.0.1:$pg_port"
+database = "shop"
+user = "shop_app"
+password_env = "SHOP_DB_PASSWORD"
+tls = "disable"
+
+[[users]]
+name = "alice"
+kind = "human"
+groups = ["dev"]
+password_hash = "$alice_hash"
+TOML
+SHOP_DB_PASSWORD="$db_password" "$sluice" serve --config "$work/sluice.toml" --data-dir "$work/data" >"$work/sluice.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do
+  curl -fs "http://127.0.0.1:$http_port/healthz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+curl -fs "http://127.0.0.1:$http_port/healthz" >/dev/null || { cat "$work/sluice.log"; exit 1; }
+
+conn="host=127.0.0.1 port=$px_port user=alice dbname=shop-prod sslmode=require"
+say "alice connects through Sluice with her own password (she never sees the database's)"
+echo "\$ psql \"$conn\""
+PGPASSWORD="$alice_password" psql -X "$conn" -v ON_ERROR_STOP=0 <<'SQL'
+\echo '-- alice is signed in to Sluice over TLS ...'
+\conninfo
+\echo '-- ... and Sluice talks to the database as its own role'
+select current_user as upstream_role;
+\echo '-- sample customers (masking arrives with the masking issue)'
+select id, full_name, email, phone, card_number, ssn from customers order by id limit 5;
+\echo '-- an error comes back exactly as PostgreSQL sends it'
+select 1/0;
+\echo '-- the session goes on'
+select count(*) as customers, (select count(*) from orders) as orders from customers;
+SQL
+
+say "a wrong password is refused by Sluice itself"
+PGPASSWORD=wrong psql -X "$conn" -c 'select 1' 2>&1 | sed 's/^/  /' || true
+
+say "Sluice's log of those sessions"
+grep -E "session (started|ended)|authentication failed" "$work/sluice.log" | sed -E 's/\x1b\[[0-9;]*m//g; s/^/  /' | tail -8
+
+say "metrics (http://127.0.0.1:$http_port/metrics)"
+curl -fs "http://127.0.0.1:$http_port/metrics" | grep -E '^sluice_(sessions_total|auth_failures_total|upstream_bytes_total)'
+
+if [ -z "${DEMO_EXIT:-}" ] && [ -t 0 ]; then
+  say "Sluice is running. Connect yourself:"
+  echo "  PGPASSWORD=$alice_password psql \"$conn\""
+  echo "  Ctrl-C stops Sluice and the throwaway database."
+  wait "${pids[0]}"
+fi
