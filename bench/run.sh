@@ -1,48 +1,136 @@
 #!/usr/bin/env bash
 # Sluice side by side with a direct connection and with PgBouncer, in one run
-# on this machine. Prints a table of medians and ratios and writes
-# bench/results/<timestamp>-proxy.json. See bench/README.md.
+# on this machine: pgbench -S at several client counts, and a large result
+# read by SELECT and by COPY. Prints medians and ratios and writes
+# bench/results/<UTC time>-proxy.json. See bench/README.md.
 #
-# Env: BENCH_SECONDS (10), BENCH_REPEAT (3), BENCH_CLIENTS ("1 10 50"),
-#      BENCH_ROWS (1000000), BENCH_SKIP_LARGE=1, BENCH_QUICK=1 (smoke run),
-#      SLUICE_BIN (default: release build under $CARGO_TARGET_DIR).
+# Everything runs on loopback from a temp dir that is removed on exit:
+# a throwaway PostgreSQL, PgBouncer (session pooling) and Sluice.
+#
+# Env: BENCH_SECONDS (10)    seconds per pgbench run
+#      BENCH_REPEAT (3)      runs per configuration; the median is reported
+#      BENCH_CLIENTS ("1 10 50")
+#      BENCH_ROWS (1000000)  rows in the large-result table
+#      BENCH_SKIP_LARGE=1    skip the large-result part
+#      BENCH_SKIP_SLUICE=1   measure direct and PgBouncer only
+#      BENCH_QUICK=1         smoke run: 2 s runs, 1 repetition, 100k rows
+#      BENCH_BUILD=1         rebuild Sluice (cargo build --release) even if a binary exists
+#      SLUICE_BIN            Sluice binary (default: release build, see find_sluice)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-root=$(pwd)
+
+bench_dir=$(cd "$(dirname "$0")" && pwd)
+root=$(dirname "$bench_dir")
+cd "$root"
 
 seconds=${BENCH_SECONDS:-10}
 repeat=${BENCH_REPEAT:-3}
 clients=${BENCH_CLIENTS:-"1 10 50"}
 rows=${BENCH_ROWS:-1000000}
 if [ -n "${BENCH_QUICK:-}" ]; then seconds=2; repeat=1; rows=100000; fi
+targets="direct bouncer sluice"
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}"
-sluice=${SLUICE_BIN:-$CARGO_TARGET_DIR/release/sluice}
-if [ -z "${SLUICE_BIN:-}" ]; then
-  echo "building sluice (release)..." >&2
-  cargo build --release -p sluice --quiet
+log() { echo "[bench] $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+for tool in psql pgbench python3; do
+  command -v "$tool" >/dev/null || die "$tool not found (apt-get install postgresql-client / python3)"
+done
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+[ -x "$pg_bin/initdb" ] || die "no PostgreSQL server under /usr/lib/postgresql/*/bin"
+
+# --- Sluice binary: $SLUICE_BIN, else a release build (built if missing). ---
+find_sluice() {
+  if [ -n "${SLUICE_BIN:-}" ]; then echo "$SLUICE_BIN"; return; fi
+  # $CARGO_TARGET_DIR if set, else the project's usual target dir, else ./target
+  local c
+  for c in ${CARGO_TARGET_DIR:+"$CARGO_TARGET_DIR/release/sluice"} \
+           "$HOME/.cache/sluice/target/release/sluice" "$root/target/release/sluice"; do
+    [ -x "$c" ] && { echo "$c"; return; }
+  done
+}
+sluice=""; sluice_note=""
+if [ -n "${BENCH_SKIP_SLUICE:-}" ]; then
+  targets="direct bouncer"; sluice_note="skipped (BENCH_SKIP_SLUICE)"
+else
+  sluice=$(find_sluice)
+  if [ -z "${SLUICE_BIN:-}" ] && { [ -z "$sluice" ] || [ -n "${BENCH_BUILD:-}" ]; }; then
+    # same target dir as scripts/test.sh, so the build is shared
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}"
+    log "building sluice (cargo build --release -p sluice) into $CARGO_TARGET_DIR..."
+    if cargo build --release -p sluice --message-format=short 2>&1 | tail -5 >&2; then
+      sluice="$CARGO_TARGET_DIR/release/sluice"
+    else
+      sluice=""
+    fi
+  fi
+  if [ -z "$sluice" ] || [ ! -x "$sluice" ]; then
+    log "WARNING: no Sluice binary (${sluice:-not found, build failed}); measuring direct and PgBouncer only"
+    targets="direct bouncer"; sluice_note="not run: no binary"; sluice=""
+  fi
 fi
-command -v pgbouncer >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q pgbouncer >/dev/null; }
-pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# --- PgBouncer: Debian's package. ---
+if ! command -v pgbouncer >/dev/null; then
+  log "installing pgbouncer..."
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q pgbouncer >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null && apt-get install -y -q pgbouncer >/dev/null; } \
+    || die "could not install pgbouncer"
+fi
+
+# --- Temp dir and cleanup. PostgreSQL and PgBouncer refuse root: run them as
+# the postgres user then. ---
+if [ "$(id -u)" -eq 0 ]; then
+  id postgres >/dev/null 2>&1 || die "running as root needs a 'postgres' system user"
+  as_pg() { runuser -u postgres -- "$@"; }
+else
+  as_pg() { "$@"; }
+fi
+work=""; sluice_pid=""; pg_started=""; child=""
+stop_pid() {  # pid: TERM, wait up to 5 s, then KILL
+  local pid=$1 i
+  kill "$pid" 2>/dev/null || return 0
+  for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+}
+cleanup() {
+  set +e
+  [ -n "$child" ] && stop_pid "$child"
+  [ -n "$sluice_pid" ] && stop_pid "$sluice_pid"
+  [ -s "$work/pgbouncer.pid" ] && stop_pid "$(cat "$work/pgbouncer.pid")"
+  [ -n "$pg_started" ] && as_pg "$pg_bin/pg_ctl" -D "$work/pg" -m immediate -w stop >/dev/null 2>&1
+  [ -n "$work" ] && rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'log interrupted; exit 130' INT
+trap 'log terminated; exit 143' TERM
 work=$(mktemp -d /tmp/sluice-bench.XXXXXX)
 chmod 755 "$work"
-as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 [ "$(id -u)" -eq 0 ] && chown postgres "$work"
-sluice_pid=""
-cleanup() {
-  [ -n "$sluice_pid" ] && kill "$sluice_pid" 2>/dev/null || true
-  [ -f "$work/pgbouncer.pid" ] && kill "$(cat "$work/pgbouncer.pid")" 2>/dev/null || true
-  as_pg "$pg_bin/pg_ctl" -D "$work/pg" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
 
+# run OUT CMD...: CMD's output into file OUT, CMD's status. CMD runs in the
+# background and the shell waits for it. In the foreground, a client that
+# catches Ctrl-C itself (psql does, to cancel its query) would make bash ignore
+# the Ctrl-C; a background job does not see it, and `wait` returns at once so
+# that the INT trap runs and cleanup stops the job.
+run() {
+  local out=$1 rc=0; shift
+  "$@" >"$out" 2>&1 &
+  child=$!
+  wait "$child" || rc=$?
+  child=""
+  return "$rc"
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
 pg_port=$(free_port); bouncer_port=$(free_port); sluice_port=$(free_port); http_port=$(free_port)
 
-echo "starting PostgreSQL, PgBouncer and Sluice..." >&2
-as_pg "$pg_bin/initdb" -D "$work/pg" -U postgres --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C >/dev/null
+# --- PostgreSQL: trust on the local socket, SCRAM on 127.0.0.1. ---
+log "starting PostgreSQL ($("$pg_bin/postgres" --version | awk '{print $3}')) on 127.0.0.1:$pg_port"
+as_pg "$pg_bin/initdb" -D "$work/pg" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
+  -E UTF8 --locale=C >"$work/initdb.log" 2>&1 || { cat "$work/initdb.log" >&2; die "initdb failed"; }
 cat >> "$work/pg/postgresql.conf" <<CONF
 port = $pg_port
 listen_addresses = '127.0.0.1'
@@ -50,11 +138,18 @@ unix_socket_directories = '$work'
 max_connections = 300
 fsync = off
 synchronous_commit = off
+full_page_writes = off
 shared_buffers = 256MB
+password_encryption = 'scram-sha-256'
 CONF
-as_pg "$pg_bin/pg_ctl" -D "$work/pg" -l "$work/pg.log" -w start >/dev/null
-psql -X -q -h "$work" -p "$pg_port" -U postgres -c "create role bench login password 'bench'" -c "create database bench owner bench"
+pg_started=1
+as_pg "$pg_bin/pg_ctl" -D "$work/pg" -l "$work/pg.log" -w -t 60 start >/dev/null \
+  || { tail -20 "$work/pg.log" >&2; die "PostgreSQL did not start"; }
+psql -X -q -v ON_ERROR_STOP=1 -h "$work" -p "$pg_port" -U postgres -d postgres \
+  -c "create role bench login password 'bench'" -c "create database bench owner bench"
 
+# --- PgBouncer, session pooling, SCRAM against the userlist. ---
+log "starting PgBouncer ($(pgbouncer --version | awk 'NR==1{print $2}')) on 127.0.0.1:$bouncer_port"
 cat > "$work/pgbouncer.ini" <<INI
 [databases]
 bench = host=127.0.0.1 port=$pg_port dbname=bench
@@ -67,14 +162,39 @@ auth_file = $work/userlist.txt
 pool_mode = session
 max_client_conn = 500
 default_pool_size = 100
+log_connections = 0
+log_disconnections = 0
 logfile = $work/pgbouncer.log
 pidfile = $work/pgbouncer.pid
 INI
 echo '"bench" "bench"' > "$work/userlist.txt"
 [ "$(id -u)" -eq 0 ] && chown postgres "$work/pgbouncer.ini" "$work/userlist.txt"
-as_pg pgbouncer -d "$work/pgbouncer.ini"
+as_pg pgbouncer -q -d "$work/pgbouncer.ini" || { cat "$work/pgbouncer.log" >&2; die "PgBouncer did not start"; }
 
-cat > "$work/sluice.toml" <<TOML
+export PGUSER=bench PGPASSWORD=bench PGDATABASE=bench PGHOST=127.0.0.1 PGSSLMODE=disable
+port_of() { case $1 in direct) echo "$pg_port";; bouncer) echo "$bouncer_port";; sluice) echo "$sluice_port";; esac; }
+wait_sql() {  # target: until "select 1" works, up to 10 s
+  local i
+  for i in $(seq 1 100); do
+    psql -X -q -t -p "$(port_of "$1")" -c "select 1" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  return 1
+}
+wait_sql direct || die "cannot log in to PostgreSQL as bench"
+wait_sql bouncer || { tail -20 "$work/pgbouncer.log" >&2; die "cannot log in through PgBouncer"; }
+
+# --- Sluice. ---
+http_ok() {
+  if command -v curl >/dev/null; then curl -fs -o /dev/null "$1"
+  else python3 -c 'import sys,urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$1" 2>/dev/null; fi
+}
+start_sluice() {  # 0 when Sluice serves and lets bench log in
+  local hash i
+  log "starting Sluice ($("$sluice" --version 2>/dev/null | head -1)) on 127.0.0.1:$sluice_port: $sluice"
+  hash=$(printf bench | "$sluice" passwd 2>"$work/sluice.log") || return 1
+  case $hash in SCRAM-SHA-256\$*) ;; *) echo "sluice passwd printed: $hash" >>"$work/sluice.log"; return 1;; esac
+  cat > "$work/sluice.toml" <<TOML
 [listen]
 postgres = "127.0.0.1:$sluice_port"
 http = "127.0.0.1:$http_port"
@@ -92,105 +212,126 @@ tls = "disable"
 [[users]]
 name = "bench"
 kind = "service"
-password_hash = "$(printf bench | "$sluice" passwd)"
+password_hash = "$hash"
 TOML
-BENCH_DB_PASSWORD=bench SLUICE_LOG=warn "$sluice" serve --config "$work/sluice.toml" --data-dir "$work/sluice-data" 2>"$work/sluice.log" &
-sluice_pid=$!
-for _ in $(seq 1 100); do
-  curl -fs "http://127.0.0.1:$http_port/healthz" >/dev/null 2>&1 && break
-  sleep 0.1
-done
+  # own session: a Ctrl-C in the terminal is for this script, which stops Sluice itself
+  BENCH_DB_PASSWORD=bench SLUICE_LOG=${SLUICE_LOG:-warn} \
+    setsid "$sluice" serve --config "$work/sluice.toml" --data-dir "$work/sluice-data" >"$work/sluice.log" 2>&1 &
+  sluice_pid=$!
+  for i in $(seq 1 300); do  # up to 30 s for /healthz, then a login
+    kill -0 "$sluice_pid" 2>/dev/null || return 1
+    http_ok "http://127.0.0.1:$http_port/healthz" && { wait_sql sluice; return; }
+    sleep 0.1
+  done
+  return 1
+}
+if [ -n "$sluice" ] && ! start_sluice; then
+  tail -20 "$work/sluice.log" >&2
+  log "WARNING: Sluice did not become ready (passwd, /healthz or login); measuring direct and PgBouncer only"
+  [ -n "$sluice_pid" ] && stop_pid "$sluice_pid"
+  sluice_pid=""; targets="direct bouncer"; sluice_note="not run: did not start"
+fi
+vm_kib() {  # field (VmHWM, VmRSS) of the Sluice process, in KiB
+  [ -n "$sluice_pid" ] && awk -v f="$1:" '$1 == f {print $2}' "/proc/$sluice_pid/status" 2>/dev/null || true
+}
 
-export PGUSER=bench PGPASSWORD=bench PGDATABASE=bench PGHOST=127.0.0.1 PGSSLMODE=disable
-port_of() { case $1 in direct) echo "$pg_port";; bouncer) echo "$bouncer_port";; sluice) echo "$sluice_port";; esac; }
-
-pgbench -i -s 10 -q -p "$pg_port" >/dev/null 2>&1
+# Raw samples, one line each: part, clients|rows, mode|kind, target, value, latency_ms
 results="$work/results.tsv"
 : > "$results"
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
-# pgbench -S: interleave the three targets within each repetition so that
-# machine noise hits them alike.
+# --- pgbench -S. Each configuration: the targets one after another, then
+# again, R times, so that machine noise hits all of them alike. ---
+log "pgbench -i -s 10 (direct)"
+run "$work/pgbench-init.log" pgbench -i -s 10 -q -p "$pg_port" \
+  || { cat "$work/pgbench-init.log" >&2; die "pgbench -i failed"; }
+
 for c in $clients; do
   j=$(( c < 2 ? c : 2 ))
   for mode in simple prepared; do
     for r in $(seq 1 "$repeat"); do
-      for target in direct bouncer sluice; do
-        out=$(pgbench -S -n -M "$mode" -c "$c" -j "$j" -T "$seconds" -p "$(port_of $target)" 2>&1) || { echo "$out" >&2; exit 1; }
-        tps=$(awk '/^tps = /{print $3}' <<<"$out")
-        lat=$(awk '/^latency average/{print $4}' <<<"$out")
+      for target in $targets; do
+        if run "$work/out" pgbench -S -n -M "$mode" -c "$c" -j "$j" -T "$seconds" -p "$(port_of "$target")"; then
+          out=$(cat "$work/out")
+          tps=$(awk '/^tps = /{print $3}' <<<"$out")
+          lat=$(awk '/^latency average/{print $4}' <<<"$out")
+        else
+          log "pgbench failed against $target:"; tail -5 "$work/out" >&2
+          tps=fail; lat=""
+        fi
         printf 'pgbench\t%s\t%s\t%s\t%s\t%s\n' "$c" "$mode" "$target" "$tps" "$lat" >> "$results"
-        echo "  pgbench -S c=$c $mode $target: $tps tps" >&2
+        log "pgbench -S -c $c -M $mode run $r/$repeat $target: $tps tps, $lat ms"
       done
     done
   done
 done
+rss_after_pgbench=$(vm_kib VmHWM)
 
+# --- Large result: the whole table, by SELECT and by COPY. ---
+# SELECT: pgbench with a one-statement script, one transaction; its tps
+#   (without connection time) is 1 / query time. libpq collects the rows,
+#   nothing formats them, so the client stays cheap.
+# COPY: psql \copy (SELECT ...) to /dev/null (COPY ... TO STDOUT on the wire),
+#   timed by psql's \timing, also without connection time.
 if [ -z "${BENCH_SKIP_LARGE:-}" ]; then
-  psql -X -q -p "$pg_port" -c "create table big as select g as id, md5(g::text) || md5((g+1)::text) || repeat('x', 30) as pad from generate_series(1, $rows) g" -c "vacuum analyze big"
-  for r in $(seq 1 "$repeat"); do
-    for target in direct bouncer sluice; do
-      for kind in select copy; do
-        if [ $kind = select ]; then
-          sql="select * from big"
-          start=$(date +%s.%N); psql -X -q -A -t -p "$(port_of $target)" -c "$sql" -o /dev/null; end=$(date +%s.%N)
+  log "creating table big: $rows rows of ~100 bytes"
+  run "$work/out" psql -X -q -v ON_ERROR_STOP=1 -p "$pg_port" \
+    -c "create table big as select g as id, md5(g::text) as hash, md5((g+1)::text) || repeat('x', 30) as pad from generate_series(1, $rows) g" \
+    -c "vacuum analyze big" -c "select count(*) from big" || { cat "$work/out" >&2; die "creating big failed"; }
+  echo "select * from big" > "$work/select-big.sql"
+  for kind in select copy; do
+    for r in $(seq 1 "$repeat"); do
+      for target in $targets; do
+        port=$(port_of "$target")
+        if [ "$kind" = select ]; then
+          run "$work/out" pgbench -n -M simple -c 1 -t 1 -f "$work/select-big.sql" -p "$port" || true
+          out=$(cat "$work/out")
+          secs=$(awk '/^tps = /{print 1/$3}' <<<"$out")
         else
-          start=$(date +%s.%N); psql -X -q -p "$(port_of $target)" -c "copy big to stdout" > /dev/null; end=$(date +%s.%N)
+          run "$work/out" psql -X -q -v ON_ERROR_STOP=1 -p "$port" -c '\timing on' \
+                  -c "\\copy (select * from big) to '/dev/null'" || true
+          out=$(cat "$work/out")
+          secs=$(awk '/^Time: /{print $2/1000}' <<<"$out")
         fi
-        rps=$(python3 -c "print(round($rows / ($end - $start)))")
+        if [ -n "$secs" ]; then
+          rps=$(python3 -c "print(round($rows / $secs))")
+        else
+          log "large $kind failed against $target:"; tail -5 <<<"$out" >&2; rps=fail
+        fi
         printf 'large\t%s\t%s\t%s\t%s\t\n' "$rows" "$kind" "$target" "$rps" >> "$results"
-        echo "  large $kind $target: $rps rows/s" >&2
+        log "large $kind run $r/$repeat $target: $rps rows/s"
       done
     done
   done
 fi
-rss_kib=$(awk '/VmHWM/{print $2}' "/proc/$sluice_pid/status")
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
+rss_peak=$(vm_kib VmHWM); rss_now=$(vm_kib VmRSS)
+if [ -n "$sluice_pid" ] && ! kill -0 "$sluice_pid" 2>/dev/null; then
+  log "WARNING: Sluice exited during the run"; tail -20 "$work/sluice.log" >&2
+  sluice_note="exited during the run"
+fi
 
-mkdir -p bench/results
-stamp=$(date -u +%Y%m%dT%H%M%SZ)
-python3 - "$results" "$rss_kib" "bench/results/$stamp-proxy.json" "$seconds" "$repeat" <<'PY'
-import json, os, platform, statistics, subprocess, sys
-from collections import defaultdict
+# --- Report: table on stdout, JSON in bench/results/. ---
+mkdir -p "$bench_dir/results"
+out_json="$bench_dir/results/$(date -u +%Y%m%dT%H%M%SZ)-proxy.json"
+commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+dirty=$([ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && echo true || echo false)
+BENCH_META=$(python3 -c 'import json,sys; print(json.dumps(dict(zip(sys.argv[1::2], sys.argv[2::2]))))' \
+  seconds "$seconds" repeat "$repeat" rows "$rows" targets "$targets" \
+  nproc "$(nproc)" kernel "$(uname -r)" \
+  cpu "$(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)" \
+  mem_total_kib "$(awk '/^MemTotal/{print $2}' /proc/meminfo)" \
+  loadavg_start "$load_start" loadavg_end "$load_end" \
+  commit "$commit" dirty "$dirty" \
+  postgres "$("$pg_bin/postgres" --version)" pgbouncer "$(pgbouncer --version | head -1)" \
+  pgbench "$(pgbench --version)" \
+  sluice_bin "$sluice" sluice_version "$([ -n "$sluice" ] && "$sluice" --version 2>/dev/null || true)" \
+  sluice_bin_mtime "$([ -n "$sluice" ] && date -u -r "$sluice" +%Y-%m-%dT%H:%M:%SZ || true)" \
+  sluice_note "$sluice_note" \
+  rss_peak_kib "$rss_peak" rss_now_kib "$rss_now" rss_peak_after_pgbench_kib "$rss_after_pgbench") \
+  python3 "$bench_dir/report.py" "$results" "$out_json"
 
-path, rss_kib, out_path, seconds, repeat = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-runs = defaultdict(list)
-lat = defaultdict(list)
-for line in open(path):
-    kind, a, b, target, value, latency = line.rstrip("\n").split("\t")
-    runs[(kind, a, b, target)].append(float(value))
-    if latency:
-        lat[(kind, a, b, target)].append(float(latency))
-med = {k: statistics.median(v) for k, v in runs.items()}
-
-report = {"pgbench": [], "large": [], "sluice_peak_rss_mib": round(rss_kib / 1024, 1),
-          "seconds": seconds, "repeat": repeat,
-          "machine": {"nproc": os.cpu_count(), "kernel": platform.release()},
-          "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()}
-print()
-print(f"pgbench -S (median of {repeat} runs of {seconds}s; TPS, avg latency ms)")
-print(f"{'clients':>7} {'mode':>9} | {'direct':>9} {'pgbouncer':>9} {'sluice':>9} | {'lat d':>6} {'lat b':>6} {'lat s':>6} | {'s/direct':>8} {'s/bouncer':>9}  target")
-for (kind, c, mode, target) in sorted({(k[0], k[1], k[2], "") for k in med if k[0] == "pgbench"}, key=lambda k: (int(k[1]), k[2])):
-    d, b, s = (med[(kind, c, mode, t)] for t in ("direct", "bouncer", "sluice"))
-    ld, lb, ls = (statistics.median(lat[(kind, c, mode, t)]) for t in ("direct", "bouncer", "sluice"))
-    goal = 0.9 if c == "1" else 1.0
-    flag = "ok" if s / b >= goal else "MISS"
-    print(f"{c:>7} {mode:>9} | {d:>9.0f} {b:>9.0f} {s:>9.0f} | {ld:>6.3f} {lb:>6.3f} {ls:>6.3f} | {s/d:>8.2f} {s/b:>9.2f}  >= {goal}x bouncer: {flag}")
-    report["pgbench"].append({"clients": int(c), "mode": mode, "tps": {"direct": d, "pgbouncer": b, "sluice": s},
-                              "latency_ms": {"direct": ld, "pgbouncer": lb, "sluice": ls},
-                              "sluice_vs_direct": round(s / d, 3), "sluice_vs_pgbouncer": round(s / b, 3)})
-large = sorted({(k[1], k[2]) for k in med if k[0] == "large"})
-if large:
-    print()
-    print("large result (median rows/s)")
-    print(f"{'kind':>7} {'rows':>8} | {'direct':>10} {'pgbouncer':>10} {'sluice':>10} | {'s/direct':>8}  target")
-    for rows, kind in large:
-        d, b, s = (med[("large", rows, kind, t)] for t in ("direct", "bouncer", "sluice"))
-        flag = "ok" if s / d >= 0.8 else "MISS"
-        print(f"{kind:>7} {rows:>8} | {d:>10.0f} {b:>10.0f} {s:>10.0f} | {s/d:>8.2f}  >= 0.8x direct: {flag}")
-        report["large"].append({"kind": kind, "rows": int(rows), "rows_per_s": {"direct": d, "pgbouncer": b, "sluice": s},
-                                "sluice_vs_direct": round(s / d, 3)})
-print()
-rss = rss_kib / 1024
-print(f"sluice peak RSS: {rss:.1f} MiB  (< 64 MiB: {'ok' if rss < 64 else 'MISS'})")
-json.dump(report, open(out_path, "w"), indent=2)
-print(f"written {out_path}")
-PY
+# A run that was meant to measure Sluice and could not is not a success.
+if [ -z "${BENCH_SKIP_SLUICE:-}" ] && [ -n "$sluice_note" ]; then
+  log "Sluice: $sluice_note"; exit 2
+fi

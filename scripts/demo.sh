@@ -123,22 +123,32 @@ PGPASSWORD="$alice_password" psql -X "$conn" -v ON_ERROR_STOP=0 <<'SQL'
 \conninfo
 \echo '-- ... and Sluice talks to the database as its own role'
 select current_user as upstream_role;
-\echo '-- sample customers (masking arrives with the masking issue)'
+\echo '-- sample customers (in-flight masking of these columns is the next step, not built yet)'
 select id, full_name, email, phone, card_number, ssn from customers order by id limit 5;
 \echo '-- an error comes back exactly as PostgreSQL sends it'
 select 1/0;
-\echo '-- the session goes on'
+\echo '-- shop-prod is a production target: a DROP is blocked before the database sees it'
+drop table customers;
+\echo '-- so is a DELETE without a real WHERE clause'
+delete from customers where 1 = 1;
+\echo '-- and a schema change needs approval'
+alter table customers drop column ssn;
+\echo '-- the session goes on, and nothing was lost'
 select count(*) as customers, (select count(*) from orders) as orders from customers;
 SQL
+
+say "the same check offline, for CI pipelines that vet migrations: sluice policy test"
+echo "\$ sluice policy test --environment production --as alice 'TRUNCATE orders'"
+"$sluice" policy test --environment production --as alice 'TRUNCATE orders' | sed -n '1,4p' || true
 
 say "a wrong password is refused by Sluice itself"
 PGPASSWORD=wrong psql -X "$conn" -c 'select 1' 2>&1 | sed 's/^/  /' || true
 
 say "Sluice's log of those sessions"
-grep -E "session (started|ended)|authentication failed" "$work/sluice.log" | sed -E 's/\x1b\[[0-9;]*m//g; s/^/  /' | tail -8
+grep -E "session (started|ended)|authentication failed|statement refused" "$work/sluice.log" | sed -E 's/\x1b\[[0-9;]*m//g; s/^/  /' | tail -8
 
 say "metrics (http://127.0.0.1:$http_port/metrics)"
-curl -fs "http://127.0.0.1:$http_port/metrics" | grep -E '^sluice_(sessions_total|auth_failures_total|upstream_bytes_total)'
+curl -fs "http://127.0.0.1:$http_port/metrics" | grep -E '^sluice_(sessions_total|auth_failures_total|statements_denied_total|statements_held_total)'
 
 if [ -z "${DEMO_EXIT:-}" ] && [ -t 0 ]; then
   say "Sluice is running. Connect yourself:"

@@ -57,6 +57,20 @@ pub struct Config {
     pub oidc: Vec<Oidc>,
     /// Limits and timeouts.
     pub limits: Limits,
+    /// Where policies come from.
+    pub policy: PolicyConfig,
+}
+
+/// `[policy]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Directory of `*.cedar` files added to the built-in guardrails
+    /// (relative paths are relative to the config file).
+    pub dir: Option<PathBuf>,
+    /// Built-in guardrails to switch off, by @id.
+    #[serde(default)]
+    pub disable: Vec<String>,
 }
 
 /// `[listen]`.
@@ -183,6 +197,8 @@ pub struct Limits {
     pub connect_timeout_secs: u64,
     /// Seconds SIGTERM waits for sessions to end before closing them.
     pub shutdown_timeout_secs: u64,
+    /// Threads that run sessions; 0 means one per CPU.
+    pub workers: usize,
 }
 
 impl Default for Limits {
@@ -193,6 +209,7 @@ impl Default for Limits {
             startup_timeout_secs: 10,
             connect_timeout_secs: 5,
             shutdown_timeout_secs: 30,
+            workers: 0,
         }
     }
 }
@@ -212,6 +229,8 @@ struct RawConfig {
     oidc: Vec<Oidc>,
     #[serde(default)]
     limits: Limits,
+    #[serde(default)]
+    policy: PolicyConfig,
 }
 
 #[derive(Deserialize)]
@@ -274,7 +293,14 @@ impl Config {
             key: "-".into(),
             reason: format!("cannot read: {e}"),
         })?;
-        Self::parse(&text, &file, &|name| std::env::var(name).ok())
+        let mut config = Self::parse(&text, &file, &|name| std::env::var(name).ok())?;
+        if let Some(dir) = &config.policy.dir {
+            if dir.is_relative() {
+                let base = path.parent().unwrap_or(Path::new("."));
+                config.policy.dir = Some(base.join(dir));
+            }
+        }
+        Ok(config)
     }
 
     /// Parse config text; `env` looks up environment variables.
@@ -416,6 +442,7 @@ impl Config {
             users,
             oidc: raw.oidc,
             limits,
+            policy: raw.policy,
         })
     }
 

@@ -12,6 +12,7 @@ pub mod backend;
 pub mod cancel;
 pub mod error;
 pub mod frontend;
+pub mod guard;
 mod io;
 pub mod metrics;
 pub mod server;

@@ -28,6 +28,12 @@ pub struct Metrics {
     pub client_bytes_total: AtomicU64,
     /// Bytes from upstreams to clients.
     pub upstream_bytes_total: AtomicU64,
+    /// Statements analysed and judged (cache misses included).
+    pub statements_checked_total: AtomicU64,
+    /// Statements refused by policy.
+    pub statements_denied_total: AtomicU64,
+    /// Statements refused because they need approval.
+    pub statements_held_total: AtomicU64,
 }
 
 impl Metrics {
@@ -104,6 +110,24 @@ impl Metrics {
             "counter",
             "Bytes relayed from upstreams to clients.",
             self.upstream_bytes_total.load(Relaxed),
+        );
+        put(
+            "sluice_statements_checked_total",
+            "counter",
+            "Statements judged by policy.",
+            self.statements_checked_total.load(Relaxed),
+        );
+        put(
+            "sluice_statements_denied_total",
+            "counter",
+            "Statements refused by policy.",
+            self.statements_denied_total.load(Relaxed),
+        );
+        put(
+            "sluice_statements_held_total",
+            "counter",
+            "Statements refused because they need approval.",
+            self.statements_held_total.load(Relaxed),
         );
         put(
             "sluice_draining",

@@ -32,6 +32,8 @@ pub struct Runtime {
     pub cancels: CancelRegistry,
     /// Metrics (shared with every runtime).
     pub metrics: Arc<Metrics>,
+    /// Policies and guardrails.
+    pub policy: Arc<sluice_policy::PolicyEngine>,
 }
 
 /// State shared by every session of one process.
@@ -122,16 +124,27 @@ impl ProxyState {
 
     /// Accept connections until `shutdown` resolves, then drain: wait for
     /// sessions to end up to the configured timeout, then close the rest.
+    ///
+    /// Sessions run on `workers`: single-threaded runtimes, one per core, each
+    /// on its own thread. A session stays on one thread for its whole life, so
+    /// its two relay loops never wake each other across threads; new sessions
+    /// are dealt out in turn. With no workers, sessions run on the caller's runtime.
     pub async fn serve(
         self: &Arc<Self>,
         listener: TcpListener,
+        workers: &[tokio::runtime::Handle],
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
+        let mut next = 0usize;
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((tcp, peer)) => self.spawn_session(tcp, peer),
+                    Ok((tcp, peer)) => {
+                        let worker = workers.get(next % workers.len().max(1));
+                        next = next.wrapping_add(1);
+                        self.spawn_session(tcp, peer, worker);
+                    }
                     // Out of file descriptors and the like: keep serving.
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -173,13 +186,37 @@ impl ProxyState {
         }
     }
 
-    fn spawn_session(self: &Arc<Self>, tcp: tokio::net::TcpStream, peer: SocketAddr) {
+    fn spawn_session(
+        self: &Arc<Self>,
+        tcp: tokio::net::TcpStream,
+        peer: SocketAddr,
+        worker: Option<&tokio::runtime::Handle>,
+    ) {
         Metrics::inc(&self.metrics.connections_total);
         self.live.fetch_add(1, Ordering::SeqCst);
         let state = self.clone();
-        tokio::spawn(async move {
+        let Some(worker) = worker else {
+            tokio::spawn(async move {
+                let _live = LiveGuard(&state);
+                crate::session::run(tcp, peer, &state).await;
+            });
+            return;
+        };
+        // Move the socket from the accepting runtime's reactor to the worker's.
+        let std_tcp = match tcp.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot hand the connection to a worker");
+                self.live.fetch_sub(1, Ordering::SeqCst);
+                return;
+            }
+        };
+        worker.spawn(async move {
             let _live = LiveGuard(&state);
-            crate::session::run(tcp, peer, &state).await;
+            match tokio::net::TcpStream::from_std(std_tcp) {
+                Ok(tcp) => crate::session::run(tcp, peer, &state).await,
+                Err(e) => tracing::warn!(%peer, error = %e, "cannot register the connection"),
+            }
         });
     }
 }
@@ -209,6 +246,9 @@ fn build_runtime(
             .map_err(|e| format!("{}: targets[{i}].tls: {e}", config_path.display()))?;
         upstream_tls.insert(t.name.clone(), connector);
     }
+    let policy =
+        sluice_policy::PolicyEngine::load(config.policy.dir.as_deref(), &config.policy.disable)
+            .map_err(|e| format!("{}: [policy]: {e}", config_path.display()))?;
     if !config.oidc.is_empty() {
         tracing::warn!("[[oidc]] is configured but sign-in with OIDC tokens is not available in this version; local users only");
     }
@@ -219,5 +259,6 @@ fn build_runtime(
         decoy_secret,
         cancels: cancels.clone(),
         metrics: metrics.clone(),
+        policy: Arc::new(policy),
     })
 }

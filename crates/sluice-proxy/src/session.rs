@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use sluice_wire::messages::{Authentication, ErrorResponse, Severity};
 use sluice_wire::tags::{backend, frontend as tag_in};
 use sluice_wire::{peek_header, WireError};
@@ -22,6 +22,7 @@ use crate::backend as upstream;
 use crate::cancel::CancelTarget;
 use crate::error::{SessionError, UpstreamError};
 use crate::frontend::{self, Opening};
+use crate::guard::{Action, Guard, Refusals};
 use crate::server::{ProxyState, Runtime};
 use crate::stream::{ReadHalf, WriteHalf};
 use crate::Metrics;
@@ -153,9 +154,12 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
     let max = rt.config.limits.max_message_size;
     let metrics = &rt.metrics;
 
+    let mut guard = Guard::new(&rt.policy, &principal, &target, &application_name, metrics);
+    let refusals = guard.refusals.clone();
+    let marker_prefix = guard.marker_prefix.clone();
     let end = tokio::select! {
-        r = client_to_upstream(&mut client_read, &mut up_write, max, metrics) => r,
-        r = upstream_to_client(&mut up_read, up.leftover, &mut to_client, metrics) => r,
+        r = client_to_upstream(&mut client_read, &mut up_write, max, metrics, &mut guard) => r,
+        r = upstream_to_client(&mut up_read, up.leftover, &mut to_client, metrics, &refusals, &marker_prefix) => r,
         _ = force_close.wait_for(|v| *v) => End::ShuttingDown,
     };
 
@@ -264,6 +268,7 @@ async fn client_to_upstream(
     w: &mut WriteHalf,
     max: usize,
     metrics: &Metrics,
+    guard: &mut Guard<'_>,
 ) -> End {
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     // Bytes of a CopyData message still to stream through.
@@ -303,6 +308,23 @@ async fn client_to_upstream(
             }
             let available = buf.len() - ready;
             if available >= header.total_len {
+                if matches!(
+                    header.tag,
+                    tag_in::QUERY | tag_in::PARSE | tag_in::FUNCTION_CALL
+                ) {
+                    let msg = &buf[ready..ready + header.total_len];
+                    if let Action::Replace(replacement) = guard.inspect(header.tag, msg) {
+                        // What came before goes as it is; the refused message
+                        // is swapped for its marker.
+                        let before = buf.split_to(ready);
+                        buf.advance(header.total_len);
+                        ready = 0;
+                        if let Err(e) = write_all2(w, &before, &replacement).await {
+                            return End::UpstreamGone(e.to_string());
+                        }
+                        continue;
+                    }
+                }
                 ready += header.total_len;
                 if header.tag == tag_in::TERMINATE {
                     terminate = true;
@@ -345,6 +367,8 @@ async fn upstream_to_client(
     mut buf: BytesMut,
     to_client: &mut ClientWriter,
     metrics: &Metrics,
+    refusals: &Refusals,
+    marker_prefix: &str,
 ) -> End {
     if buf.capacity() < READ_SIZE {
         buf.reserve(READ_SIZE);
@@ -392,6 +416,19 @@ async fn upstream_to_client(
                     if let Ok(e) = ErrorResponse::decode(body) {
                         saw_fatal |=
                             matches!(e.field(b'V').or(e.field(b'S')), Some("FATAL" | "PANIC"));
+                        let refusal = e.message().and_then(|m| refusals.take(marker_prefix, m));
+                        if let Some(refusal) = refusal {
+                            // The server rejected a marker: tell the client why.
+                            let before = buf.split_to(ready);
+                            buf.advance(header.total_len);
+                            ready = 0;
+                            to_client.mid_write = true;
+                            if let Err(e) = write_all2(&mut to_client.w, &before, &refusal).await {
+                                return End::ClientGone(e.to_string());
+                            }
+                            to_client.mid_write = false;
+                            continue;
+                        }
                     }
                 }
                 backend::PARAMETER_STATUS => {
@@ -444,6 +481,12 @@ async fn upstream_to_client(
             Err(e) => return End::UpstreamGone(e.to_string()),
         }
     }
+}
+
+async fn write_all2(w: &mut WriteHalf, first: &[u8], second: &[u8]) -> std::io::Result<()> {
+    w.write_all(first).await?;
+    w.write_all(second).await?;
+    w.flush().await
 }
 
 async fn write_flush(w: &mut WriteHalf, data: &[u8]) -> std::io::Result<()> {

@@ -37,6 +37,48 @@ enum Command {
     /// Read a password on standard input and print its SCRAM-SHA-256
     /// verifier for `password_hash` in [[users]].
     Passwd,
+    /// Check statements and policies without a database.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Show how a statement would be judged: decision, rule and facts.
+    Test {
+        /// Environment of the target (production, staging, …).
+        #[arg(long, default_value = "production")]
+        environment: String,
+        /// Who runs it.
+        #[arg(long = "as", default_value = "someone")]
+        principal: String,
+        /// Kind of principal.
+        #[arg(long, default_value = "human")]
+        kind: String,
+        /// Groups, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// Use the [policy] section of this config (built-in guardrails otherwise).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+        /// The statement(s); `-` reads standard input.
+        sql: String,
+    },
+    /// Load and validate the policies of a config (or the built-in ones).
+    Validate {
+        /// Config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OutputFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -49,13 +91,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Passwd => passwd(),
+        Command::Policy(cmd) => policy(cmd),
         Command::Serve {
             config,
             data_dir,
             log_format,
         } => {
             init_logging(log_format);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
+            // The main runtime accepts, serves HTTP and handles signals;
+            // sessions run on per-core workers (see ProxyState::serve).
+            let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             {
@@ -87,6 +132,153 @@ fn init_logging(format: LogFormat) {
         LogFormat::Pretty => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+fn load_policies(config: Option<&std::path::Path>) -> Result<sluice_policy::PolicyEngine, String> {
+    match config {
+        None => sluice_policy::PolicyEngine::builtin().map_err(|e| e.to_string()),
+        Some(path) => {
+            let c = sluice_config::Config::load(path).map_err(|e| e.to_string())?;
+            sluice_policy::PolicyEngine::load(c.policy.dir.as_deref(), &c.policy.disable)
+                .map_err(|e| format!("{}: [policy]: {e}", path.display()))
+        }
+    }
+}
+
+fn policy(cmd: PolicyCommand) -> ExitCode {
+    match cmd {
+        PolicyCommand::Validate { config } => match load_policies(config.as_deref()) {
+            Ok(engine) => {
+                println!("policies are valid ({engine:?})");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sluice policy validate: {e}");
+                ExitCode::from(2)
+            }
+        },
+        PolicyCommand::Test {
+            environment,
+            principal,
+            kind,
+            groups,
+            config,
+            format,
+            sql,
+        } => {
+            let engine = match load_policies(config.as_deref()) {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("sluice policy test: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let sql = if sql == "-" {
+                let mut s = String::new();
+                if let Err(e) = std::io::stdin().read_to_string(&mut s) {
+                    eprintln!("sluice policy test: cannot read standard input: {e}");
+                    return ExitCode::from(2);
+                }
+                s
+            } else {
+                sql
+            };
+            let kind = match kind.parse() {
+                Ok(k) => k,
+                Err(e) => {
+                    eprintln!("sluice policy test: --kind: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let who = sluice_identity::Principal {
+                name: principal,
+                kind,
+                groups,
+                attributes: Default::default(),
+                method: "policy-test",
+            };
+            let analysis = sluice_sql::analyze(&sql, sluice_sql::Dialect::default());
+            let decision = engine.decide(&sluice_policy::Request {
+                principal: &who,
+                target: sluice_policy::TargetRef {
+                    name: "policy-test",
+                    environment: &environment,
+                },
+                analysis: analysis.as_ref().ok(),
+                application_name: "sluice policy test",
+                hour_utc: 12,
+            });
+            print_decision(&decision, &analysis, format);
+            // Exit status tells CI pipelines whether the statement may run.
+            match decision {
+                sluice_policy::Decision::Allow { .. } => ExitCode::SUCCESS,
+                _ => ExitCode::from(1),
+            }
+        }
+    }
+}
+
+fn print_decision(
+    decision: &sluice_policy::Decision,
+    analysis: &Result<sluice_sql::Analysis, sluice_sql::ParseError>,
+    format: OutputFormat,
+) {
+    use sluice_policy::Decision;
+    let (reason, hint, approvers, flags) = match decision {
+        Decision::Allow { flags } => (None, None, None, flags.clone()),
+        Decision::Deny { reason, hint, .. } => (Some(reason.clone()), hint.clone(), None, vec![]),
+        Decision::Approval {
+            reason, approvers, ..
+        } => (Some(reason.clone()), None, Some(approvers.clone()), vec![]),
+    };
+    let facts = match analysis {
+        Ok(a) => serde_json::json!({
+            "statements": a.statements.iter().map(|s| serde_json::json!({
+                "kind": s.kind.map(|k| k.as_str()),
+                "actions": s.actions.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+                "tables_read": s.tables_read,
+                "tables_written": s.tables_written,
+                "functions": s.functions,
+                "risks": s.risks.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "fingerprint": a.fingerprint,
+            "normalized": a.normalized,
+        }),
+        Err(e) => serde_json::json!({ "parse_error": e.to_string() }),
+    };
+    if format == OutputFormat::Json {
+        let out = serde_json::json!({
+            "decision": decision.label(),
+            "rule": decision.rule(),
+            "reason": reason,
+            "hint": hint,
+            "approvers": approvers,
+            "flags": flags,
+            "facts": facts,
+        });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        return;
+    }
+    println!("decision: {}", decision.label());
+    if let Some(rule) = decision.rule() {
+        println!("rule:     {rule}");
+    }
+    if let Some(r) = reason {
+        println!("reason:   {r}");
+    }
+    if let Some(h) = hint {
+        println!("hint:     {h}");
+    }
+    if let Some(a) = approvers {
+        println!("approvers: {a}");
+    }
+    if !flags.is_empty() {
+        println!("flags:    {}", flags.join(", "));
+    }
+    println!(
+        "facts:    {}",
+        serde_json::to_string_pretty(&facts).unwrap_or_default()
+    );
 }
 
 fn passwd() -> ExitCode {
@@ -154,6 +346,27 @@ async fn serve(config: PathBuf, data_dir: PathBuf) -> anyhow::Result<()> {
             _ = int.recv() => tracing::info!("SIGINT: draining sessions"),
         }
     };
-    state.serve(pg, shutdown).await;
+    let workers = start_workers(state.runtime().config.limits.workers)?;
+    state.serve(pg, &workers, shutdown).await;
     Ok(())
+}
+
+/// One single-threaded runtime per worker thread; they live until the process exits.
+fn start_workers(count: usize) -> anyhow::Result<Vec<tokio::runtime::Handle>> {
+    let count = if count == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        count
+    };
+    let mut handles = Vec::with_capacity(count);
+    for i in 0..count {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        handles.push(rt.handle().clone());
+        std::thread::Builder::new()
+            .name(format!("sluice-worker-{i}"))
+            .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+    }
+    Ok(handles)
 }

@@ -29,6 +29,10 @@ fn check_setting(name: &str, value: &str) -> Result<(), SessionError> {
             format!("sluice: client_encoding \"{value}\" is not supported"),
             "use UTF8",
         )),
+        "standard_conforming_strings" | "backslash_quote" => Err(SessionError::fatal(
+            "42501",
+            format!("sluice: the startup parameter \"{name}\" is not allowed; Sluice reads statements with standard_conforming_strings on"),
+        )),
         "role" | "session_authorization" => Err(SessionError::fatal(
             "42501",
             format!("sluice: the startup parameter \"{name}\" is not allowed; Sluice chooses the upstream role"),

@@ -28,8 +28,13 @@ pub fn listen(extra: &str) -> String {
 /// One `[[targets]]` entry for `pg`, logging in as `role` whose password is
 /// in the environment variable `TARGET_PW`.
 pub fn target(name: &str, upstream: &str, role: &str, tls: &str) -> String {
+    target_in("development", name, upstream, role, tls)
+}
+
+/// A `[[targets]]` entry in an environment.
+pub fn target_in(environment: &str, name: &str, upstream: &str, role: &str, tls: &str) -> String {
     format!(
-        "[[targets]]\nname = \"{name}\"\nenvironment = \"development\"\nupstream = \"{upstream}\"\ndatabase = \"app\"\nuser = \"{role}\"\npassword_env = \"TARGET_PW\"\ntls = \"{tls}\"\n"
+        "[[targets]]\nname = \"{name}\"\nenvironment = \"{environment}\"\nupstream = \"{upstream}\"\ndatabase = \"app\"\nuser = \"{role}\"\npassword_env = \"TARGET_PW\"\ntls = \"{tls}\"\n"
     )
 }
 

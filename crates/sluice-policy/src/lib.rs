@@ -1,0 +1,479 @@
+//! Policy: who may run what, where.
+//!
+//! Decisions are made by [Cedar](https://cedarpolicy.com): the principal is
+//! the caller, the action is the kind of statement, the resource is the
+//! target, and the context carries what analysis found (risks, tables,
+//! functions, environment). The built-in guardrails (`guardrails.cedar`)
+//! are active with zero configuration; a deployment adds its own policies
+//! and may switch built-ins off by id.
+#![warn(missing_docs)]
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::Path;
+use std::str::FromStr;
+
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityUid, Policy, PolicyId,
+    PolicySet, Request as CedarRequest, RestrictedExpression, Schema, ValidationMode, Validator,
+};
+use sluice_identity::{Principal, PrincipalKind};
+use sluice_sql::{Analysis, Kind};
+
+/// The schema, as Cedar text.
+pub const SCHEMA: &str = include_str!("sluice.cedarschema");
+/// The built-in guardrails, as Cedar text.
+pub const GUARDRAILS: &str = include_str!("guardrails.cedar");
+
+/// A policy set that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// A file could not be read.
+    #[error("{file}: {reason}")]
+    Read {
+        /// The file.
+        file: String,
+        /// Why.
+        reason: String,
+    },
+    /// Cedar could not parse a file.
+    #[error("{file}: {reason}")]
+    Parse {
+        /// The file.
+        file: String,
+        /// Cedar's message, with line and column.
+        reason: String,
+    },
+    /// A policy does not fit the schema.
+    #[error("{file}: policy {id}: {reason}")]
+    Invalid {
+        /// The file.
+        file: String,
+        /// The policy's @id (or Cedar's id).
+        id: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The outcome for one statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Run it. `flags` name the risks a non-production environment let through.
+    Allow {
+        /// Risky capabilities noticed but allowed.
+        flags: Vec<String>,
+    },
+    /// Refuse it.
+    Deny {
+        /// The rule (@id) that refused it.
+        rule: String,
+        /// Why, for the person.
+        reason: String,
+        /// What to do instead.
+        hint: Option<String>,
+    },
+    /// Run it only with approval from `approvers`.
+    Approval {
+        /// The rule (@id).
+        rule: String,
+        /// Why approval is needed.
+        reason: String,
+        /// The group whose approval is needed.
+        approvers: String,
+    },
+}
+
+impl Decision {
+    /// `allow`, `deny` or `approval`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Decision::Allow { .. } => "allow",
+            Decision::Deny { .. } => "deny",
+            Decision::Approval { .. } => "approval",
+        }
+    }
+
+    /// The rule that decided, if a guardrail or policy refused.
+    pub fn rule(&self) -> Option<&str> {
+        match self {
+            Decision::Allow { .. } => None,
+            Decision::Deny { rule, .. } | Decision::Approval { rule, .. } => Some(rule),
+        }
+    }
+}
+
+/// The target a statement is for.
+#[derive(Debug, Clone)]
+pub struct TargetRef<'a> {
+    /// Target name.
+    pub name: &'a str,
+    /// Its environment.
+    pub environment: &'a str,
+}
+
+/// Everything a decision looks at.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    /// Who.
+    pub principal: &'a Principal,
+    /// Where.
+    pub target: TargetRef<'a>,
+    /// What (`None`: the statement could not be parsed).
+    pub analysis: Option<&'a Analysis>,
+    /// The client's application_name.
+    pub application_name: &'a str,
+    /// Hour of the day, UTC.
+    pub hour_utc: u8,
+}
+
+/// Loaded, validated policies.
+pub struct PolicyEngine {
+    policies: PolicySet,
+    /// Position of each policy id in load order.
+    order: HashMap<String, usize>,
+    schema: Schema,
+    authorizer: Authorizer,
+}
+
+impl std::fmt::Debug for PolicyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyEngine")
+            .field("policies", &self.policies.policies().count())
+            .finish()
+    }
+}
+
+impl PolicyEngine {
+    /// The built-in guardrails only.
+    pub fn builtin() -> Result<Self, PolicyError> {
+        Self::load(None, &[])
+    }
+
+    /// Built-in guardrails (less `disabled` ids) plus every `*.cedar` file in `dir`.
+    pub fn load(dir: Option<&Path>, disabled: &[String]) -> Result<Self, PolicyError> {
+        let schema_err = |reason: String| PolicyError::Parse {
+            file: "sluice.cedarschema".into(),
+            reason,
+        };
+        let (schema, _warnings) =
+            Schema::from_cedarschema_str(SCHEMA).map_err(|e| schema_err(e.to_string()))?;
+        let mut sources: Vec<(String, String)> =
+            vec![("built-in guardrails".into(), GUARDRAILS.into())];
+        if let Some(dir) = dir {
+            let read_err = |reason: String| PolicyError::Read {
+                file: dir.display().to_string(),
+                reason,
+            };
+            let mut files: Vec<_> = std::fs::read_dir(dir)
+                .map_err(|e| read_err(e.to_string()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "cedar"))
+                .collect();
+            files.sort();
+            for f in files {
+                let text = std::fs::read_to_string(&f).map_err(|e| PolicyError::Read {
+                    file: f.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                sources.push((f.display().to_string(), text));
+            }
+        }
+        let mut policies = PolicySet::new();
+        let mut seen_ids: HashSet<String> = HashSet::new();
+        let mut seen_order: Vec<String> = Vec::new();
+        for (file, text) in &sources {
+            let set = PolicySet::from_str(text).map_err(|e| PolicyError::Parse {
+                file: file.clone(),
+                reason: e.to_string(),
+            })?;
+            for (n, p) in set.policies().enumerate() {
+                let name = p
+                    .annotation("id")
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("{file}#{n}"));
+                if disabled.contains(&name) {
+                    continue;
+                }
+                seen_order.push(name.clone());
+                if !seen_ids.insert(name.clone()) {
+                    return Err(PolicyError::Invalid {
+                        file: file.clone(),
+                        id: name,
+                        reason: "duplicate @id".into(),
+                    });
+                }
+                let policy =
+                    Policy::parse(Some(PolicyId::new(&name)), p.to_string()).map_err(|e| {
+                        PolicyError::Parse {
+                            file: file.clone(),
+                            reason: e.to_string(),
+                        }
+                    })?;
+                policies.add(policy).map_err(|e| PolicyError::Invalid {
+                    file: file.clone(),
+                    id: name.clone(),
+                    reason: e.to_string(),
+                })?;
+            }
+            let validation =
+                Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
+            let first = validation
+                .validation_errors()
+                .next()
+                .map(|e| (e.policy_id().to_string(), e.to_string()));
+            if let Some((id, reason)) = first {
+                return Err(PolicyError::Invalid {
+                    file: file.clone(),
+                    id,
+                    reason,
+                });
+            }
+        }
+        let order = seen_order
+            .into_iter()
+            .enumerate()
+            .map(|(i, id)| (id, i))
+            .collect();
+        Ok(PolicyEngine {
+            policies,
+            order,
+            schema,
+            authorizer: Authorizer::new(),
+        })
+    }
+
+    /// Decide one statement. Every action the statement performs is checked;
+    /// a denial wins over an approval, which wins over an allow. Fails closed:
+    /// an evaluation error is a denial.
+    pub fn decide(&self, req: &Request<'_>) -> Decision {
+        let actions: BTreeSet<Kind> = match req.analysis {
+            Some(a) if !a.statements.is_empty() => a.actions(),
+            _ => BTreeSet::from([Kind::Other]),
+        };
+        let principal = principal_uid(req.principal);
+        let resource = uid("Target", req.target.name);
+        let entities = match self.entities(req, &principal, &resource) {
+            Ok(e) => e,
+            Err(reason) => return evaluation_failed(reason),
+        };
+        let context = match self.context(req) {
+            Ok(c) => c,
+            Err(reason) => return evaluation_failed(reason),
+        };
+        let mut approval = None;
+        for action in actions {
+            let action_uid = uid("Action", action.as_str());
+            let request = match CedarRequest::new(
+                principal.clone(),
+                action_uid,
+                resource.clone(),
+                context.clone(),
+                Some(&self.schema),
+            ) {
+                Ok(r) => r,
+                Err(e) => return evaluation_failed(e.to_string()),
+            };
+            let response = self
+                .authorizer
+                .is_authorized(&request, &self.policies, &entities);
+            if let Some(e) = response.diagnostics().errors().next() {
+                return evaluation_failed(e.to_string());
+            }
+            if response.decision() == CedarDecision::Allow {
+                continue;
+            }
+            // Denied: by hard forbids, or only by forbids that ask for approval.
+            let mut hard = None;
+            let mut soft = None;
+            // Cedar reports the deciding policies unordered; take them in file
+            // order so the rule named is always the same.
+            let mut reasons: Vec<&PolicyId> = response.diagnostics().reason().collect();
+            reasons.sort_by_key(|id| {
+                self.order
+                    .get(id.to_string().as_str())
+                    .copied()
+                    .unwrap_or(usize::MAX)
+            });
+            for id in reasons {
+                let Some(p) = self.policies.policy(id) else {
+                    continue;
+                };
+                let reason = p
+                    .annotation("reason")
+                    .unwrap_or("a policy forbids it")
+                    .to_owned();
+                match p.annotation("approval") {
+                    Some(group) => soft = soft.or(Some((id.to_string(), reason, group.to_owned()))),
+                    None => {
+                        hard = hard.or(Some((
+                            id.to_string(),
+                            reason,
+                            p.annotation("hint").map(str::to_owned),
+                        )))
+                    }
+                }
+            }
+            match (hard, soft) {
+                (Some((rule, reason, hint)), _) => return Decision::Deny { rule, reason, hint },
+                (None, Some((rule, reason, approvers))) => {
+                    approval = approval.or(Some(Decision::Approval {
+                        rule,
+                        reason,
+                        approvers,
+                    }))
+                }
+                (None, None) => {
+                    return Decision::Deny {
+                        rule: "default-deny".into(),
+                        reason: format!("no policy permits {action} here"),
+                        hint: Some("ask your administrator for access".into()),
+                    }
+                }
+            }
+        }
+        approval.unwrap_or_else(|| Decision::Allow {
+            flags: flags(req.analysis),
+        })
+    }
+
+    fn entities(
+        &self,
+        req: &Request<'_>,
+        principal: &EntityUid,
+        resource: &EntityUid,
+    ) -> Result<Entities, String> {
+        let groups: HashSet<EntityUid> = req
+            .principal
+            .groups
+            .iter()
+            .map(|g| uid("Group", g))
+            .collect();
+        let mut list = vec![
+            Entity::new(
+                principal.clone(),
+                HashMap::from([(
+                    "name".to_owned(),
+                    RestrictedExpression::new_string(req.principal.name.clone()),
+                )]),
+                groups.clone(),
+            )
+            .map_err(|e| e.to_string())?,
+            Entity::new(
+                resource.clone(),
+                HashMap::from([
+                    (
+                        "name".to_owned(),
+                        RestrictedExpression::new_string(req.target.name.to_owned()),
+                    ),
+                    (
+                        "environment".to_owned(),
+                        RestrictedExpression::new_string(req.target.environment.to_owned()),
+                    ),
+                ]),
+                HashSet::new(),
+            )
+            .map_err(|e| e.to_string())?,
+        ];
+        list.extend(
+            groups
+                .into_iter()
+                .map(|g| Entity::new_no_attrs(g, HashSet::new())),
+        );
+        Entities::from_entities(list, Some(&self.schema)).map_err(|e| e.to_string())
+    }
+
+    fn context(&self, req: &Request<'_>) -> Result<Context, String> {
+        let set = |items: BTreeSet<String>| {
+            RestrictedExpression::new_set(items.into_iter().map(RestrictedExpression::new_string))
+        };
+        let (risks, read, written, functions, count) = match req.analysis {
+            Some(a) => (
+                a.risks().iter().map(|r| r.as_str().to_owned()).collect(),
+                a.tables_read(),
+                a.tables_written(),
+                a.functions(),
+                a.statements.len() as i64,
+            ),
+            None => (
+                BTreeSet::new(),
+                BTreeSet::new(),
+                BTreeSet::new(),
+                BTreeSet::new(),
+                0,
+            ),
+        };
+        Context::from_pairs([
+            (
+                "environment".to_owned(),
+                RestrictedExpression::new_string(req.target.environment.to_owned()),
+            ),
+            ("risks".to_owned(), set(risks)),
+            ("tables_read".to_owned(), set(read)),
+            ("tables_written".to_owned(), set(written)),
+            ("functions".to_owned(), set(functions)),
+            (
+                "unparseable".to_owned(),
+                RestrictedExpression::new_bool(req.analysis.is_none()),
+            ),
+            (
+                "statement_count".to_owned(),
+                RestrictedExpression::new_long(count),
+            ),
+            (
+                "application_name".to_owned(),
+                RestrictedExpression::new_string(req.application_name.to_owned()),
+            ),
+            (
+                "hour_utc".to_owned(),
+                RestrictedExpression::new_long(req.hour_utc.into()),
+            ),
+        ])
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// What a reviewer should notice in an allowed statement: its risks and
+/// its risky kinds (what production would refuse or hold).
+fn flags(analysis: Option<&Analysis>) -> Vec<String> {
+    let Some(a) = analysis else {
+        return vec!["unparseable".into()];
+    };
+    let risky_kinds = [
+        Kind::Drop,
+        Kind::Truncate,
+        Kind::Ddl,
+        Kind::Grant,
+        Kind::Admin,
+    ];
+    a.actions()
+        .into_iter()
+        .filter(|k| risky_kinds.contains(k))
+        .map(|k| k.as_str().to_owned())
+        .chain(a.risks().iter().map(|r| r.as_str().to_owned()))
+        .collect()
+}
+
+fn evaluation_failed(reason: String) -> Decision {
+    Decision::Deny {
+        rule: "policy-error".into(),
+        reason: format!("the policy could not be evaluated ({reason}); refusing to be safe"),
+        hint: Some("ask your administrator to check Sluice's policies".into()),
+    }
+}
+
+fn uid(kind: &str, id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(
+        cedar_policy::EntityTypeName::from_str(&format!("Sluice::{kind}"))
+            .expect("static entity type names parse"),
+        cedar_policy::EntityId::new(id),
+    )
+}
+
+fn principal_uid(p: &Principal) -> EntityUid {
+    let kind = match p.kind {
+        PrincipalKind::Human => "User",
+        PrincipalKind::Service => "Service",
+        PrincipalKind::Agent => "Agent",
+    };
+    uid(kind, &p.name)
+}

@@ -1,0 +1,233 @@
+//! What analysis finds out about a statement.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+/// The kind of action a statement performs, as policy sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// Reads rows.
+    Select,
+    /// Adds rows.
+    Insert,
+    /// Changes rows.
+    Update,
+    /// Removes rows.
+    Delete,
+    /// Creates or changes schema objects.
+    Ddl,
+    /// Drops schema objects (tables, schemas, databases, …).
+    Drop,
+    /// Empties tables.
+    Truncate,
+    /// Grants, revokes, role and ownership changes.
+    Grant,
+    /// COPY … TO (data leaves the database).
+    CopyOut,
+    /// COPY … FROM (data enters the database).
+    CopyIn,
+    /// Server administration (ALTER SYSTEM, SET ROLE, VACUUM, LOAD, …).
+    Admin,
+    /// Anything else: transaction control, SET, SHOW, LISTEN, EXECUTE, …
+    Other,
+}
+
+impl Kind {
+    /// The policy action name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Select => "select",
+            Kind::Insert => "insert",
+            Kind::Update => "update",
+            Kind::Delete => "delete",
+            Kind::Ddl => "ddl",
+            Kind::Drop => "drop",
+            Kind::Truncate => "truncate",
+            Kind::Grant => "grant",
+            Kind::CopyOut => "copy_out",
+            Kind::CopyIn => "copy_in",
+            Kind::Admin => "admin",
+            Kind::Other => "other",
+        }
+    }
+
+    /// Every kind, for schemas and docs.
+    pub const ALL: [Kind; 12] = [
+        Kind::Select,
+        Kind::Insert,
+        Kind::Update,
+        Kind::Delete,
+        Kind::Ddl,
+        Kind::Drop,
+        Kind::Truncate,
+        Kind::Grant,
+        Kind::CopyOut,
+        Kind::CopyIn,
+        Kind::Admin,
+        Kind::Other,
+    ];
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A risky capability a statement uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Risk {
+    /// UPDATE or DELETE without WHERE, or with a WHERE that is always true.
+    UnfilteredWrite,
+    /// ALTER SYSTEM.
+    AlterSystem,
+    /// COPY … PROGRAM.
+    CopyProgram,
+    /// COPY to or from a server file.
+    ServerFile,
+    /// pg_read_file and friends.
+    ServerFileFunction,
+    /// lo_import / lo_export and other large-object functions.
+    LargeObject,
+    /// dblink / postgres_fdw connections out of the database.
+    Dblink,
+    /// SET ROLE / SET SESSION AUTHORIZATION / set_config of either.
+    SetRole,
+    /// GRANT, REVOKE, role changes.
+    Privileges,
+    /// CREATE EXTENSION.
+    CreateExtension,
+    /// Disabling or weakening row level security.
+    DisableRowSecurity,
+    /// Dropping or changing encryption (pgcrypto objects, encryption options).
+    Encryption,
+    /// DO blocks and other code whose effect cannot be seen before it runs.
+    DynamicCode,
+    /// Rules, triggers and functions that can hide an effect behind another statement.
+    HiddenEffect,
+    /// ALTER TABLE … DROP COLUMN.
+    DropColumn,
+    /// Any other schema change.
+    SchemaChange,
+    /// Disabling triggers.
+    DisableTrigger,
+    /// Changing client_encoding or how string literals are read (Sluice would
+    /// read later statements differently from the server).
+    ClientEncoding,
+    /// Setting `sluice.*` settings that Sluice sets for the database.
+    SluiceSetting,
+    /// LOAD of a shared library.
+    LoadLibrary,
+    /// Ending or signalling other sessions (pg_terminate_backend, …).
+    SignalBackend,
+}
+
+impl Risk {
+    /// Stable name used in policy context and output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Risk::UnfilteredWrite => "unfiltered_write",
+            Risk::AlterSystem => "alter_system",
+            Risk::CopyProgram => "copy_program",
+            Risk::ServerFile => "server_file",
+            Risk::ServerFileFunction => "server_file_function",
+            Risk::LargeObject => "large_object",
+            Risk::Dblink => "dblink",
+            Risk::SetRole => "set_role",
+            Risk::Privileges => "privileges",
+            Risk::CreateExtension => "create_extension",
+            Risk::DisableRowSecurity => "disable_row_security",
+            Risk::Encryption => "encryption",
+            Risk::DynamicCode => "dynamic_code",
+            Risk::HiddenEffect => "hidden_effect",
+            Risk::DropColumn => "drop_column",
+            Risk::SchemaChange => "schema_change",
+            Risk::DisableTrigger => "disable_trigger",
+            Risk::ClientEncoding => "client_encoding",
+            Risk::SluiceSetting => "sluice_setting",
+            Risk::LoadLibrary => "load_library",
+            Risk::SignalBackend => "signal_backend",
+        }
+    }
+}
+
+impl fmt::Display for Risk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Facts about one statement of a query string.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatementFacts {
+    /// The top-level kind.
+    pub kind: Option<Kind>,
+    /// Every kind of action found anywhere in the statement (a DELETE inside
+    /// a CTE makes a SELECT also a delete).
+    pub actions: BTreeSet<Kind>,
+    /// Tables read (schema-qualified where written so).
+    pub tables_read: BTreeSet<String>,
+    /// Tables written, created, altered or dropped.
+    pub tables_written: BTreeSet<String>,
+    /// Functions called.
+    pub functions: BTreeSet<String>,
+    /// Risky capabilities used.
+    pub risks: BTreeSet<Risk>,
+    /// For `EXECUTE name`: the prepared statement executed.
+    pub executes: Option<String>,
+    /// For `PREPARE name AS …`: the name being defined.
+    pub prepares: Option<String>,
+}
+
+/// The analysis of a whole query string.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Analysis {
+    /// One entry per statement, in order.
+    pub statements: Vec<StatementFacts>,
+    /// pg_query fingerprint (same for statements that differ only in constants).
+    pub fingerprint: String,
+    /// The text with constants replaced by `$n`: safe to store, groups alike statements.
+    pub normalized: String,
+}
+
+impl Analysis {
+    /// Every action of every statement.
+    pub fn actions(&self) -> BTreeSet<Kind> {
+        self.statements
+            .iter()
+            .flat_map(|s| s.actions.iter().copied())
+            .collect()
+    }
+
+    /// Every risk of every statement.
+    pub fn risks(&self) -> BTreeSet<Risk> {
+        self.statements
+            .iter()
+            .flat_map(|s| s.risks.iter().copied())
+            .collect()
+    }
+
+    /// Every table read.
+    pub fn tables_read(&self) -> BTreeSet<String> {
+        self.statements
+            .iter()
+            .flat_map(|s| s.tables_read.iter().cloned())
+            .collect()
+    }
+
+    /// Every table written.
+    pub fn tables_written(&self) -> BTreeSet<String> {
+        self.statements
+            .iter()
+            .flat_map(|s| s.tables_written.iter().cloned())
+            .collect()
+    }
+
+    /// Every function called.
+    pub fn functions(&self) -> BTreeSet<String> {
+        self.statements
+            .iter()
+            .flat_map(|s| s.functions.iter().cloned())
+            .collect()
+    }
+}

@@ -1,0 +1,47 @@
+//! Statement analysis with the real PostgreSQL parser (`pg_query`).
+//!
+//! A governance proxy must read a statement exactly as the server will, or a
+//! guardrail can be evaded; so the text is parsed by PostgreSQL's own
+//! grammar and the facts policy needs are read off the tree: what kind of
+//! statement, which tables it reads and writes, whether an UPDATE or DELETE
+//! is filtered, which functions it calls and which risky capabilities it
+//! touches. Effects hidden inside other statements (a DELETE in a CTE, in
+//! `COPY (…) TO`, in `EXPLAIN ANALYZE`, in `PREPARE`) count as if written
+//! at the top.
+#![warn(missing_docs)]
+
+mod facts;
+mod walk;
+
+pub use facts::{Analysis, Kind, Risk, StatementFacts};
+
+/// A statement the parser refused.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("cannot parse statement: {0}")]
+pub struct ParseError(pub String);
+
+/// How the session reads string literals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Dialect {
+    /// `standard_conforming_strings = off`: backslashes escape in '…'.
+    pub backslash_escapes: bool,
+}
+
+/// Analyse a query string (one or more statements).
+pub fn analyze(sql: &str, dialect: Dialect) -> Result<Analysis, ParseError> {
+    let mut options = pg_query::ParserOptions::DEFAULT;
+    if dialect.backslash_escapes {
+        options |= pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS;
+    }
+    let parsed = pg_query::parse(sql, options).map_err(|e| ParseError(e.to_string()))?;
+    let statements = walk::statements(&parsed.protobuf, sql);
+    let fingerprint = pg_query::fingerprint(sql, options, 0)
+        .map(|f| f.hex)
+        .unwrap_or_default();
+    let normalized = pg_query::normalize(sql).unwrap_or_else(|_| String::new());
+    Ok(Analysis {
+        statements,
+        fingerprint,
+        normalized,
+    })
+}

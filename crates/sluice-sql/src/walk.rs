@@ -1,0 +1,511 @@
+//! Reading facts off the parse tree.
+
+use pg_query::protobuf::{self, a_const, AlterTableType, BoolExprType, ObjectType};
+use pg_query::{NodeEnum, NodeRef};
+
+use crate::facts::{Kind, Risk, StatementFacts};
+
+/// Facts for every statement of a parse result.
+pub fn statements(tree: &protobuf::ParseResult, sql: &str) -> Vec<StatementFacts> {
+    let tokens = token_risks(sql);
+    tree.stmts
+        .iter()
+        .filter_map(|raw| {
+            raw.stmt
+                .as_ref()
+                .and_then(|n| n.node.as_ref())
+                .map(|n| (raw, n))
+        })
+        .map(|(raw, node)| {
+            let mut facts = StatementFacts {
+                kind: Some(top_kind(node)),
+                ..StatementFacts::default()
+            };
+            visit(node, &mut facts);
+            if let Some(k) = facts.kind {
+                facts.actions.insert(k);
+            }
+            let start = raw.stmt_location.max(0) as usize;
+            // A length of 0 means "to the end of the string".
+            let end = if raw.stmt_len == 0 {
+                usize::MAX
+            } else {
+                start + raw.stmt_len as usize
+            };
+            facts.risks.extend(
+                tokens
+                    .iter()
+                    .filter(|(at, _)| (start..end).contains(at))
+                    .map(|(_, r)| *r),
+            );
+            facts
+        })
+        .collect()
+}
+
+/// The kind of a top-level statement.
+fn top_kind(node: &NodeEnum) -> Kind {
+    use NodeEnum as N;
+    match node {
+        N::SelectStmt(_) => Kind::Select,
+        N::InsertStmt(_) => Kind::Insert,
+        N::UpdateStmt(_) | N::MergeStmt(_) => Kind::Update,
+        N::DeleteStmt(_) => Kind::Delete,
+        N::TruncateStmt(_) => Kind::Truncate,
+        N::DropStmt(_)
+        | N::DropdbStmt(_)
+        | N::DropRoleStmt(_)
+        | N::DropOwnedStmt(_)
+        | N::DropTableSpaceStmt(_) => Kind::Drop,
+        N::CopyStmt(c) if c.is_from => Kind::CopyIn,
+        N::CopyStmt(_) => Kind::CopyOut,
+        N::GrantStmt(_)
+        | N::GrantRoleStmt(_)
+        | N::AlterDefaultPrivilegesStmt(_)
+        | N::AlterOwnerStmt(_)
+        | N::CreateRoleStmt(_)
+        | N::AlterRoleStmt(_)
+        | N::AlterRoleSetStmt(_)
+        | N::ReassignOwnedStmt(_) => Kind::Grant,
+        N::AlterSystemStmt(_)
+        | N::VacuumStmt(_)
+        | N::ClusterStmt(_)
+        | N::ReindexStmt(_)
+        | N::CheckPointStmt(_)
+        | N::LoadStmt(_)
+        | N::AlterDatabaseSetStmt(_)
+        | N::AlterDatabaseStmt(_) => Kind::Admin,
+        N::VariableSetStmt(s) if is_identity_setting(&s.name) && !is_reset(s.kind) => Kind::Admin,
+        N::TransactionStmt(_)
+        | N::VariableSetStmt(_)
+        | N::VariableShowStmt(_)
+        | N::ExplainStmt(_)
+        | N::PrepareStmt(_)
+        | N::ExecuteStmt(_)
+        | N::DeallocateStmt(_)
+        | N::DeclareCursorStmt(_)
+        | N::FetchStmt(_)
+        | N::ClosePortalStmt(_)
+        | N::ListenStmt(_)
+        | N::UnlistenStmt(_)
+        | N::NotifyStmt(_)
+        | N::LockStmt(_)
+        | N::DiscardStmt(_)
+        | N::CallStmt(_)
+        | N::DoStmt(_)
+        | N::ConstraintsSetStmt(_) => Kind::Other,
+        // Everything else that changes the catalog.
+        _ => Kind::Ddl,
+    }
+}
+
+fn is_identity_setting(name: &str) -> bool {
+    matches!(
+        name.to_ascii_lowercase().as_str(),
+        "role" | "session_authorization"
+    )
+}
+
+fn is_reset(kind: i32) -> bool {
+    kind == protobuf::VariableSetKind::VarReset as i32
+        || kind == protobuf::VariableSetKind::VarResetAll as i32
+}
+
+fn relation_name(rv: &protobuf::RangeVar) -> String {
+    if rv.schemaname.is_empty() {
+        rv.relname.clone()
+    } else {
+        format!("{}.{}", rv.schemaname, rv.relname)
+    }
+}
+
+/// Walk every node of `node` (and, where pg_query's walk stops, below it).
+fn visit(node: &NodeEnum, facts: &mut StatementFacts) {
+    for (n, _depth, _context, _) in node.nodes() {
+        visit_one(n, facts);
+    }
+}
+
+fn visit_one(n: NodeRef<'_>, facts: &mut StatementFacts) {
+    match n {
+        NodeRef::SelectStmt(_) => {
+            facts.actions.insert(Kind::Select);
+        }
+        NodeRef::RangeVar(rv) => {
+            facts.tables_read.insert(relation_name(rv));
+        }
+        NodeRef::InsertStmt(s) => {
+            facts.actions.insert(Kind::Insert);
+            if let Some(rv) = &s.relation {
+                facts.tables_written.insert(relation_name(rv));
+            }
+        }
+        NodeRef::UpdateStmt(s) => {
+            facts.actions.insert(Kind::Update);
+            if let Some(rv) = &s.relation {
+                facts.tables_written.insert(relation_name(rv));
+            }
+            if s.where_clause.as_deref().is_none_or(always_true) {
+                facts.risks.insert(Risk::UnfilteredWrite);
+            }
+        }
+        NodeRef::DeleteStmt(s) => {
+            facts.actions.insert(Kind::Delete);
+            if let Some(rv) = &s.relation {
+                facts.tables_written.insert(relation_name(rv));
+            }
+            if s.where_clause.as_deref().is_none_or(always_true) {
+                facts.risks.insert(Risk::UnfilteredWrite);
+            }
+        }
+        NodeRef::MergeStmt(s) => {
+            facts
+                .actions
+                .extend([Kind::Insert, Kind::Update, Kind::Delete]);
+            if let Some(rv) = &s.relation {
+                facts.tables_written.insert(relation_name(rv));
+            }
+        }
+        NodeRef::TruncateStmt(s) => {
+            facts.actions.insert(Kind::Truncate);
+            for r in &s.relations {
+                if let Some(NodeEnum::RangeVar(rv)) = r.node.as_ref() {
+                    facts.tables_written.insert(relation_name(rv));
+                }
+            }
+        }
+        NodeRef::DropStmt(s) => {
+            facts.actions.insert(Kind::Drop);
+            let kind = ObjectType::try_from(s.remove_type).unwrap_or(ObjectType::Undefined);
+            if kind == ObjectType::ObjectExtension || kind == ObjectType::ObjectPolicy {
+                facts.risks.insert(Risk::DisableRowSecurity);
+            }
+            if kind == ObjectType::ObjectTrigger || kind == ObjectType::ObjectRule {
+                facts.risks.insert(Risk::HiddenEffect);
+            }
+            if kind == ObjectType::ObjectExtension
+                && names_in(&s.objects).iter().any(|n| n.contains("pgcrypto"))
+            {
+                facts.risks.insert(Risk::Encryption);
+            }
+            for name in names_in(&s.objects) {
+                facts.tables_written.insert(name);
+            }
+        }
+        NodeRef::DropdbStmt(s) => {
+            facts.actions.insert(Kind::Drop);
+            facts
+                .tables_written
+                .insert(format!("database {}", s.dbname));
+        }
+        NodeRef::CopyStmt(s) => {
+            facts.actions.insert(if s.is_from {
+                Kind::CopyIn
+            } else {
+                Kind::CopyOut
+            });
+            if let Some(rv) = &s.relation {
+                if s.is_from {
+                    facts.tables_written.insert(relation_name(rv));
+                }
+            }
+            if s.is_program {
+                facts.risks.insert(Risk::CopyProgram);
+            } else if !s.filename.is_empty() {
+                facts.risks.insert(Risk::ServerFile);
+            }
+        }
+        NodeRef::AlterSystemStmt(_) => {
+            facts.risks.insert(Risk::AlterSystem);
+        }
+        NodeRef::VariableSetStmt(s) => setting(&s.name, !is_reset(s.kind), facts),
+        NodeRef::GrantStmt(_)
+        | NodeRef::GrantRoleStmt(_)
+        | NodeRef::AlterDefaultPrivilegesStmt(_) => {
+            facts.risks.insert(Risk::Privileges);
+        }
+        NodeRef::CreateExtensionStmt(_) => {
+            facts.risks.insert(Risk::CreateExtension);
+        }
+        NodeRef::DoStmt(_) => {
+            facts.risks.insert(Risk::DynamicCode);
+        }
+        NodeRef::CreateFunctionStmt(_)
+        | NodeRef::CreateTrigStmt(_)
+        | NodeRef::RuleStmt(_)
+        | NodeRef::CreateEventTrigStmt(_) => {
+            facts.risks.insert(Risk::HiddenEffect);
+        }
+        NodeRef::LoadStmt(_) => {
+            facts.risks.insert(Risk::LoadLibrary);
+        }
+        NodeRef::AlterTableStmt(s) => {
+            if let Some(rv) = &s.relation {
+                facts.tables_written.insert(relation_name(rv));
+            }
+            for cmd in &s.cmds {
+                if let Some(NodeEnum::AlterTableCmd(c)) = cmd.node.as_ref() {
+                    alter_table_cmd(c, facts);
+                }
+            }
+        }
+        NodeRef::CreatePolicyStmt(_) | NodeRef::AlterPolicyStmt(_) => {
+            facts.risks.insert(Risk::DisableRowSecurity);
+        }
+        NodeRef::CreateStmt(s) => {
+            if let Some(rv) = &s.relation {
+                facts.tables_written.insert(relation_name(rv));
+            }
+        }
+        NodeRef::PrepareStmt(s) => {
+            facts.prepares = Some(s.name.clone());
+            // pg_query's walk does not descend into PREPARE.
+            if let Some(q) = s.query.as_ref().and_then(|q| q.node.as_ref()) {
+                facts.actions.insert(top_kind(q));
+                visit(q, facts);
+            }
+        }
+        NodeRef::ExecuteStmt(s) => facts.executes = Some(s.name.clone()),
+        NodeRef::FuncCall(f) => function(f, facts),
+        _ => {}
+    }
+    if facts.kind == Some(Kind::Ddl) || matches!(facts.kind, Some(Kind::Drop)) {
+        facts.risks.insert(Risk::SchemaChange);
+    }
+}
+
+fn setting(name: &str, sets_value: bool, facts: &mut StatementFacts) {
+    let lower = name.to_ascii_lowercase();
+    if !sets_value {
+        return;
+    }
+    if is_identity_setting(&lower) {
+        facts.risks.insert(Risk::SetRole);
+    } else if matches!(
+        lower.as_str(),
+        "client_encoding" | "names" | "standard_conforming_strings" | "backslash_quote"
+    ) {
+        facts.risks.insert(Risk::ClientEncoding);
+    } else if lower.starts_with("sluice.") {
+        facts.risks.insert(Risk::SluiceSetting);
+    }
+}
+
+fn alter_table_cmd(c: &protobuf::AlterTableCmd, facts: &mut StatementFacts) {
+    let t = AlterTableType::try_from(c.subtype).unwrap_or(AlterTableType::Undefined);
+    match t {
+        AlterTableType::AtDropColumn => {
+            facts.risks.insert(Risk::DropColumn);
+        }
+        AlterTableType::AtDisableRowSecurity | AlterTableType::AtNoForceRowSecurity => {
+            facts.risks.insert(Risk::DisableRowSecurity);
+        }
+        AlterTableType::AtDisableTrig
+        | AlterTableType::AtDisableTrigAll
+        | AlterTableType::AtDisableTrigUser => {
+            facts.risks.insert(Risk::DisableTrigger);
+        }
+        AlterTableType::AtSetRelOptions
+        | AlterTableType::AtSetOptions
+        | AlterTableType::AtResetRelOptions => {
+            let mentions_encryption = c.def.as_deref().map(|d| format!("{d:?}")).is_some_and(|d| {
+                let d = d.to_ascii_lowercase();
+                d.contains("encrypt") || d.contains("crypt")
+            });
+            if mentions_encryption {
+                facts.risks.insert(Risk::Encryption);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Functions whose names alone make a statement risky.
+fn function(f: &protobuf::FuncCall, facts: &mut StatementFacts) {
+    let parts: Vec<&str> = f
+        .funcname
+        .iter()
+        .filter_map(|n| match n.node.as_ref() {
+            Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+            _ => None,
+        })
+        .collect();
+    let Some(base) = parts.last() else { return };
+    let base = base.to_ascii_lowercase();
+    facts.functions.insert(parts.join("."));
+    if base == "set_config" {
+        let first = f.args.first().and_then(|a| match a.node.as_ref() {
+            Some(NodeEnum::AConst(c)) => match &c.val {
+                Some(a_const::Val::Sval(s)) => Some(s.sval.clone()),
+                _ => None,
+            },
+            _ => None,
+        });
+        match first {
+            Some(name) => setting(&name, true, facts),
+            // A computed setting name could be anything.
+            None => {
+                facts.risks.insert(Risk::DynamicCode);
+            }
+        }
+    }
+    if let Some(risk) = function_risk(&base) {
+        facts.risks.insert(risk);
+    }
+}
+
+/// The risk of calling a function, by its (lower-case, unqualified) name.
+pub fn function_risk(base: &str) -> Option<Risk> {
+    match base {
+        "pg_read_file"
+        | "pg_read_binary_file"
+        | "pg_ls_dir"
+        | "pg_stat_file"
+        | "pg_ls_logdir"
+        | "pg_ls_waldir"
+        | "pg_ls_tmpdir"
+        | "pg_ls_archive_statusdir"
+        | "pg_file_write"
+        | "pg_file_rename"
+        | "pg_file_unlink"
+        | "pg_logdir_ls" => Some(Risk::ServerFileFunction),
+        b if b.starts_with("lo_") || matches!(b, "loread" | "lowrite") => Some(Risk::LargeObject),
+        b if b.starts_with("dblink") || b.starts_with("postgres_fdw") => Some(Risk::Dblink),
+        "pg_terminate_backend"
+        | "pg_cancel_backend"
+        | "pg_reload_conf"
+        | "pg_rotate_logfile"
+        | "pg_promote" => Some(Risk::SignalBackend),
+        "pgp_sym_decrypt" | "pgp_pub_decrypt" | "decrypt" | "decrypt_iv" => Some(Risk::Encryption),
+        _ => None,
+    }
+}
+
+/// Risks found from the tokens, independent of how deep the tree walk goes:
+/// a risky function name anywhere outside a string literal counts, and a
+/// Unicode-escaped identifier (which could spell any name) is dynamic code.
+pub fn token_risks(sql: &str) -> Vec<(usize, Risk)> {
+    const IDENT: i32 = 258;
+    const UIDENT: i32 = 259;
+    let Ok(scan) = pg_query::scan(sql) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for t in &scan.tokens {
+        let at = t.start.max(0) as usize;
+        match t.token {
+            IDENT => {
+                let text = sql.get(at..t.end.max(0) as usize).unwrap_or_default();
+                let name = text.trim_matches('"').to_ascii_lowercase();
+                if let Some(r) = function_risk(&name) {
+                    out.push((at, r));
+                }
+            }
+            UIDENT => out.push((at, Risk::DynamicCode)),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn names_in(objects: &[protobuf::Node]) -> Vec<String> {
+    objects
+        .iter()
+        .filter_map(|o| match o.node.as_ref() {
+            Some(NodeEnum::List(l)) => Some(
+                l.items
+                    .iter()
+                    .filter_map(|i| match i.node.as_ref() {
+                        Some(NodeEnum::String(s)) => Some(s.sval.clone()),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+                    .join("."),
+            ),
+            Some(NodeEnum::String(s)) => Some(s.sval.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// True for a WHERE clause that holds for every row: `true`, `1 = 1`,
+/// `'a' = 'a'`, `x = x`, `NOT false`, `… OR true`, `true AND true`.
+fn always_true(node: &protobuf::Node) -> bool {
+    match node.node.as_ref() {
+        Some(NodeEnum::AConst(c)) => matches!(&c.val, Some(a_const::Val::Boolval(b)) if b.boolval),
+        Some(NodeEnum::TypeCast(tc)) => tc.arg.as_deref().is_some_and(always_true),
+        Some(NodeEnum::BoolExpr(b)) => match BoolExprType::try_from(b.boolop) {
+            Ok(BoolExprType::OrExpr) => b.args.iter().any(always_true),
+            Ok(BoolExprType::AndExpr) => b.args.iter().all(always_true),
+            Ok(BoolExprType::NotExpr) => b.args.first().is_some_and(always_false),
+            _ => false,
+        },
+        Some(NodeEnum::AExpr(e)) => {
+            let op: Vec<&str> = e
+                .name
+                .iter()
+                .filter_map(|n| match n.node.as_ref() {
+                    Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+                    _ => None,
+                })
+                .collect();
+            let (Some(l), Some(r)) = (e.lexpr.as_deref(), e.rexpr.as_deref()) else {
+                return false;
+            };
+            let same = same_expr(l, r);
+            match op.as_slice() {
+                ["="] | [">="] | ["<="] => same || compare_consts(l, r, op[0]),
+                ["<>"] | ["!="] | [">"] | ["<"] => compare_consts(l, r, op[0]),
+                _ => false,
+            }
+        }
+        Some(NodeEnum::NullTest(_)) => false,
+        _ => false,
+    }
+}
+
+fn always_false(node: &protobuf::Node) -> bool {
+    match node.node.as_ref() {
+        Some(NodeEnum::AConst(c)) => matches!(&c.val, Some(a_const::Val::Boolval(b)) if !b.boolval),
+        Some(NodeEnum::BoolExpr(b)) if b.boolop == BoolExprType::NotExpr as i32 => {
+            b.args.first().is_some_and(always_true)
+        }
+        _ => false,
+    }
+}
+
+/// The same column or the same constant on both sides (ignoring positions).
+fn same_expr(l: &protobuf::Node, r: &protobuf::Node) -> bool {
+    match (l.node.as_ref(), r.node.as_ref()) {
+        (Some(NodeEnum::ColumnRef(a)), Some(NodeEnum::ColumnRef(b))) => a.fields == b.fields,
+        (Some(NodeEnum::AConst(a)), Some(NodeEnum::AConst(b))) => a.val == b.val && !a.isnull,
+        _ => false,
+    }
+}
+
+fn constant(n: &protobuf::Node) -> Option<f64> {
+    match n.node.as_ref() {
+        Some(NodeEnum::AConst(c)) => match &c.val {
+            Some(a_const::Val::Ival(i)) => Some(i.ival as f64),
+            Some(a_const::Val::Fval(f)) => f.fval.parse().ok(),
+            _ => None,
+        },
+        Some(NodeEnum::TypeCast(tc)) => tc.arg.as_deref().and_then(constant),
+        _ => None,
+    }
+}
+
+fn compare_consts(l: &protobuf::Node, r: &protobuf::Node, op: &str) -> bool {
+    let (Some(a), Some(b)) = (constant(l), constant(r)) else {
+        return false;
+    };
+    match op {
+        "=" => a == b,
+        "<>" | "!=" => a != b,
+        ">" => a > b,
+        "<" => a < b,
+        ">=" => a >= b,
+        "<=" => a <= b,
+        _ => false,
+    }
+}

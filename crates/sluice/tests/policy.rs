@@ -1,0 +1,302 @@
+//! Statements are judged before the database sees them: a refused statement
+//! is an ordinary error, the session and its transaction behave as
+//! PostgreSQL's own would after an error, and nothing of it runs.
+
+mod common;
+
+use common::*;
+
+const PROD: &str = "app-prod";
+
+/// PostgreSQL with a production target and a development target in front.
+fn start_prod() -> (PgServer, SluiceProcess) {
+    let pg = PgServer::start();
+    let config = format!(
+        "{}{}{}{}",
+        listen(""),
+        target_in(
+            "production",
+            PROD,
+            &pg.addr(),
+            sluice_testkit::SCRAM_USER,
+            "disable"
+        ),
+        target(TARGET, &pg.addr(), sluice_testkit::SCRAM_USER, "disable"),
+        user(USER, PASSWORD)
+    );
+    pg.psql("app", "create table customers (id int primary key, email text); insert into customers values (1, 'a@example.com'), (2, 'b@example.com'); alter table customers owner to sluice_scram");
+    let sluice = SluiceProcess::builder(bin(), &config)
+        .env("TARGET_PW", sluice_testkit::SCRAM_PASSWORD)
+        .start();
+    (pg, sluice)
+}
+
+async fn connect_to(sluice: &SluiceProcess, db: &str) -> tokio_postgres::Client {
+    let conn = format!(
+        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={db} sslmode=disable",
+        sluice.pg_port()
+    );
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+fn count(pg: &PgServer) -> String {
+    pg.psql("app", "select count(*) from customers")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drop_in_production_is_blocked_with_a_clear_error() {
+    let (pg, sluice) = start_prod();
+    let (ok, _, err) = psql_db(&sluice, PROD, "drop table customers");
+    assert!(!ok);
+    assert!(
+        err.contains("sluice: blocked by no-drop-in-production: DROP is not allowed in production"),
+        "{err}"
+    );
+    assert!(err.contains("HINT:"), "{err}");
+    assert!(
+        !err.contains("sluice_denied_"),
+        "the marker must never reach the client: {err}"
+    );
+    assert_eq!(count(&pg), "2", "the table is still there");
+
+    let c = connect_to(&sluice, PROD).await;
+    let e = c.batch_execute("DROP TABLE customers").await.unwrap_err();
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "42501");
+    assert!(
+        db.message()
+            .starts_with("sluice: blocked by no-drop-in-production"),
+        "{}",
+        db.message()
+    );
+    // The session goes on.
+    assert_eq!(
+        c.query_one("select count(*) from customers", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        2
+    );
+
+    // In development the same statement is allowed (and flagged).
+    let dev = connect_to(&sluice, TARGET).await;
+    dev.batch_execute("create table scratch (a int); drop table scratch")
+        .await
+        .unwrap();
+    let (_, metrics) = sluice.http_get("/metrics");
+    assert!(
+        metrics.contains("sluice_statements_denied_total 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_statement_fails_the_transaction_like_any_error() {
+    let (pg, sluice) = start_prod();
+    let c = connect_to(&sluice, PROD).await;
+    c.batch_execute("begin").await.unwrap();
+    c.batch_execute("insert into customers values (3, 'c@example.com')")
+        .await
+        .unwrap();
+    let e = c.batch_execute("delete from customers").await.unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().code().code(), "42501");
+    assert!(e
+        .as_db_error()
+        .unwrap()
+        .message()
+        .contains("no-unfiltered-write-in-production"));
+    // As after any error: the transaction is aborted until ROLLBACK.
+    let e = c.batch_execute("select 1").await.unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().code().code(), "25P02");
+    c.batch_execute("rollback").await.unwrap();
+    assert_eq!(count(&pg), "2");
+    // A filtered delete is fine.
+    c.batch_execute("delete from customers where id = 2")
+        .await
+        .unwrap();
+    assert_eq!(count(&pg), "1");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_refused_statement_refuses_the_whole_string() {
+    let (pg, sluice) = start_prod();
+    let c = connect_to(&sluice, PROD).await;
+    let e = c
+        .batch_execute("insert into customers values (9, 'x'); truncate customers; insert into customers values (10, 'y')")
+        .await
+        .unwrap_err();
+    assert!(e
+        .as_db_error()
+        .unwrap()
+        .message()
+        .contains("no-truncate-in-production"));
+    assert_eq!(count(&pg), "2", "nothing of the string ran");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_inside_a_pipeline_keep_every_other_answer_in_order() {
+    let (_pg, sluice) = start_prod();
+    let c = connect_to(&sluice, PROD).await;
+    // tokio-postgres pipelines these: Parse/Bind/Execute/Sync for each, all sent at once.
+    let (a, b, d, e) = tokio::join!(
+        c.query_one("select 1::int4", &[]),
+        c.query("delete from customers where 1 = 1", &[]),
+        c.query_one("select 2::int4", &[]),
+        c.prepare("drop table customers"),
+    );
+    assert_eq!(a.unwrap().get::<_, i32>(0), 1);
+    assert_eq!(b.unwrap_err().as_db_error().unwrap().code().code(), "42501");
+    assert_eq!(d.unwrap().get::<_, i32>(0), 2);
+    assert_eq!(e.unwrap_err().as_db_error().unwrap().code().code(), "42501");
+    // A named prepared statement that was refused does not exist afterwards,
+    // and an allowed one works.
+    let ok = c
+        .prepare("select email from customers where id = $1")
+        .await
+        .unwrap();
+    let row = c.query_one(&ok, &[&1i32]).await.unwrap();
+    assert_eq!(row.get::<_, &str>(0), "a@example.com");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schema_changes_need_approval_in_production() {
+    let (_pg, sluice) = start_prod();
+    let c = connect_to(&sluice, PROD).await;
+    let e = c
+        .batch_execute("alter table customers drop column email")
+        .await
+        .unwrap_err();
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "SL001");
+    assert!(
+        db.message()
+            .starts_with("sluice: approval required by approve-schema-changes-in-production"),
+        "{}",
+        db.message()
+    );
+    assert!(db.hint().unwrap().contains("\"dba\""), "{:?}", db.hint());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_level_prepare_and_server_functions_cannot_hide_effects() {
+    let (pg, sluice) = start_prod();
+    let c = connect_to(&sluice, PROD).await;
+    for sql in [
+        "prepare p as delete from customers",
+        "with d as (delete from customers returning *) select count(*) from d",
+        "copy (delete from customers returning *) to stdout",
+        "explain analyze delete from customers",
+        "select pg_read_file('/etc/passwd')",
+        "do $$ begin delete from customers; end $$",
+        "set role postgres",
+        "set client_encoding = 'SJIS'",
+        "selec 1",
+    ] {
+        let e = c.batch_execute(sql).await.unwrap_err();
+        assert_eq!(
+            e.as_db_error().map(|d| d.code().code()),
+            Some("42501"),
+            "{sql}"
+        );
+    }
+    assert_eq!(count(&pg), "2");
+}
+
+fn psql_db(sluice: &SluiceProcess, db: &str, sql: &str) -> (bool, String, String) {
+    let out = std::process::Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={} user={USER} dbname={db} sslmode=disable",
+            sluice.pg_port()
+        ))
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGPASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn policy_test_cli_works_without_a_database() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .arg("policy")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, _) = run(&[
+        "test",
+        "--environment",
+        "production",
+        "--as",
+        "alice",
+        "--format",
+        "json",
+        "DROP TABLE customers",
+    ]);
+    assert_eq!(code, Some(1));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["decision"], "deny");
+    assert_eq!(v["rule"], "no-drop-in-production");
+    assert_eq!(v["facts"]["statements"][0]["kind"], "drop");
+
+    let (code, out, _) = run(&[
+        "test",
+        "--environment",
+        "staging",
+        "--format",
+        "json",
+        "DROP TABLE customers",
+    ]);
+    assert_eq!(code, Some(0));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["decision"], "allow");
+    assert!(v["flags"].as_array().unwrap().iter().any(|f| f == "drop"));
+
+    let (code, out, _) = run(&[
+        "test",
+        "--environment",
+        "production",
+        "alter table t add column c int",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(
+        out.contains("decision: approval") && out.contains("approvers: dba"),
+        "{out}"
+    );
+
+    // A config with its own policy directory; a broken policy names its file.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        "[listen]\npostgres = \"127.0.0.1:1\"\n[policy]\ndir = \"policies\"\ndisable = [\"no-truncate-in-production\"]\n",
+    )
+    .unwrap();
+    let config = dir.path().join("sluice.toml").display().to_string();
+    let (code, _, err) = run(&["validate", "--config", &config]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, _) = run(&["test", "--config", &config, "truncate t"]);
+    assert_eq!(code, Some(0), "disabled guardrail");
+    std::fs::write(
+        dir.path().join("policies/broken.cedar"),
+        "permit (principal, action, resource) when { nope };",
+    )
+    .unwrap();
+    let (code, _, err) = run(&["validate", "--config", &config]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("broken.cedar"), "{err}");
+}
