@@ -186,10 +186,20 @@ async fn switching_to_an_unsafe_encoding_is_refused_or_ends_the_session() {
     let (_pg, sluice) = start();
     let c = connect(&sluice).await;
     // Said plainly, policy refuses it and the session goes on.
-    let e = c.batch_execute("set client_encoding = 'SJIS'").await.unwrap_err();
+    let e = c
+        .batch_execute("set client_encoding = 'SJIS'")
+        .await
+        .unwrap_err();
     assert_eq!(e.as_db_error().unwrap().code().code(), "42501");
-    assert!(e.as_db_error().unwrap().message().contains("no-encoding-change"));
-    assert_eq!(c.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+    assert!(e
+        .as_db_error()
+        .unwrap()
+        .message()
+        .contains("no-encoding-change"));
+    assert_eq!(
+        c.query_one("select 1", &[]).await.unwrap().get::<_, i32>(0),
+        1
+    );
     // Hidden behind a computed name (allowed, flagged, outside production),
     // the server's ParameterStatus gives it away and the session is closed
     // before another statement is read in the wrong encoding.
@@ -198,9 +208,11 @@ async fn switching_to_an_unsafe_encoding_is_refused_or_ends_the_session() {
         .await;
     assert!(result.is_err() || c.query_one("select 1", &[]).await.is_err());
     assert!(c.is_closed() || c.query_one("select 1", &[]).await.is_err());
-    sluice_testkit::wait_until(std::time::Duration::from_secs(5), "log names the reason", || {
-        sluice.log().contains("client_encoding was changed")
-    });
+    sluice_testkit::wait_until(
+        std::time::Duration::from_secs(5),
+        "log names the reason",
+        || sluice.log().contains("client_encoding was changed"),
+    );
 }
 
 /// Direct TLS as PostgreSQL 17 clients do it with `sslnegotiation=direct`.
