@@ -72,6 +72,8 @@ pub struct Guard<'a> {
     application_name: &'a str,
     metrics: &'a Metrics,
     cache: HashMap<Bytes, Verdict>,
+    /// Verdicts that hold for every statement with the same template.
+    templates: HashMap<String, Verdict>,
     /// `sluice_denied_<random>_`: the marker prefix of this session.
     pub marker_prefix: String,
     next_id: u64,
@@ -105,6 +107,7 @@ impl<'a> Guard<'a> {
             application_name,
             metrics,
             cache: HashMap::new(),
+            templates: HashMap::new(),
             marker_prefix: format!("sluice_denied_{salt:016x}_"),
             next_id: 0,
             refusals: Refusals::default(),
@@ -132,18 +135,8 @@ impl<'a> Guard<'a> {
             _ => return Action::Forward,
         };
         let verdict = match sql {
-            Some(text) => match self.cache.get(text) {
-                Some(v) => v.clone(),
-                None => {
-                    let v = self.judge(Some(text));
-                    if self.cache.len() >= CACHE_LIMIT {
-                        self.cache.clear();
-                    }
-                    self.cache.insert(Bytes::copy_from_slice(text), v.clone());
-                    v
-                }
-            },
-            None => self.judge(None),
+            Some(text) => self.cached_or_judge(text),
+            None => self.judge(None).0,
         };
         match verdict {
             Verdict::Allow => Action::Forward,
@@ -171,7 +164,35 @@ impl<'a> Guard<'a> {
         }
     }
 
-    fn judge(&self, text: Option<&[u8]>) -> Verdict {
+    /// The verdict for `text`: by exact text, then by template (statements
+    /// that differ only in constants), then by analysis.
+    fn cached_or_judge(&mut self, text: &[u8]) -> Verdict {
+        if let Some(v) = self.cache.get(text) {
+            return v.clone();
+        }
+        let template = std::str::from_utf8(text)
+            .ok()
+            .and_then(sluice_sql::template);
+        if let Some(v) = template.as_ref().and_then(|t| self.templates.get(t)) {
+            return v.clone();
+        }
+        let (verdict, reusable) = self.judge(Some(text));
+        if self.cache.len() >= CACHE_LIMIT {
+            self.cache.clear();
+        }
+        self.cache
+            .insert(Bytes::copy_from_slice(text), verdict.clone());
+        if let (Some(t), true) = (template, reusable) {
+            if self.templates.len() >= CACHE_LIMIT {
+                self.templates.clear();
+            }
+            self.templates.insert(t, verdict.clone());
+        }
+        verdict
+    }
+
+    /// Analyse and decide; also says whether the verdict holds for the whole template.
+    fn judge(&self, text: Option<&[u8]>) -> (Verdict, bool) {
         Metrics::inc(&self.metrics.statements_checked_total);
         let analysis = text
             .and_then(|t| std::str::from_utf8(t).ok())
@@ -182,6 +203,7 @@ impl<'a> Guard<'a> {
             .unwrap_or(0)
             / 3600)
             % 24) as u8;
+        let reusable = analysis.as_ref().is_some_and(|a| a.reusable_for_template());
         let decision = self.engine.decide(&Request {
             principal: self.principal,
             target: TargetRef {
@@ -192,7 +214,7 @@ impl<'a> Guard<'a> {
             application_name: self.application_name,
             hour_utc,
         });
-        match decision {
+        let verdict = match decision {
             Decision::Allow { .. } => Verdict::Allow,
             Decision::Deny { rule, reason, hint } => {
                 let mut e = ErrorResponse::new(
@@ -228,7 +250,8 @@ impl<'a> Guard<'a> {
                     rule,
                 }
             }
-        }
+        };
+        (verdict, reusable)
     }
 }
 

@@ -58,7 +58,12 @@ pub async fn run(tcp: tokio::net::TcpStream, peer: SocketAddr, state: &Arc<Proxy
         }
     };
     match opening {
-        Opening::Cancel(target) => cancel(target, &rt, peer).await,
+        Opening::Cancel(target, mut stream) => {
+            cancel(target, &rt, peer).await;
+            // A clean close (TLS close_notify included) tells the client the
+            // cancel has been delivered.
+            let _ = stream.shutdown().await;
+        }
         Opening::Session(h) => session(*h, peer, &rt, state).await,
     }
 }

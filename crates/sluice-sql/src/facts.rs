@@ -177,6 +177,10 @@ pub struct StatementFacts {
     pub executes: Option<String>,
     /// For `PREPARE name AS …`: the name being defined.
     pub prepares: Option<String>,
+    /// True when a fact depends on a literal's value (`WHERE 1 = 1` versus
+    /// `WHERE 1 = 2`, `set_config('role', …)`): such a statement's verdict
+    /// must not be reused for another statement with the same template.
+    pub literal_sensitive: bool,
 }
 
 /// The analysis of a whole query string.
@@ -191,6 +195,12 @@ pub struct Analysis {
 }
 
 impl Analysis {
+    /// Whether the verdict may be reused for every statement with the same
+    /// template (see [`crate::template`]).
+    pub fn reusable_for_template(&self) -> bool {
+        self.statements.iter().all(|s| !s.literal_sensitive)
+    }
+
     /// Every action of every statement.
     pub fn actions(&self) -> BTreeSet<Kind> {
         self.statements

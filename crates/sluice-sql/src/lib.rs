@@ -11,9 +11,11 @@
 #![warn(missing_docs)]
 
 mod facts;
+mod template;
 mod walk;
 
 pub use facts::{Analysis, Kind, Risk, StatementFacts};
+pub use template::template;
 
 /// A statement the parser refused.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -44,4 +46,47 @@ pub fn analyze(sql: &str, dialect: Dialect) -> Result<Analysis, ParseError> {
         fingerprint,
         normalized,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reusable(sql: &str) -> bool {
+        analyze(sql, Dialect::default())
+            .unwrap()
+            .reusable_for_template()
+    }
+
+    #[test]
+    fn verdicts_that_depend_on_literals_are_not_reused() {
+        assert!(reusable(
+            "select abalance from pgbench_accounts where aid = 42"
+        ));
+        assert!(reusable("update t set a = 1 where id = 7"));
+        assert!(reusable("insert into t values (1, 'x')"));
+        assert!(!reusable("delete from t where 1 = 2"));
+        assert!(!reusable("delete from t where false"));
+        assert!(!reusable("update t set a = 1 where id = 7 or 1 = 2"));
+        assert!(!reusable(
+            "select set_config('application_name', 'x', false)"
+        ));
+    }
+
+    #[test]
+    fn facts_of_a_hidden_delete() {
+        let a = analyze(
+            "with d as (delete from t returning *) select * from d",
+            Dialect::default(),
+        )
+        .unwrap();
+        assert_eq!(a.statements.len(), 1);
+        assert_eq!(a.statements[0].kind, Some(Kind::Select));
+        assert!(a.actions().contains(&Kind::Delete));
+        assert!(a.risks().contains(&Risk::UnfilteredWrite));
+        assert_eq!(
+            a.normalized,
+            "with d as (delete from t returning *) select * from d"
+        );
+    }
 }

@@ -145,7 +145,10 @@ fn visit_one(n: NodeRef<'_>, facts: &mut StatementFacts) {
             if let Some(rv) = &s.relation {
                 facts.tables_written.insert(relation_name(rv));
             }
-            if s.where_clause.as_deref().is_none_or(always_true) {
+            if s.where_clause
+                .as_deref()
+                .is_none_or(|w| always_true(w, &mut facts.literal_sensitive))
+            {
                 facts.risks.insert(Risk::UnfilteredWrite);
             }
         }
@@ -154,7 +157,10 @@ fn visit_one(n: NodeRef<'_>, facts: &mut StatementFacts) {
             if let Some(rv) = &s.relation {
                 facts.tables_written.insert(relation_name(rv));
             }
-            if s.where_clause.as_deref().is_none_or(always_true) {
+            if s.where_clause
+                .as_deref()
+                .is_none_or(|w| always_true(w, &mut facts.literal_sensitive))
+            {
                 facts.risks.insert(Risk::UnfilteredWrite);
             }
         }
@@ -334,6 +340,7 @@ fn function(f: &protobuf::FuncCall, facts: &mut StatementFacts) {
     let base = base.to_ascii_lowercase();
     facts.functions.insert(parts.join("."));
     if base == "set_config" {
+        facts.literal_sensitive = true;
         let first = f.args.first().and_then(|a| match a.node.as_ref() {
             Some(NodeEnum::AConst(c)) => match &c.val {
                 Some(a_const::Val::Sval(s)) => Some(s.sval.clone()),
@@ -430,14 +437,27 @@ fn names_in(objects: &[protobuf::Node]) -> Vec<String> {
 
 /// True for a WHERE clause that holds for every row: `true`, `1 = 1`,
 /// `'a' = 'a'`, `x = x`, `NOT false`, `… OR true`, `true AND true`.
-fn always_true(node: &protobuf::Node) -> bool {
+/// `sensitive` is set when the answer depended on a literal's value.
+fn always_true(node: &protobuf::Node, sensitive: &mut bool) -> bool {
     match node.node.as_ref() {
-        Some(NodeEnum::AConst(c)) => matches!(&c.val, Some(a_const::Val::Boolval(b)) if b.boolval),
-        Some(NodeEnum::TypeCast(tc)) => tc.arg.as_deref().is_some_and(always_true),
+        Some(NodeEnum::AConst(c)) => {
+            *sensitive = true;
+            matches!(&c.val, Some(a_const::Val::Boolval(b)) if b.boolval)
+        }
+        Some(NodeEnum::TypeCast(tc)) => {
+            tc.arg.as_deref().is_some_and(|a| always_true(a, sensitive))
+        }
         Some(NodeEnum::BoolExpr(b)) => match BoolExprType::try_from(b.boolop) {
-            Ok(BoolExprType::OrExpr) => b.args.iter().any(always_true),
-            Ok(BoolExprType::AndExpr) => b.args.iter().all(always_true),
-            Ok(BoolExprType::NotExpr) => b.args.first().is_some_and(always_false),
+            // Evaluate every argument so that sensitivity is always noticed.
+            Ok(BoolExprType::OrExpr) => b
+                .args
+                .iter()
+                .fold(false, |acc, a| always_true(a, sensitive) | acc),
+            Ok(BoolExprType::AndExpr) => b
+                .args
+                .iter()
+                .fold(true, |acc, a| always_true(a, sensitive) & acc),
+            Ok(BoolExprType::NotExpr) => b.args.first().is_some_and(|a| always_false(a, sensitive)),
             _ => false,
         },
         Some(NodeEnum::AExpr(e)) => {
@@ -452,6 +472,14 @@ fn always_true(node: &protobuf::Node) -> bool {
             let (Some(l), Some(r)) = (e.lexpr.as_deref(), e.rexpr.as_deref()) else {
                 return false;
             };
+            if constant(l).is_some() && constant(r).is_some()
+                || matches!(
+                    (l.node.as_ref(), r.node.as_ref()),
+                    (Some(NodeEnum::AConst(_)), Some(NodeEnum::AConst(_)))
+                )
+            {
+                *sensitive = true;
+            }
             let same = same_expr(l, r);
             match op.as_slice() {
                 ["="] | [">="] | ["<="] => same || compare_consts(l, r, op[0]),
@@ -459,16 +487,18 @@ fn always_true(node: &protobuf::Node) -> bool {
                 _ => false,
             }
         }
-        Some(NodeEnum::NullTest(_)) => false,
         _ => false,
     }
 }
 
-fn always_false(node: &protobuf::Node) -> bool {
+fn always_false(node: &protobuf::Node, sensitive: &mut bool) -> bool {
     match node.node.as_ref() {
-        Some(NodeEnum::AConst(c)) => matches!(&c.val, Some(a_const::Val::Boolval(b)) if !b.boolval),
+        Some(NodeEnum::AConst(c)) => {
+            *sensitive = true;
+            matches!(&c.val, Some(a_const::Val::Boolval(b)) if !b.boolval)
+        }
         Some(NodeEnum::BoolExpr(b)) if b.boolop == BoolExprType::NotExpr as i32 => {
-            b.args.first().is_some_and(always_true)
+            b.args.first().is_some_and(|a| always_true(a, sensitive))
         }
         _ => false,
     }

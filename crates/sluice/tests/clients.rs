@@ -62,3 +62,13 @@ fn pgjdbc() {
 fn pgjdbc_over_tls() {
     run_scenario("java", "require");
 }
+
+#[test]
+fn asyncpg_over_tls() {
+    run_scenario("python-asyncpg", "require");
+}
+
+#[test]
+fn node_postgres_over_tls() {
+    run_scenario("node", "require");
+}

@@ -25,8 +25,9 @@ pub use params::upstream_params;
 pub enum Opening {
     /// A session that passed authentication.
     Session(Box<Handshaken>),
-    /// A cancel request for a live session (`None`: unknown key, ignored).
-    Cancel(Option<CancelTarget>),
+    /// A cancel request for a live session (`None`: unknown key, ignored),
+    /// and the client's socket, to close once the cancel is delivered.
+    Cancel(Option<CancelTarget>, ClientStream),
 }
 
 /// A client that passed startup and authentication.
@@ -54,7 +55,12 @@ pub async fn handshake(
         StartupPacket::CancelRequest {
             process_id,
             secret_key,
-        } => return Ok(Opening::Cancel(rt.cancels.lookup(process_id, secret_key))),
+        } => {
+            // The socket is kept until the cancel has reached the upstream:
+            // clients (asyncpg, libpq) wait for it to close before going on.
+            let target = rt.cancels.lookup(process_id, secret_key);
+            return Ok(Opening::Cancel(target, stream));
+        }
         StartupPacket::Startup(s) => after_startup(&mut stream, s, peer, rt).await,
         _ => Err(SessionError::fatal(
             "08P01",
