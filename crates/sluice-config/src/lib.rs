@@ -189,7 +189,8 @@ fn default_groups_claim() -> String {
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Largest protocol message accepted in either direction, in bytes.
+    /// Largest message a client may send, in bytes. (Server messages that
+    /// could be large, DataRow and CopyData, are streamed and not held whole.)
     pub max_message_size: usize,
     /// Seconds a client has to finish startup and authentication.
     pub startup_timeout_secs: u64,

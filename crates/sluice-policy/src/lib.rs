@@ -229,6 +229,17 @@ impl PolicyEngine {
                 });
             }
         }
+        // A typo in `disable` would silently keep a guardrail on: name it.
+        if let Some(unknown) = disabled.iter().find(|d| !builtin_ids().contains(d)) {
+            return Err(PolicyError::Invalid {
+                file: "[policy].disable".into(),
+                id: unknown.clone(),
+                reason: format!(
+                    "no built-in guardrail has this id; the ids are: {}",
+                    builtin_ids().join(", ")
+                ),
+            });
+        }
         let order = seen_order
             .into_iter()
             .enumerate()
@@ -430,6 +441,19 @@ impl PolicyEngine {
         ])
         .map_err(|e| e.to_string())
     }
+}
+
+/// The @id of every built-in guardrail, in file order.
+pub fn builtin_ids() -> Vec<String> {
+    GUARDRAILS
+        .lines()
+        .filter_map(|l| {
+            l.trim()
+                .strip_prefix("@id(\"")?
+                .strip_suffix("\")")
+                .map(str::to_owned)
+        })
+        .collect()
 }
 
 /// What a reviewer should notice in an allowed statement: its risks and

@@ -96,7 +96,20 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
     } = h;
     let connector = rt.upstream_tls.get(&target.name).cloned().flatten();
     let timeout = Duration::from_secs(rt.config.limits.connect_timeout_secs);
-    let up = match upstream::connect(&target, connector.as_ref(), &upstream_params, timeout).await {
+    // The whole login, not only the TCP connect, is bounded: an upstream that
+    // accepts and then says nothing must not hold the client forever.
+    let login = tokio::time::timeout(
+        timeout * 2,
+        upstream::connect(&target, connector.as_ref(), &upstream_params, timeout),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(UpstreamError::Unreachable {
+            addr: target.upstream.clone(),
+            reason: "the login did not finish in time".into(),
+        })
+    });
+    let up = match login {
         Ok(up) => up,
         Err(e) => {
             Metrics::inc(&rt.metrics.upstream_errors_total);

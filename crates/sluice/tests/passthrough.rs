@@ -381,3 +381,25 @@ async fn large_results_stream_with_flat_memory() {
         "Sluice peaked at {peak_mib} MiB while streaming"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gigabyte_streams_through_with_flat_memory() {
+    let (_pg, sluice) = start();
+    let c = connect(&sluice).await;
+    // 1,000,000 rows of 1 KB: one gigabyte out of the server, by COPY.
+    let mut out = Box::pin(
+        c.copy_out("copy (select repeat('x', 1000) from generate_series(1, 1000000)) to stdout")
+            .await
+            .unwrap(),
+    );
+    let mut bytes = 0u64;
+    while let Some(chunk) = out.next().await {
+        bytes += chunk.unwrap().len() as u64;
+    }
+    assert_eq!(bytes, 1_001_000_000);
+    let peak_mib = peak_rss_kib(sluice.pid()) / 1024;
+    assert!(
+        peak_mib < 64,
+        "Sluice peaked at {peak_mib} MiB while streaming 1 GB"
+    );
+}
