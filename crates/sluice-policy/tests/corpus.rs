@@ -298,4 +298,13 @@ unless { action == Sluice::Action::"select" };
         .unwrap_err()
         .to_string();
     assert!(err.contains("bad.cedar"), "{err}");
+
+    // A typo in `disable` is an error that lists the real ids.
+    let err = PolicyEngine::load(None, &["no-such-guardrail".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no-such-guardrail") && err.contains("no-drop-in-production"),
+        "{err}"
+    );
 }
