@@ -296,13 +296,10 @@ async fn client_to_upstream(
         let mut terminate = false;
         loop {
             if streaming > 0 {
-                let n = streaming.min(buf.len() - ready);
-                ready += n;
-                streaming -= n;
-                if streaming > 0 {
-                    break;
+                if pass_streamed(&mut streaming, &mut ready, buf.len()) {
+                    continue;
                 }
-                continue;
+                break;
             }
             let header = match peek_header(&buf[ready..], max) {
                 Ok(Some(h)) => h,
@@ -398,13 +395,10 @@ async fn upstream_to_client(
         let mut violation: Option<String> = None;
         loop {
             if streaming > 0 {
-                let n = streaming.min(buf.len() - ready);
-                ready += n;
-                streaming -= n;
-                if streaming > 0 {
-                    break;
+                if pass_streamed(&mut streaming, &mut ready, buf.len()) {
+                    continue;
                 }
-                continue;
+                break;
             }
             let header = match peek_header(&buf[ready..], usize::MAX) {
                 Ok(Some(h)) => h,
@@ -499,6 +493,15 @@ async fn upstream_to_client(
             Err(e) => return End::UpstreamGone(e.to_string()),
         }
     }
+}
+
+/// Count the bytes of a message being streamed through that have arrived.
+/// True when the message is complete and the next one can be read.
+fn pass_streamed(streaming: &mut usize, ready: &mut usize, buffered: usize) -> bool {
+    let n = (*streaming).min(buffered - *ready);
+    *ready += n;
+    *streaming -= n;
+    *streaming == 0
 }
 
 async fn write_all2(w: &mut WriteHalf, first: &[u8], second: &[u8]) -> std::io::Result<()> {

@@ -140,30 +140,18 @@ fn visit_one(n: NodeRef<'_>, facts: &mut StatementFacts) {
                 facts.tables_written.insert(relation_name(rv));
             }
         }
-        NodeRef::UpdateStmt(s) => {
-            facts.actions.insert(Kind::Update);
-            if let Some(rv) = &s.relation {
-                facts.tables_written.insert(relation_name(rv));
-            }
-            if s.where_clause
-                .as_deref()
-                .is_none_or(|w| always_true(w, &mut facts.literal_sensitive))
-            {
-                facts.risks.insert(Risk::UnfilteredWrite);
-            }
-        }
-        NodeRef::DeleteStmt(s) => {
-            facts.actions.insert(Kind::Delete);
-            if let Some(rv) = &s.relation {
-                facts.tables_written.insert(relation_name(rv));
-            }
-            if s.where_clause
-                .as_deref()
-                .is_none_or(|w| always_true(w, &mut facts.literal_sensitive))
-            {
-                facts.risks.insert(Risk::UnfilteredWrite);
-            }
-        }
+        NodeRef::UpdateStmt(s) => filtered_write(
+            Kind::Update,
+            s.relation.as_ref(),
+            s.where_clause.as_deref(),
+            facts,
+        ),
+        NodeRef::DeleteStmt(s) => filtered_write(
+            Kind::Delete,
+            s.relation.as_ref(),
+            s.where_clause.as_deref(),
+            facts,
+        ),
         NodeRef::MergeStmt(s) => {
             facts
                 .actions
@@ -277,6 +265,22 @@ fn visit_one(n: NodeRef<'_>, facts: &mut StatementFacts) {
     }
     if facts.kind == Some(Kind::Ddl) || matches!(facts.kind, Some(Kind::Drop)) {
         facts.risks.insert(Risk::SchemaChange);
+    }
+}
+
+/// An UPDATE or DELETE: the table it writes, and whether its WHERE filters.
+fn filtered_write(
+    kind: Kind,
+    relation: Option<&protobuf::RangeVar>,
+    where_clause: Option<&protobuf::Node>,
+    facts: &mut StatementFacts,
+) {
+    facts.actions.insert(kind);
+    if let Some(rv) = relation {
+        facts.tables_written.insert(relation_name(rv));
+    }
+    if where_clause.is_none_or(|w| always_true(w, &mut facts.literal_sensitive)) {
+        facts.risks.insert(Risk::UnfilteredWrite);
     }
 }
 
