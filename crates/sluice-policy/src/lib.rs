@@ -126,6 +126,13 @@ pub struct Request<'a> {
     pub hour_utc: u8,
 }
 
+/// A session's principal and target as Cedar entities.
+pub struct SessionEntities {
+    principal: EntityUid,
+    resource: EntityUid,
+    entities: Entities,
+}
+
 /// Loaded, validated policies.
 pub struct PolicyEngine {
     policies: PolicySet,
@@ -257,16 +264,38 @@ impl PolicyEngine {
     /// a denial wins over an approval, which wins over an allow. Fails closed:
     /// an evaluation error is a denial.
     pub fn decide(&self, req: &Request<'_>) -> Decision {
+        match self.session(req.principal, &req.target) {
+            Ok(session) => self.decide_in(&session, req),
+            Err(reason) => evaluation_failed(reason),
+        }
+    }
+
+    /// What stays the same for every statement of a session (the principal,
+    /// its groups, the target), built once.
+    pub fn session(
+        &self,
+        principal: &Principal,
+        target: &TargetRef<'_>,
+    ) -> Result<SessionEntities, String> {
+        let principal_uid = principal_uid(principal);
+        let resource = uid("Target", target.name);
+        let entities = self.entities(principal, target, &principal_uid, &resource)?;
+        Ok(SessionEntities {
+            principal: principal_uid,
+            resource,
+            entities,
+        })
+    }
+
+    /// [`decide`](Self::decide) with the session's entities already built.
+    pub fn decide_in(&self, session: &SessionEntities, req: &Request<'_>) -> Decision {
         let actions: BTreeSet<Kind> = match req.analysis {
             Some(a) if !a.statements.is_empty() => a.actions(),
             _ => BTreeSet::from([Kind::Other]),
         };
-        let principal = principal_uid(req.principal);
-        let resource = uid("Target", req.target.name);
-        let entities = match self.entities(req, &principal, &resource) {
-            Ok(e) => e,
-            Err(reason) => return evaluation_failed(reason),
-        };
+        let principal = &session.principal;
+        let resource = &session.resource;
+        let entities = &session.entities;
         let context = match self.context(req) {
             Ok(c) => c,
             Err(reason) => return evaluation_failed(reason),
@@ -274,19 +303,21 @@ impl PolicyEngine {
         let mut approval = None;
         for action in actions {
             let action_uid = uid("Action", action.as_str());
+            // Requests are built here from typed facts, and the policies were
+            // validated against the schema at load: no per-request validation.
             let request = match CedarRequest::new(
                 principal.clone(),
                 action_uid,
                 resource.clone(),
                 context.clone(),
-                Some(&self.schema),
+                None,
             ) {
                 Ok(r) => r,
                 Err(e) => return evaluation_failed(e.to_string()),
             };
             let response = self
                 .authorizer
-                .is_authorized(&request, &self.policies, &entities);
+                .is_authorized(&request, &self.policies, entities);
             if let Some(e) = response.diagnostics().errors().next() {
                 return evaluation_failed(e.to_string());
             }
@@ -349,22 +380,18 @@ impl PolicyEngine {
 
     fn entities(
         &self,
-        req: &Request<'_>,
+        who: &Principal,
+        target: &TargetRef<'_>,
         principal: &EntityUid,
         resource: &EntityUid,
     ) -> Result<Entities, String> {
-        let groups: HashSet<EntityUid> = req
-            .principal
-            .groups
-            .iter()
-            .map(|g| uid("Group", g))
-            .collect();
+        let groups: HashSet<EntityUid> = who.groups.iter().map(|g| uid("Group", g)).collect();
         let mut list = vec![
             Entity::new(
                 principal.clone(),
                 HashMap::from([(
                     "name".to_owned(),
-                    RestrictedExpression::new_string(req.principal.name.clone()),
+                    RestrictedExpression::new_string(who.name.clone()),
                 )]),
                 groups.clone(),
             )
@@ -374,11 +401,11 @@ impl PolicyEngine {
                 HashMap::from([
                     (
                         "name".to_owned(),
-                        RestrictedExpression::new_string(req.target.name.to_owned()),
+                        RestrictedExpression::new_string(target.name.to_owned()),
                     ),
                     (
                         "environment".to_owned(),
-                        RestrictedExpression::new_string(req.target.environment.to_owned()),
+                        RestrictedExpression::new_string(target.environment.to_owned()),
                     ),
                 ]),
                 HashSet::new(),

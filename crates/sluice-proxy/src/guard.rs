@@ -66,6 +66,8 @@ enum Verdict {
 /// Per-session guard state; lives in the client-to-upstream loop.
 pub struct Guard<'a> {
     engine: &'a PolicyEngine,
+    /// The principal and target as policy entities, built once per session.
+    entities: Result<sluice_policy::SessionEntities, String>,
     principal: &'a Principal,
     target_name: &'a str,
     environment: &'a str,
@@ -99,8 +101,16 @@ impl<'a> Guard<'a> {
         metrics: &'a Metrics,
     ) -> Self {
         let salt: u64 = rand::thread_rng().gen();
+        let entities = engine.session(
+            principal,
+            &TargetRef {
+                name: &target.name,
+                environment: &target.environment,
+            },
+        );
         Guard {
             engine,
+            entities,
             principal,
             target_name: &target.name,
             environment: &target.environment,
@@ -204,7 +214,7 @@ impl<'a> Guard<'a> {
             / 3600)
             % 24) as u8;
         let reusable = analysis.as_ref().is_some_and(|a| a.reusable_for_template());
-        let decision = self.engine.decide(&Request {
+        let request = Request {
             principal: self.principal,
             target: TargetRef {
                 name: self.target_name,
@@ -213,7 +223,12 @@ impl<'a> Guard<'a> {
             analysis: analysis.as_ref(),
             application_name: self.application_name,
             hour_utc,
-        });
+        };
+        let decision = match &self.entities {
+            Ok(entities) => self.engine.decide_in(entities, &request),
+            // Fail closed: the session's entities could not be built.
+            Err(_) => self.engine.decide(&request),
+        };
         let verdict = match decision {
             Decision::Allow { .. } => Verdict::Allow,
             Decision::Deny { rule, reason, hint } => {

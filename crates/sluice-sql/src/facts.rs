@@ -188,10 +188,6 @@ pub struct StatementFacts {
 pub struct Analysis {
     /// One entry per statement, in order.
     pub statements: Vec<StatementFacts>,
-    /// pg_query fingerprint (same for statements that differ only in constants).
-    pub fingerprint: String,
-    /// The text with constants replaced by `$n`: safe to store, groups alike statements.
-    pub normalized: String,
 }
 
 impl Analysis {

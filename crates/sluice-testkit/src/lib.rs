@@ -58,15 +58,11 @@ pub fn free_port() -> u16 {
 }
 
 /// Poll `f` every 20 ms until it is true; panic naming `what` after `deadline`.
-pub fn wait_until(deadline: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + deadline;
-    while !f() {
-        assert!(
-            Instant::now() < end,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+pub fn wait_until(deadline: Duration, what: &str, f: impl FnMut() -> bool) {
+    assert!(
+        wait_quietly(deadline, f),
+        "timed out after {deadline:?} waiting for {what}"
+    );
 }
 
 /// Paths of a written certificate set.
@@ -96,11 +92,16 @@ impl TestCa {
     /// A new CA.
     pub fn new() -> TestCa {
         let key = rcgen::KeyPair::generate().expect("generate CA key");
+        // A distinct name per CA, so a chain never finds a stranger's CA by name.
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+            ^ u128::from(std::process::id()) << 64;
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params
             .distinguished_name
-            .push(rcgen::DnType::CommonName, "Sluice test CA");
+            .push(rcgen::DnType::CommonName, format!("Sluice test CA {nonce}"));
         let cert = params.self_signed(&key).expect("self-sign CA");
         TestCa { cert, key }
     }
@@ -146,112 +147,133 @@ pub struct PgOptions {
     pub tls: bool,
 }
 
-/// The system user PostgreSQL runs as when the tests run as root.
+/// The (uid, gid) PostgreSQL must run as: the `postgres` system user when we
+/// are root (initdb and postgres refuse to run as root), else ourselves.
 fn server_user() -> Option<(u32, u32)> {
-    if !is_root() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
         return None;
     }
     let passwd = std::fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
-    let line = passwd
+    let f: Vec<&str> = passwd
         .lines()
-        .find(|l| l.starts_with("postgres:"))
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() > 3 && f[0] == "postgres")
         .expect("running as root needs the `postgres` system user (install postgresql)");
-    let f: Vec<&str> = line.split(':').collect();
     Some((f[2].parse().expect("uid"), f[3].parse().expect("gid")))
 }
 
-fn is_root() -> bool {
-    // The owner of /proc/self is this process's effective uid.
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
+/// A PostgreSQL program with a clean environment: no `PG*` variables from
+/// the caller (PGSSLMODE, PGOPTIONS, …), C locale, run in `cwd`.
+fn pg_command(program: &Path, owner: Option<(u32, u32)>, cwd: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PG") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("LC_ALL", "C").current_dir(cwd).stdin(Stdio::null());
+    if let Some((uid, gid)) = owner {
+        cmd.uid(uid).gid(gid).env("HOME", cwd);
+    }
+    cmd
 }
 
-/// A throwaway PostgreSQL: initdb in a temp dir, a random port on
-/// 127.0.0.1, roles for every password method, torn down on drop.
+/// A throwaway PostgreSQL: initdb in a temp dir, a random free port on
+/// 127.0.0.1, a database `app` and a role for every password method
+/// ([`SCRAM_USER`], [`MD5_USER`], [`CLEAR_USER`], [`TRUST_USER`]). Stopped
+/// and deleted on drop. Nothing is shared between servers.
 pub struct PgServer {
     dir: tempfile::TempDir,
+    bin: PathBuf,
+    owner: Option<(u32, u32)>,
     port: u16,
     child: Option<Child>,
     ca: Option<TestCa>,
-    owner: Option<(u32, u32)>,
 }
 
 impl PgServer {
-    /// Start without TLS.
+    /// Start without TLS (same as `start_with(PgOptions::default())`).
     pub fn start() -> PgServer {
         Self::start_with(PgOptions::default())
     }
 
-    /// Start with options.
+    /// Start with options; panics (with the server log) if it cannot.
     pub fn start_with(opts: PgOptions) -> PgServer {
-        let owner = server_user();
+        let (bin, owner) = (pg_bin_dir(), server_user());
         let dir = tempfile::Builder::new()
             .prefix("sluice-pg-")
             .tempdir()
-            .expect("temp dir");
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod");
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown temp dir");
-        }
-        let data = dir.path().join("data");
-        let out = pg_command("initdb", owner)
+            .expect("create temp dir");
+        let root = dir.path();
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let chown = |p: &Path| {
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::chown(p, Some(uid), Some(gid)).expect("chown");
+            }
+        };
+        chown(root);
+        let data = root.join("data");
+        let out = pg_command(&bin.join("initdb"), owner, root)
             .arg("-D")
             .arg(&data)
-            .args([
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--no-sync",
-                "-E",
-                "UTF8",
-                "--locale=C",
-            ])
+            .args(["-U", "postgres", "--auth-local=trust", "--auth-host=reject"])
+            .args(["--no-sync", "-E", "UTF8", "--locale=C"])
             .output()
             .expect("run initdb");
         assert!(
             out.status.success(),
-            "initdb failed: {}",
+            "initdb failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
 
         let ca = opts.tls.then(TestCa::new);
         let mut conf = format!(
-            "\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\npassword_encryption = 'scram-sha-256'\n",
-            dir.path().display()
+            "\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+             fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
+             max_connections = 200\npassword_encryption = 'scram-sha-256'\n",
+            root.display()
         );
-        let host = if let Some(ca) = &ca {
-            let files = ca.write_server_files(&data);
-            if let Some((uid, gid)) = owner {
+        let host = match &ca {
+            Some(ca) => {
+                let files = ca.write_server_files(root);
                 for f in [&files.ca, &files.cert, &files.key] {
-                    std::os::unix::fs::chown(f, Some(uid), Some(gid)).expect("chown tls files");
+                    chown(f);
                 }
+                conf.push_str(&format!(
+                    "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+                    files.cert.display(),
+                    files.key.display()
+                ));
+                "hostssl"
             }
-            conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
-            "hostssl"
-        } else {
-            "host"
+            None => "host",
         };
-        append(&data.join("postgresql.conf"), &conf);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .expect("open postgresql.conf");
+        f.write_all(conf.as_bytes()).expect("write postgresql.conf");
+        let net = "127.0.0.1/32";
         let hba = format!(
             "local all all trust\n\
-             {host} all {SCRAM_USER} 127.0.0.1/32 scram-sha-256\n\
-             {host} all {MD5_USER} 127.0.0.1/32 md5\n\
-             {host} all {CLEAR_USER} 127.0.0.1/32 password\n\
-             {host} all {TRUST_USER} 127.0.0.1/32 trust\n\
-             {host} all postgres 127.0.0.1/32 scram-sha-256\n\
-             host all all 0.0.0.0/0 reject\n"
+             {host} all {SCRAM_USER} {net} scram-sha-256\n\
+             {host} all {MD5_USER} {net} md5\n\
+             {host} all {CLEAR_USER} {net} password\n\
+             {host} all {TRUST_USER} {net} trust\n\
+             {host} all postgres {net} scram-sha-256\n\
+             host all all all reject\n"
         );
         std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
 
         let mut server = PgServer {
             dir,
+            bin,
+            owner,
             port: 0,
             child: None,
             ca,
-            owner,
         };
         server.launch(None);
         server.psql(
@@ -269,32 +291,32 @@ impl PgServer {
             "postgres",
             &format!("create database app owner {SCRAM_USER}"),
         );
+        let all = format!("{SCRAM_USER}, {MD5_USER}, {CLEAR_USER}, {TRUST_USER}");
         server.psql(
             "app",
-            &format!(
-                "grant all on database app to {MD5_USER}, {CLEAR_USER}, {TRUST_USER};
-                 grant all on schema public to {MD5_USER}, {CLEAR_USER}, {TRUST_USER};"
-            ),
+            &format!("grant all on database app to {all}; grant all on schema public to {all};"),
         );
         server
     }
 
-    /// Start the server process; on a port clash, try other ports.
-    fn launch(&mut self, port: Option<u16>) {
-        let mut last_log = String::new();
+    /// Start the postmaster and wait until it accepts connections. With
+    /// `fixed` unset, a port clash ("could not bind") is retried on another port.
+    fn launch(&mut self, fixed: Option<u16>) {
+        let log_path = self.dir.path().join("postgres.log");
         for _ in 0..5 {
-            let port = port.unwrap_or_else(free_port);
-            let log = self.dir.path().join("postgres.log");
-            let log_file = std::fs::File::create(&log).expect("create log");
-            if let Some((uid, gid)) = self.owner {
-                std::os::unix::fs::chown(&log, Some(uid), Some(gid)).expect("chown log");
-            }
-            let mut child = pg_command("postgres", self.owner)
+            let port = fixed.unwrap_or_else(free_port);
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .expect("open postgres.log");
+            let seen = log.metadata().map(|m| m.len() as usize).unwrap_or(0);
+            let mut child = pg_command(&self.bin.join("postgres"), self.owner, self.dir.path())
                 .arg("-D")
                 .arg(self.dir.path().join("data"))
                 .args(["-p", &port.to_string()])
-                .stdout(Stdio::null())
-                .stderr(log_file)
+                .stdout(log.try_clone().expect("dup log"))
+                .stderr(log)
                 .spawn()
                 .expect("start postgres");
             let deadline = Instant::now() + Duration::from_secs(60);
@@ -309,31 +331,49 @@ impl PgServer {
                 }
                 if Instant::now() > deadline {
                     let _ = child.kill();
-                    break;
+                    let _ = child.wait();
+                    panic!("PostgreSQL not ready after 60 s:\n{}", self.log_tail());
                 }
-                std::thread::sleep(Duration::from_millis(25));
+                std::thread::sleep(Duration::from_millis(20));
             }
-            let _ = child.wait();
-            last_log = std::fs::read_to_string(&log).unwrap_or_default();
-            if !last_log.contains("could not bind") && !last_log.contains("Address already in use")
-            {
+            let log = std::fs::read(&log_path).unwrap_or_default();
+            let attempt = String::from_utf8_lossy(log.get(seen..).unwrap_or_default());
+            if !attempt.contains("could not bind") {
                 break;
             }
         }
-        panic!("PostgreSQL did not start:\n{last_log}");
+        panic!("PostgreSQL did not start:\n{}", self.log_tail());
     }
 
+    /// Whether the server accepts connections (asked over its unix socket).
     fn ready(&self, port: u16) -> bool {
-        Command::new(pg_bin_dir().join("pg_isready"))
-            .args(["-q", "-h"])
+        pg_command(&self.tool("pg_isready"), None, self.dir.path())
+            .args(["-q", "-t", "5", "-U", "postgres", "-d", "postgres", "-h"])
             .arg(self.dir.path())
-            .args(["-p", &port.to_string(), "-U", "postgres"])
+            .args(["-p", &port.to_string()])
             .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
+            .is_ok_and(|s| s.success())
     }
 
-    /// Its port.
+    /// A client program from the server's bin dir, else from `PATH`.
+    fn tool(&self, name: &str) -> PathBuf {
+        let path = self.bin.join(name);
+        if path.exists() {
+            path
+        } else {
+            PathBuf::from(name)
+        }
+    }
+
+    /// The last 40 lines of the server log.
+    fn log_tail(&self) -> String {
+        let log = std::fs::read(self.dir.path().join("postgres.log")).unwrap_or_default();
+        let log = String::from_utf8_lossy(&log);
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Its TCP port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -348,28 +388,20 @@ impl PgServer {
         self.ca.as_ref()
     }
 
-    /// Path of the CA certificate, when TLS is on.
+    /// Path of the CA certificate (PEM), when TLS is on.
     pub fn ca_file(&self) -> Option<PathBuf> {
-        self.ca
-            .as_ref()
-            .map(|_| self.dir.path().join("data/ca.crt"))
+        self.ca.as_ref().map(|_| self.dir.path().join("ca.crt"))
     }
 
-    /// Run SQL as the superuser over the unix socket; trimmed stdout.
+    /// Run SQL as the superuser through psql over the unix socket
+    /// (`-X -q -A -t -v ON_ERROR_STOP=1 -c SQL`, so several statements run as
+    /// one transaction); trimmed stdout. Panics with psql's stderr on failure.
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        let out = Command::new("psql")
+        let out = pg_command(&self.tool("psql"), None, self.dir.path())
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(self.dir.path())
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                db,
-                "-c",
-                sql,
-            ])
+            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", db])
+            .args(["-c", sql])
             .output()
             .expect("run psql");
         assert!(
@@ -380,7 +412,9 @@ impl PgServer {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
-    /// libpq URL for a direct connection as [`SCRAM_USER`] to `app`.
+    /// libpq URL for a direct connection as [`SCRAM_USER`] to database `app`:
+    /// `sslmode=disable`, or `sslmode=require` when TLS is on (the server then
+    /// refuses plain TCP logins).
     pub fn direct_url(&self) -> String {
         let ssl = if self.ca.is_some() {
             "require"
@@ -393,69 +427,114 @@ impl PgServer {
         )
     }
 
-    /// Kill the server at once (SIGKILL), as a crash would.
+    /// Kill the server at once, as a crash would: SIGKILL to the postmaster
+    /// and every backend, so open connections drop. Waits until all are gone.
+    /// With `synchronous_commit = off`, commits of the last few hundred ms
+    /// may be lost; `SET synchronous_commit = on` first where that matters.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-            // Backends outlive a killed postmaster briefly; end them too.
-            let _ = Command::new("pkill")
-                .args(["-KILL", "-f"])
-                .arg(format!("{}", self.dir.path().join("data").display()))
-                .status();
-            wait_until(Duration::from_secs(10), "port to close", || {
-                TcpStream::connect(("127.0.0.1", self.port)).is_err()
-            });
-        }
+        self.halt(false);
     }
 
-    /// Stop cleanly (fast shutdown) and wait.
+    /// Stop it cleanly (fast shutdown) and wait; SIGKILL after 30 s.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while child.try_wait().ok().flatten().is_none() {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.wait();
-        }
+        self.halt(true);
     }
 
-    /// Start again on the same port and data after [`stop`](Self::stop) or [`kill`](Self::kill).
+    /// Start it again on the same port and data dir after [`stop`](Self::stop)
+    /// or [`kill`](Self::kill) (stops it first if it is running).
     pub fn restart(&mut self) {
-        self.stop();
+        self.halt(true);
         let _ = std::fs::remove_file(self.dir.path().join("data/postmaster.pid"));
         self.launch(Some(self.port));
+    }
+
+    fn halt(&mut self, graceful: bool) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // The child is not reaped before `wait` below, so its pid stays ours.
+        let pid = child.id() as libc::pid_t;
+        if graceful {
+            send(pid, libc::SIGINT);
+            if wait_quietly(Duration::from_secs(30), || {
+                matches!(child.try_wait(), Ok(Some(_)))
+            }) {
+                return;
+            }
+        }
+        // Freeze the postmaster so it forks nothing more, then kill it and its children.
+        send(pid, libc::SIGSTOP);
+        let children = children_of(pid);
+        send(pid, libc::SIGKILL);
+        for &c in &children {
+            send(c, libc::SIGKILL);
+        }
+        let _ = child.wait();
+        wait_quietly(Duration::from_secs(10), || {
+            children.iter().all(|&c| !alive(c))
+        });
+        // A crashed postmaster leaves its SysV shared memory segment behind:
+        // its id is the second number on line 7 of postmaster.pid.
+        let pidfile = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid"));
+        let shmid = pidfile.ok().and_then(|t| {
+            let line = t.lines().nth(6)?.to_owned();
+            line.split_whitespace().nth(1)?.parse::<libc::c_int>().ok()
+        });
+        if let Some(id) = shmid {
+            // SAFETY: IPC_RMID takes no buffer; the id is this server's segment,
+            // which cannot have been reused while it still exists.
+            unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+        }
     }
 }
 
 impl Drop for PgServer {
     fn drop(&mut self) {
-        self.stop();
+        self.halt(true);
     }
 }
 
-fn pg_command(name: &str, owner: Option<(u32, u32)>) -> Command {
-    let mut cmd = Command::new(pg_bin_dir().join(name));
-    if let Some((uid, gid)) = owner {
-        cmd.uid(uid).gid(gid);
-        cmd.env("HOME", "/tmp");
-    }
-    cmd
+fn send(pid: libc::pid_t, sig: libc::c_int) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid, sig) };
 }
 
-fn append(path: &Path, text: &str) {
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .expect("open for append");
-    f.write_all(text.as_bytes()).expect("append");
+/// Pids whose parent is `pid`, from /proc.
+fn children_of(pid: libc::pid_t) -> Vec<libc::pid_t> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<libc::pid_t>().ok())
+        .filter(|&p| stat_fields(p).is_some_and(|(_, ppid)| ppid == pid))
+        .collect()
+}
+
+/// Whether `pid` runs (exists and is not a zombie).
+fn alive(pid: libc::pid_t) -> bool {
+    stat_fields(pid).is_some_and(|(state, _)| state != 'Z')
+}
+
+/// (state, ppid) from /proc/PID/stat; the command name may hold spaces and parentheses.
+fn stat_fields(pid: libc::pid_t) -> Option<(char, libc::pid_t)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    Some((state, rest.next()?.parse().ok()?))
+}
+
+/// Poll `f` every 20 ms until true (returns true) or `deadline` passes (false).
+fn wait_quietly(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A Sluice process for a test, with its own config, data dir and log.
@@ -530,21 +609,18 @@ impl SluiceProcess {
         assert!(status.success(), "kill -s {sig} failed");
     }
 
-    /// Wait for the process to exit.
+    /// Wait up to `timeout` for the process to exit; `None` if it is still running.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let end = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() > end {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut status = None;
+        wait_quietly(timeout, || {
+            status = self.child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        status
     }
 
-    /// GET a path on the HTTP port: (status, body).
+    /// GET `path` on the HTTP port (raw HTTP/1.1, `Connection: close`):
+    /// (status, body); `(0, "")` if the request fails.
     pub fn http_get(&self, path: &str) -> (u16, String) {
         http_get(self.http_port, path).unwrap_or((0, String::new()))
     }
@@ -572,6 +648,7 @@ fn fill_ports(config: &str, pg: u16, http: u16) -> String {
         .replace("@HTTP_PORT@", &http.to_string())
 }
 
+/// GET over a fresh connection: (status, body), `None` if it fails.
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
@@ -580,14 +657,28 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let status = raw.split_whitespace().nth(1)?.parse().ok()?;
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Some((status, body))
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    let mut body = &raw[split + 4..];
+    if !head.contains("transfer-encoding: chunked") {
+        return Some((status, String::from_utf8_lossy(body).into_owned()));
+    }
+    let mut out = Vec::new();
+    loop {
+        let eol = body.windows(2).position(|w| w == b"\r\n")?;
+        let size = String::from_utf8_lossy(&body[..eol]);
+        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        body = &body[eol + 2..];
+        if size == 0 || body.len() < size {
+            break;
+        }
+        out.extend_from_slice(&body[..size]);
+        body = body.get(size + 2..).unwrap_or_default();
+    }
+    Some((status, String::from_utf8_lossy(&out).into_owned()))
 }
 
 impl SluiceBuilder {
@@ -629,9 +720,9 @@ impl SluiceBuilder {
                 .arg("--data-dir")
                 .arg(dir.path().join("data"))
                 .args(&self.args)
-                .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .env("SLUICE_LOG_FORMAT", "pretty")
                 .env("NO_COLOR", "1")
+                .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("dup log"))
                 .stderr(log)

@@ -208,7 +208,7 @@ fn policy(cmd: PolicyCommand) -> ExitCode {
                 application_name: "sluice policy test",
                 hour_utc: 12,
             });
-            print_decision(&decision, &analysis, format);
+            print_decision(&decision, &analysis, &sql, format);
             // Exit status tells CI pipelines whether the statement may run.
             match decision {
                 sluice_policy::Decision::Allow { .. } => ExitCode::SUCCESS,
@@ -221,6 +221,7 @@ fn policy(cmd: PolicyCommand) -> ExitCode {
 fn print_decision(
     decision: &sluice_policy::Decision,
     analysis: &Result<sluice_sql::Analysis, sluice_sql::ParseError>,
+    sql: &str,
     format: OutputFormat,
 ) {
     use sluice_policy::Decision;
@@ -241,8 +242,8 @@ fn print_decision(
                 "functions": s.functions,
                 "risks": s.risks.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
-            "fingerprint": a.fingerprint,
-            "normalized": a.normalized,
+            "fingerprint": sluice_sql::fingerprint_and_normalize(sql).0,
+            "normalized": sluice_sql::fingerprint_and_normalize(sql).1,
         }),
         Err(e) => serde_json::json!({ "parse_error": e.to_string() }),
     };
