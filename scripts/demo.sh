@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Sluice demo: a throwaway PostgreSQL with sample customer PII, Sluice in
-# front of it, and a client session through Sluice.
+# front of it, and a client session through Sluice: masking with zero
+# configuration, a blocked DROP, the rows-affected limit, and the
+# tamper-evident audit record of it all.
 #
 #   ./scripts/demo.sh            interactive: leaves everything running until Ctrl-C
 #   DEMO_EXIT=1 ./scripts/demo.sh  run the scripted session and clean up
@@ -125,8 +127,13 @@ PGPASSWORD="$alice_password" psql -X "$conn" -v ON_ERROR_STOP=0 <<'SQL'
 \conninfo
 \echo '-- ... and Sluice talks to the database as its own role'
 select current_user as upstream_role;
-\echo '-- sample customers (in-flight masking of these columns is the next step, not built yet)'
+\echo '-- PII is masked in flight, with zero configuration: names and emails become'
+\echo '-- stable tokens (joins and GROUP BY still work), cards and SSNs keep their last four'
 select id, full_name, email, phone, card_number, ssn from customers order by id limit 5;
+\echo '-- value detectors catch PII in computed columns too'
+select 'contact ' || email || ' / ' || phone as note from customers order by id limit 2;
+\echo '-- tokens are deterministic: grouping by a masked column still counts right'
+select email, count(*) from (select email from customers union all select email from customers) t group by email order by email limit 2;
 \echo '-- an error comes back exactly as PostgreSQL sends it'
 select 1/0;
 \echo '-- shop-prod is a production target: a DROP is blocked before the database sees it'
@@ -135,6 +142,8 @@ drop table customers;
 delete from customers where 1 = 1;
 \echo '-- and a schema change needs approval'
 alter table customers drop column ssn;
+\echo '-- an UPDATE that would change more rows than the production limit is rolled back'
+update customers set phone = null where id > 50;
 \echo '-- the session goes on, and nothing was lost'
 select count(*) as customers, (select count(*) from orders) as orders from customers;
 SQL
@@ -149,8 +158,22 @@ PGPASSWORD=wrong psql -X "$conn" -c 'select 1' 2>&1 | sed 's/^/  /' || true
 say "Sluice's log of those sessions"
 grep -E "session (started|ended)|authentication failed|statement refused" "$work/sluice.log" | sed -E 's/\x1b\[[0-9;]*m//g; s/^/  /' | tail -8
 
+say "the audit trail: who did what, what policy decided, what was masked"
+data="$work/data"
+# Events are written asynchronously; wait until the last statement is in.
+for _ in $(seq 1 50); do
+  [ "$("$sluice" audit search --data-dir "$data" --principal alice --kind session.end --format json 2>/dev/null | grep -c '"code": *"session.end"')" -ge 1 ] && break
+  sleep 0.1
+done
+echo "\$ sluice audit search --data-dir $data --principal alice --limit 12"
+"$sluice" audit search --data-dir "$data" --principal alice --limit 12 | cut -c1-160 | sed 's/^/  /'
+echo "\$ sluice usage --data-dir $data --column customers.email"
+"$sluice" usage --data-dir "$data" --column customers.email | sed 's/^/  /'
+echo "\$ sluice audit verify --data-dir $data"
+"$sluice" audit verify --data-dir "$data" | sed 's/^/  /'
+
 say "metrics (http://127.0.0.1:$http_port/metrics)"
-curl -fs "http://127.0.0.1:$http_port/metrics" | grep -E '^sluice_(sessions_total|auth_failures_total|statements_denied_total|statements_held_total)'
+curl -fs "http://127.0.0.1:$http_port/metrics" | grep -E '^sluice_(sessions_total|auth_failures_total|statements_denied_total|statements_held_total|audit_events_total)'
 
 if [ -z "${DEMO_EXIT:-}" ] && [ -t 0 ]; then
   say "Sluice is running. Connect yourself:"

@@ -6,7 +6,8 @@
 #        libclang-dev (for pg_query's bindings); python3-pip, nodejs and npm
 #        only when those tools are missing altogether.
 #   pip: tests/clients/python/requirements.txt (psycopg, asyncpg).
-#   npm: `npm ci` in tests/clients/node (pg and friends, from the lock file).
+#   npm: `npm ci` in tests/clients/node (pg and friends) and in tests/idp
+#        (oidc-provider, the test identity provider), from the lock files.
 # Idempotent: a second run does nothing and prints nothing. Meant to run as
 # root on Debian 12 (uses sudo for apt otherwise). On failure it says which
 # step failed and shows that step's output.
@@ -106,4 +107,12 @@ lock_sum="$(sha256sum "$node_dir/package-lock.json" | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$lock_sum" ] || [ ! -d "$node_dir/node_modules/pg" ]; then
   step "npm ci in $node_dir" bash -c "cd '$node_dir' && npm ci --no-audit --no-fund --loglevel=error"
   echo "$lock_sum" >"$stamp"
+fi
+
+idp_dir=tests/idp
+idp_stamp="$idp_dir/node_modules/.sluice-lock.sha256"
+idp_sum="$(sha256sum "$idp_dir/package-lock.json" | cut -d' ' -f1)"
+if [ ! -f "$idp_stamp" ] || [ "$(cat "$idp_stamp")" != "$idp_sum" ] || [ ! -d "$idp_dir/node_modules/oidc-provider" ]; then
+  step "npm ci in $idp_dir" bash -c "cd '$idp_dir' && npm ci --no-audit --no-fund --loglevel=error"
+  echo "$idp_sum" >"$idp_stamp"
 fi

@@ -53,24 +53,52 @@ pub struct Config {
     pub targets: Vec<Target>,
     /// Local identities.
     pub users: Vec<User>,
-    /// OIDC issuers (accepted so configs keep working; sign-in by token is not built yet).
+    /// OIDC issuers whose tokens are accepted as passwords.
     pub oidc: Vec<Oidc>,
+    /// CA that client certificates must chain to (`[tls] client_ca`); when
+    /// set, clients are asked for a certificate (optional for them).
+    pub client_ca: Option<PathBuf>,
+    /// How a verified client certificate becomes a principal (`[[mtls]]`).
+    pub mtls: Vec<sluice_identity::mtls::CertRule>,
     /// Limits and timeouts.
     pub limits: Limits,
     /// Where policies come from.
     pub policy: PolicyConfig,
+    /// Masking of results.
+    pub masking: Masking,
+    /// The audit trail (`[audit]`; SQLite in the data directory by default).
+    pub audit: sluice_audit::AuditConfig,
 }
 
 /// `[policy]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
+    /// Whether statements are judged at all (default true). `false` turns
+    /// the guard off entirely: no analysis, no policy, everything runs; for
+    /// measuring what policy costs, never for production.
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
     /// Directory of `*.cedar` files added to the built-in guardrails
     /// (relative paths are relative to the config file).
     pub dir: Option<PathBuf>,
     /// Built-in guardrails to switch off, by @id.
     #[serde(default)]
     pub disable: Vec<String>,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            enabled: true,
+            dir: None,
+            disable: Vec::new(),
+        }
+    }
 }
 
 /// `[listen]`.
@@ -82,6 +110,9 @@ pub struct Listen {
     pub http: Option<SocketAddr>,
     /// Whether clients may connect without TLS.
     pub plaintext: Plaintext,
+    /// Whether an OIDC token may be sent as a password without TLS (for
+    /// development only; default false).
+    pub plaintext_tokens: bool,
 }
 
 /// Who may connect without TLS.
@@ -138,6 +169,11 @@ pub struct Target {
     pub tls: UpstreamTls,
     /// CA bundle for `verify-full` (system roots when absent).
     pub ca_file: Option<PathBuf>,
+    /// Upstream logins by group (least privilege at the database); first match wins.
+    pub logins: Vec<Login>,
+    /// Most rows one UPDATE, DELETE or MERGE may change; more is rolled
+    /// back and refused. 0: no limit.
+    pub max_rows_affected: u64,
 }
 
 impl Target {
@@ -145,6 +181,28 @@ impl Target {
     pub fn is_production(&self) -> bool {
         self.environment == "production"
     }
+
+    /// The upstream login for a principal with `groups`: the first
+    /// `[[targets.logins]]` entry sharing a group, else the target's own.
+    pub fn login_for(&self, groups: &[String]) -> (&str, Option<&Secret>) {
+        self.logins
+            .iter()
+            .find(|l| l.groups.iter().any(|g| groups.contains(g)))
+            .map_or((self.user.as_str(), self.password.as_ref()), |l| {
+                (l.user.as_str(), l.password.as_ref())
+            })
+    }
+}
+
+/// One `[[targets.logins]]` entry: the upstream role for members of some groups.
+#[derive(Debug, Clone)]
+pub struct Login {
+    /// Principals in any of these groups use this login.
+    pub groups: Vec<String>,
+    /// Upstream role.
+    pub user: String,
+    /// Its password.
+    pub password: Option<Secret>,
 }
 
 /// One `[[users]]` entry.
@@ -162,20 +220,83 @@ pub struct User {
     pub attributes: BTreeMap<String, String>,
 }
 
-/// One `[[oidc]]` entry.
-#[derive(Debug, Clone, Deserialize)]
+/// One `[[oidc]]` entry, validated (see `sluice_identity::oidc`).
+pub use sluice_identity::oidc::IssuerSettings as Oidc;
+
+/// `[[oidc]]` as written.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Oidc {
-    /// Issuer URL.
-    pub issuer: String,
-    /// Expected audience.
-    pub audience: String,
-    /// Claim that names the principal.
+struct RawOidc {
+    issuer: String,
+    audience: OneOrMany,
     #[serde(default = "default_user_claim")]
-    pub user_claim: String,
-    /// Claim that lists groups.
+    user_claim: String,
     #[serde(default = "default_groups_claim")]
-    pub groups_claim: String,
+    groups_claim: String,
+    kind_claim: Option<String>,
+    #[serde(default = "default_human")]
+    default_kind: String,
+    #[serde(default = "default_name_claim")]
+    display_name_claim: String,
+    #[serde(default)]
+    attribute_claims: BTreeMap<String, String>,
+    #[serde(default = "default_skew")]
+    skew_secs: u64,
+    algorithms: Option<Vec<String>>,
+    #[serde(default = "default_on_expiry")]
+    on_expiry: String,
+    #[serde(default)]
+    clients: Vec<RawOidcClient>,
+}
+
+/// `[[oidc.clients]]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOidcClient {
+    client_id: String,
+    name: Option<String>,
+    #[serde(default = "default_service")]
+    kind: String,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    attributes: BTreeMap<String, String>,
+    on_behalf_of_claim: Option<String>,
+    on_behalf_of: Option<String>,
+}
+
+/// A string or a list of strings.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `[[mtls]]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMtls {
+    from: String,
+    #[serde(default)]
+    prefix: String,
+    name: Option<String>,
+    #[serde(default = "default_service")]
+    kind: String,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    attributes: BTreeMap<String, String>,
+}
+
+/// `[[targets.logins]]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLogin {
+    groups: Vec<String>,
+    user: String,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
 }
 
 fn default_user_claim() -> String {
@@ -183,6 +304,201 @@ fn default_user_claim() -> String {
 }
 fn default_groups_claim() -> String {
     "groups".into()
+}
+fn default_name_claim() -> String {
+    "name".into()
+}
+fn default_human() -> String {
+    "human".into()
+}
+fn default_service() -> String {
+    "service".into()
+}
+fn default_skew() -> u64 {
+    60
+}
+fn default_on_expiry() -> String {
+    "disconnect".into()
+}
+
+/// Names usable after `sluice.attr.` in a setting name.
+pub fn valid_attribute_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+type ErrFn<'a> = dyn Fn(String, String) -> ConfigError + 'a;
+
+/// Read a secret from `password_env` or `password_file` (not both).
+fn read_secret(
+    key: &dyn Fn(&str) -> String,
+    var: Option<&str>,
+    file: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+    err: &ErrFn<'_>,
+) -> Result<Option<Secret>, ConfigError> {
+    match (var, file) {
+        (Some(_), Some(_)) => Err(err(
+            key("password_env"),
+            "set password_env or password_file, not both".into(),
+        )),
+        (Some(var), None) => env(var).map(|v| Some(Secret(v))).ok_or_else(|| {
+            err(
+                key("password_env"),
+                format!("environment variable {var} is not set"),
+            )
+        }),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map(|v| Some(Secret(v.trim_end_matches(['\r', '\n']).to_owned())))
+            .map_err(|e| {
+                err(
+                    key("password_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            }),
+        (None, None) => Ok(None),
+    }
+}
+
+fn masking_settings(
+    raw: RawMasking,
+    env: &dyn Fn(&str) -> Option<String>,
+    err: &ErrFn<'_>,
+) -> Result<Masking, ConfigError> {
+    let key = |k: &str| format!("masking.{k}");
+    let mut rules = sluice_mask::MaskingConfig::default();
+    if let Some(e) = raw.enabled {
+        rules.enabled = e;
+    }
+    if let Some(s) = raw.scan_unclassified {
+        rules.scan_unclassified = s;
+    }
+    for (kind, strategy) in raw.default_strategy {
+        let k: sluice_mask::Kind = kind.parse().map_err(|e: sluice_mask::UnknownKind| {
+            err(key(&format!("default_strategy.{kind}")), e.to_string())
+        })?;
+        let s: sluice_mask::Strategy =
+            strategy
+                .parse()
+                .map_err(|e: sluice_mask::UnknownStrategy| {
+                    err(key(&format!("default_strategy.{kind}")), e.to_string())
+                })?;
+        rules.default_strategy.insert(k, s);
+    }
+    for (column, rule) in raw.columns {
+        if column.split('.').count() < 2 || column.split('.').any(str::is_empty) {
+            return Err(err(
+                key(&format!("columns.\"{column}\"")),
+                "expected \"table.column\" or \"schema.table.column\"".into(),
+            ));
+        }
+        let r: sluice_mask::ColumnRule = rule.parse().map_err(|e: sluice_mask::ConfigError| {
+            err(key(&format!("columns.\"{column}\"")), e.to_string())
+        })?;
+        rules.columns.insert(column.to_lowercase(), r);
+    }
+    let secret = read_secret(
+        &|k: &str| key(&k.replace("password", "key")),
+        raw.key_env.as_deref(),
+        raw.key_file.as_deref(),
+        env,
+        err,
+    )?;
+    if let Some(s) = &secret {
+        if s.expose().len() < 32 {
+            return Err(err(
+                key("key_env"),
+                "the masking key must be at least 32 characters (for example 64 hex digits)".into(),
+            ));
+        }
+    }
+    Ok(Masking { rules, key: secret })
+}
+
+fn check_attributes(
+    key: &str,
+    attributes: &BTreeMap<String, String>,
+    err: &ErrFn<'_>,
+) -> Result<(), ConfigError> {
+    match attributes.keys().find(|k| !valid_attribute_name(k)) {
+        Some(bad) => Err(err(
+            key.to_owned(),
+            format!("attribute name {bad:?} must be lower-case letters, digits and _ (it becomes the setting sluice.attr.{bad})"),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn oidc_settings(i: usize, o: RawOidc, err: &ErrFn<'_>) -> Result<Oidc, ConfigError> {
+    let key = |k: &str| format!("oidc[{i}].{k}");
+    sluice_identity::http::check_url(&o.issuer).map_err(|e| err(key("issuer"), e))?;
+    let audiences = match o.audience {
+        OneOrMany::One(a) => vec![a],
+        OneOrMany::Many(list) => list,
+    };
+    if audiences.is_empty() || audiences.iter().any(String::is_empty) {
+        return Err(err(
+            key("audience"),
+            "must name at least one audience".into(),
+        ));
+    }
+    let algorithms = match o.algorithms {
+        None => sluice_identity::jwt::Alg::defaults(),
+        Some(list) => {
+            let mut out = Vec::new();
+            for a in &list {
+                out.push(a.parse().map_err(|e| err(key("algorithms"), e))?);
+            }
+            if out.is_empty() {
+                return Err(err(key("algorithms"), "must not be empty".into()));
+            }
+            out
+        }
+    };
+    check_attributes(&key("attribute_claims"), &o.attribute_claims, err)?;
+    let mut clients: Vec<sluice_identity::oidc::ClientMapping> = Vec::new();
+    for (j, c) in o.clients.into_iter().enumerate() {
+        let ckey = |k: &str| format!("oidc[{i}].clients[{j}].{k}");
+        if c.client_id.is_empty() {
+            return Err(err(ckey("client_id"), "must not be empty".into()));
+        }
+        if clients.iter().any(|o| o.client_id == c.client_id) {
+            return Err(err(
+                ckey("client_id"),
+                format!("duplicate client {:?}", c.client_id),
+            ));
+        }
+        check_attributes(&ckey("attributes"), &c.attributes, err)?;
+        clients.push(sluice_identity::oidc::ClientMapping {
+            name: c.name.unwrap_or_else(|| c.client_id.clone()),
+            client_id: c.client_id,
+            kind: c.kind.parse().map_err(|e| err(ckey("kind"), e))?,
+            groups: c.groups,
+            attributes: c.attributes,
+            on_behalf_of_claim: c.on_behalf_of_claim,
+            on_behalf_of: c.on_behalf_of,
+        });
+    }
+    Ok(Oidc {
+        issuer: o.issuer,
+        audiences,
+        user_claim: o.user_claim,
+        groups_claim: o.groups_claim,
+        kind_claim: o.kind_claim,
+        default_kind: o
+            .default_kind
+            .parse()
+            .map_err(|e| err(key("default_kind"), e))?,
+        display_name_claim: o.display_name_claim,
+        attribute_claims: o.attribute_claims,
+        skew: std::time::Duration::from_secs(o.skew_secs),
+        algorithms,
+        on_expiry: o.on_expiry.parse().map_err(|e| err(key("on_expiry"), e))?,
+        clients,
+    })
 }
 
 /// `[limits]`: sizes and timeouts.
@@ -227,11 +543,41 @@ struct RawConfig {
     #[serde(default)]
     users: Vec<RawUser>,
     #[serde(default)]
-    oidc: Vec<Oidc>,
+    oidc: Vec<RawOidc>,
+    #[serde(default)]
+    mtls: Vec<RawMtls>,
     #[serde(default)]
     limits: Limits,
     #[serde(default)]
     policy: PolicyConfig,
+    #[serde(default)]
+    masking: RawMasking,
+    #[serde(default)]
+    audit: sluice_audit::AuditConfig,
+}
+
+/// `[masking]` as written.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMasking {
+    enabled: Option<bool>,
+    scan_unclassified: Option<bool>,
+    #[serde(default)]
+    default_strategy: BTreeMap<String, String>,
+    #[serde(default)]
+    columns: BTreeMap<String, String>,
+    key_env: Option<String>,
+    key_file: Option<PathBuf>,
+}
+
+/// `[masking]`: masking of sensitive values in results (on by default).
+#[derive(Debug, Clone)]
+pub struct Masking {
+    /// What to mask and how.
+    pub rules: sluice_mask::MaskingConfig,
+    /// The key for deterministic tokens (hex or any text of at least 32
+    /// bytes); `None`: a key generated once in the data directory.
+    pub key: Option<Secret>,
 }
 
 #[derive(Deserialize)]
@@ -241,6 +587,8 @@ struct RawListen {
     http: Option<String>,
     #[serde(default = "default_plaintext")]
     plaintext: Plaintext,
+    #[serde(default)]
+    plaintext_tokens: bool,
 }
 
 fn default_plaintext() -> Plaintext {
@@ -250,8 +598,9 @@ fn default_plaintext() -> Plaintext {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTls {
-    cert: PathBuf,
-    key: PathBuf,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -267,7 +616,13 @@ struct RawTarget {
     #[serde(default = "default_upstream_tls")]
     tls: UpstreamTls,
     ca_file: Option<PathBuf>,
+    max_rows_affected: Option<u64>,
+    #[serde(default)]
+    logins: Vec<RawLogin>,
 }
+
+/// Rows one UPDATE/DELETE may change in production unless configured.
+pub const DEFAULT_PRODUCTION_ROWS_LIMIT: u64 = 1000;
 
 fn default_upstream_tls() -> UpstreamTls {
     UpstreamTls::Prefer
@@ -344,6 +699,7 @@ impl Config {
                 .map(|h| addr("listen.http", h))
                 .transpose()?,
             plaintext: raw.listen.plaintext,
+            plaintext_tokens: raw.listen.plaintext_tokens,
         };
 
         let mut targets = Vec::new();
@@ -391,6 +747,33 @@ impl Config {
                     "only used with tls = \"verify-full\"".into(),
                 ));
             }
+            let mut logins = Vec::new();
+            for (j, l) in t.logins.iter().enumerate() {
+                let lkey = |k: &str| format!("targets[{i}].logins[{j}].{k}");
+                if l.groups.is_empty() {
+                    return Err(err(lkey("groups"), "must name at least one group".into()));
+                }
+                if l.user.is_empty() {
+                    return Err(err(lkey("user"), "must not be empty".into()));
+                }
+                let password = read_secret(
+                    &lkey,
+                    l.password_env.as_deref(),
+                    l.password_file.as_deref(),
+                    env,
+                    &err,
+                )?;
+                logins.push(Login {
+                    groups: l.groups.clone(),
+                    user: l.user.clone(),
+                    password,
+                });
+            }
+            let default_rows_limit = if t.environment == "production" {
+                DEFAULT_PRODUCTION_ROWS_LIMIT
+            } else {
+                0
+            };
             targets.push(Target {
                 name: t.name,
                 environment: t.environment,
@@ -400,6 +783,9 @@ impl Config {
                 password,
                 tls: t.tls,
                 ca_file: t.ca_file,
+                logins,
+                // On by default in production only; 0 switches it off.
+                max_rows_affected: t.max_rows_affected.unwrap_or(default_rows_limit),
             });
         }
 
@@ -433,17 +819,72 @@ impl Config {
             ));
         }
 
+        let mut oidc: Vec<Oidc> = Vec::new();
+        for (i, o) in raw.oidc.into_iter().enumerate() {
+            let o = oidc_settings(i, o, &err)?;
+            if oidc.iter().any(|x| x.issuer == o.issuer) {
+                return Err(err(
+                    format!("oidc[{i}].issuer"),
+                    format!("duplicate issuer {:?}", o.issuer),
+                ));
+            }
+            oidc.push(o);
+        }
+
+        let (tls, client_ca) = match raw.tls {
+            None => (None, None),
+            Some(t) => {
+                let files = match (t.cert, t.key) {
+                    (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+                    (None, None) if t.client_ca.is_some() => None,
+                    (None, None) => return Err(err("tls.cert".into(), "set cert and key".into())),
+                    (Some(_), None) => {
+                        return Err(err("tls.key".into(), "set together with cert".into()))
+                    }
+                    (None, Some(_)) => {
+                        return Err(err("tls.cert".into(), "set together with key".into()))
+                    }
+                };
+                (files, t.client_ca)
+            }
+        };
+        let mut mtls = Vec::new();
+        for (i, m) in raw.mtls.into_iter().enumerate() {
+            let key = |k: &str| format!("mtls[{i}].{k}");
+            if client_ca.is_none() {
+                return Err(err(
+                    key("from"),
+                    "client certificates are only asked for with [tls] client_ca".into(),
+                ));
+            }
+            check_attributes(&key("attributes"), &m.attributes, &err)?;
+            mtls.push(sluice_identity::mtls::CertRule {
+                from: m.from.parse().map_err(|e| err(key("from"), e))?,
+                prefix: m.prefix,
+                name: m.name,
+                kind: m.kind.parse().map_err(|e| err(key("kind"), e))?,
+                groups: m.groups,
+                attributes: m.attributes,
+            });
+        }
+
+        let masking = masking_settings(raw.masking, env, &err)?;
+        raw.audit
+            .validate()
+            .map_err(|reason| err("audit".into(), reason))?;
+
         Ok(Config {
             listen,
-            tls: raw.tls.map(|t| TlsFiles {
-                cert: t.cert,
-                key: t.key,
-            }),
+            tls,
+            client_ca,
+            mtls,
             targets,
             users,
-            oidc: raw.oidc,
+            oidc,
             limits,
             policy: raw.policy,
+            masking,
+            audit: raw.audit,
         })
     }
 
@@ -524,6 +965,96 @@ attributes = {{ region = "eu" }}
         let text = minimal().replace("SCRAM-SHA-256$", "md5$");
         let e = Config::parse(&text, "f.toml", &env).unwrap_err();
         assert_eq!(e.key, "users[0].password_hash");
+    }
+
+    #[test]
+    fn identity_keys_parse_and_are_checked() {
+        let oidc = r#"
+[[oidc]]
+issuer = "https://login.example.com/"
+audience = "sluice"
+
+[[oidc]]
+issuer = "http://127.0.0.1:9000"
+audience = ["sluice", "sluice-cli"]
+attribute_claims = { region = "region" }
+skew_secs = 5
+algorithms = ["ES256"]
+on_expiry = "allow"
+
+[[oidc.clients]]
+client_id = "etl"
+kind = "agent"
+on_behalf_of = "alice"
+"#;
+        let text = format!("{}{oidc}", minimal());
+        let c = Config::parse(&text, "f.toml", &env).unwrap();
+        assert_eq!(c.oidc.len(), 2);
+        assert_eq!(c.oidc[0].user_claim, "email");
+        assert_eq!(c.oidc[0].audiences, ["sluice"]);
+        assert_eq!(c.oidc[0].on_expiry, sluice_identity::OnExpiry::Disconnect);
+        assert_eq!(c.oidc[1].audiences, ["sluice", "sluice-cli"]);
+        assert_eq!(c.oidc[1].on_expiry, sluice_identity::OnExpiry::Allow);
+        assert_eq!(c.oidc[1].clients[0].name, "etl");
+        assert_eq!(c.oidc[1].clients[0].kind, PrincipalKind::Agent);
+        assert!(!c.listen.plaintext_tokens);
+
+        for (bad, key) in [
+            ("issuer = \"https://login.example.com/\"", "oidc[0].issuer"),
+            ("algorithms = [\"HS256\"]", "oidc[0].algorithms"),
+            ("on_expiry = \"later\"", "oidc[0].on_expiry"),
+            (
+                "attribute_claims = { Region = \"r\" }",
+                "oidc[0].attribute_claims",
+            ),
+        ] {
+            let text = format!(
+                "{}[[oidc]]\nissuer = \"http://idp.example.com\"\naudience = \"s\"\n",
+                minimal()
+            );
+            let text = if key == "oidc[0].issuer" {
+                text
+            } else {
+                text.replace("http://idp.example.com", "https://idp.example.com") + bad + "\n"
+            };
+            let e = Config::parse(&text, "f.toml", &env).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+        }
+    }
+
+    #[test]
+    fn logins_mtls_and_client_ca() {
+        let text = minimal().replace(
+            "[[users]]",
+            r#"[[targets.logins]]
+groups = ["dba"]
+user = "app_admin"
+password_env = "APP_PROD_DB_PASSWORD"
+
+[tls]
+client_ca = "/etc/ca.pem"
+
+[[mtls]]
+from = "san_uri"
+prefix = "spiffe://x/"
+kind = "agent"
+
+[[users]]"#,
+        );
+        let c = Config::parse(&text, "f.toml", &env).unwrap();
+        let t = &c.targets[0];
+        assert_eq!(t.login_for(&["dba".into()]).0, "app_admin");
+        assert_eq!(t.login_for(&["dev".into()]).0, "sluice_app");
+        assert!(c.tls.is_none());
+        assert_eq!(c.client_ca.as_deref(), Some(Path::new("/etc/ca.pem")));
+        assert_eq!(c.mtls[0].kind, PrincipalKind::Agent);
+
+        let text = minimal() + "[[mtls]]\nfrom = \"cn\"\n";
+        let e = Config::parse(&text, "f.toml", &env).unwrap_err();
+        assert_eq!(e.key, "mtls[0].from");
+        let text = minimal() + "[tls]\ncert = \"a.pem\"\n";
+        let e = Config::parse(&text, "f.toml", &env).unwrap_err();
+        assert_eq!(e.key, "tls.key");
     }
 
     #[test]

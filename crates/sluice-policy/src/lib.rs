@@ -19,6 +19,9 @@ use cedar_policy::{
 use sluice_identity::{Principal, PrincipalKind};
 use sluice_sql::{Analysis, Kind};
 
+pub mod connect;
+mod unmask;
+
 /// The schema, as Cedar text.
 pub const SCHEMA: &str = include_str!("sluice.cedarschema");
 /// The built-in guardrails, as Cedar text.

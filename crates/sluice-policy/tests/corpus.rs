@@ -13,6 +13,7 @@ fn alice() -> Principal {
         groups: vec!["dev".into()],
         attributes: Default::default(),
         method: "test",
+        ..Default::default()
     }
 }
 

@@ -16,10 +16,12 @@ use bytes::{Bytes, BytesMut};
 use rand::Rng;
 use sluice_identity::Principal;
 use sluice_policy::{Decision, PolicyEngine, Request, TargetRef};
-use sluice_wire::frame::{self, Reader};
+use sluice_sql::RowsEffect;
+use sluice_wire::frame;
 use sluice_wire::messages::{ErrorResponse, Severity};
 use sluice_wire::tags::frontend;
 
+use crate::audit::StatementInfo;
 use crate::Metrics;
 
 /// SQLSTATE for a statement that needs approval (Sluice's own class).
@@ -53,18 +55,98 @@ impl Refusals {
     }
 }
 
+/// What the guard decided for one query string.
 #[derive(Clone)]
-enum Verdict {
-    Allow,
+pub enum Verdict {
+    /// It may run.
+    Allow(Arc<Allowed>),
+    /// It may not.
     Refuse {
+        /// Sluice's error for the client.
         error: Bytes,
+        /// Refused only until approved.
         held: bool,
+        /// The rule that refused it.
         rule: String,
+        /// What the statement is, for the audit trail.
+        info: Arc<StatementInfo>,
     },
+}
+
+/// What the session must know about an allowed string.
+#[derive(Debug, Default)]
+pub struct Allowed {
+    /// What the statement is, for the audit trail.
+    pub info: Arc<StatementInfo>,
+    /// Whether its UPDATEs and DELETEs can be counted.
+    pub rows: RowsEffect,
+    /// It has more than one statement and controls transactions.
+    pub controls_transactions: bool,
+    /// `PREPARE name AS …`: the names defined and their statements' rows effect.
+    pub prepares: Vec<(String, RowsEffect)>,
+    /// `EXECUTE name`: the prepared statements run.
+    pub executes: Vec<String>,
+    /// `DEALLOCATE name`.
+    pub deallocates: Vec<String>,
+    /// `DEALLOCATE ALL` / `DISCARD ALL`.
+    pub deallocates_all: bool,
+    /// It creates, alters or drops schema objects (cached column names may change).
+    pub changes_schema: bool,
+    /// Its `COPY … TO STDOUT` statements.
+    pub copy_out: Vec<sluice_sql::CopyOut>,
+}
+
+impl Allowed {
+    fn of(analysis: Option<&sluice_sql::Analysis>, info: Arc<StatementInfo>) -> Self {
+        let Some(a) = analysis else {
+            return Allowed {
+                info,
+                ..Allowed::default()
+            };
+        };
+        Allowed {
+            info,
+            rows: a.rows_effect(),
+            controls_transactions: a.statements.len() > 1 && a.controls_transactions(),
+            prepares: a
+                .statements
+                .iter()
+                .filter_map(|s| {
+                    s.prepares
+                        .clone()
+                        .map(|name| (name, s.prepared_rows_effect()))
+                })
+                .collect(),
+            executes: a
+                .statements
+                .iter()
+                .filter_map(|s| s.executes.clone())
+                .collect(),
+            deallocates: a
+                .statements
+                .iter()
+                .filter_map(|s| s.deallocates.clone())
+                .collect(),
+            deallocates_all: a.statements.iter().any(|s| s.deallocates_all),
+            copy_out: a
+                .statements
+                .iter()
+                .filter_map(|s| s.copy_out.clone())
+                .collect(),
+            changes_schema: a
+                .actions()
+                .iter()
+                .any(|k| matches!(k, sluice_sql::Kind::Ddl | sluice_sql::Kind::Drop)),
+        }
+    }
 }
 
 /// Per-session guard state; lives in the client-to-upstream loop.
 pub struct Guard<'a> {
+    /// `[policy] enabled`: when false everything is allowed unexamined.
+    pub enabled: bool,
+    /// The verdict for everything when the guard is off.
+    unjudged: Arc<Allowed>,
     engine: &'a PolicyEngine,
     /// The principal and target as policy entities, built once per session.
     entities: Result<sluice_policy::SessionEntities, String>,
@@ -81,14 +163,6 @@ pub struct Guard<'a> {
     next_id: u64,
     /// Shared with the upstream loop.
     pub refusals: Refusals,
-}
-
-/// What to do with one client message.
-pub enum Action {
-    /// Forward it unchanged.
-    Forward,
-    /// Send this message upstream instead.
-    Replace(Bytes),
 }
 
 impl<'a> Guard<'a> {
@@ -109,6 +183,8 @@ impl<'a> Guard<'a> {
             },
         );
         Guard {
+            enabled: true,
+            unjudged: Arc::new(Allowed::default()),
             engine,
             entities,
             principal,
@@ -124,54 +200,64 @@ impl<'a> Guard<'a> {
         }
     }
 
-    /// Judge one complete client message (`msg` includes its header).
-    pub fn inspect(&mut self, tag: u8, msg: &[u8]) -> Action {
-        let body = &msg[5..];
-        let (sql, statement_name) = match tag {
-            frontend::QUERY => match Reader::new(body, "Query").cstr() {
-                Ok(q) => (Some(q.as_bytes()), None),
-                Err(_) => (None, None),
-            },
-            frontend::PARSE => {
-                let mut r = Reader::new(body, "Parse");
-                match (r.cstr(), r.cstr()) {
-                    (Ok(name), Ok(q)) => (Some(q.as_bytes()), Some(name)),
-                    _ => (None, None),
-                }
-            }
-            // Fast-path calls name a function by OID: nothing to analyse, so
-            // they are judged as unparseable (refused in production).
-            frontend::FUNCTION_CALL => (None, None),
-            _ => return Action::Forward,
-        };
-        let verdict = match sql {
-            Some(text) => self.cached_or_judge(text),
-            None => self.judge(None).0,
-        };
-        match verdict {
-            Verdict::Allow => Action::Forward,
-            Verdict::Refuse { error, held, rule } => {
-                let counter = if held {
-                    &self.metrics.statements_held_total
-                } else {
-                    &self.metrics.statements_denied_total
-                };
-                Metrics::inc(counter);
-                tracing::info!(
-                    user = %self.principal.name, target = self.target_name, rule = %rule,
-                    outcome = if held { "approval required" } else { "denied" },
-                    "statement refused"
-                );
-                let id = self.next_id;
-                self.next_id += 1;
-                self.refusals.put(id, error);
-                let marker = format!("{}{id}", self.marker_prefix);
-                Action::Replace(match (tag, statement_name) {
-                    (frontend::PARSE, Some(name)) => parse_message(name, &marker),
-                    _ => query_message(&marker),
-                })
-            }
+    /// The verdict for a fast-path FunctionCall: it names a function by
+    /// OID, so there is nothing to analyse; it is judged as unparseable
+    /// (refused in production).
+    pub fn judge_function_call(&mut self) -> Verdict {
+        if !self.enabled {
+            return Verdict::Allow(self.unjudged.clone());
         }
+        self.judge(None).0
+    }
+
+    /// The verdict for a query string (of a Query or a Parse).
+    pub fn judge_text(&mut self, text: &[u8]) -> Verdict {
+        if !self.enabled {
+            return Verdict::Allow(self.unjudged.clone());
+        }
+        self.cached_or_judge(text)
+    }
+
+    /// Count and log a refusal and give the marker that stands for it: a
+    /// statement the server will reject, whose error the upstream loop swaps
+    /// for `error`.
+    pub fn refuse(&mut self, error: Bytes, held: bool, rule: &str) -> String {
+        self.note_refusal(rule, held);
+        let id = self.next_id;
+        self.next_id += 1;
+        self.refusals.put(id, error);
+        format!("{}{id}", self.marker_prefix)
+    }
+
+    /// Who this session is.
+    pub fn principal(&self) -> &Principal {
+        self.principal
+    }
+
+    /// Count and log a refusal.
+    pub fn note_refusal(&self, rule: &str, held: bool) {
+        let counter = if held {
+            &self.metrics.statements_held_total
+        } else {
+            &self.metrics.statements_denied_total
+        };
+        Metrics::inc(counter);
+        tracing::info!(
+            user = %self.principal.name, target = self.target_name, rule = %rule,
+            outcome = if held { "approval required" } else { "denied" },
+            "statement refused"
+        );
+    }
+
+    /// Sluice's own refusal (not a policy's): `ERROR 42501 sluice: blocked by RULE: REASON`.
+    pub fn refuse_with(&mut self, rule: &str, reason: &str, hint: &str) -> String {
+        let e = ErrorResponse::new(
+            Severity::Error,
+            "42501",
+            format!("sluice: blocked by {rule}: {reason}"),
+        )
+        .hint(hint);
+        self.refuse(e.encode(), false, rule)
     }
 
     /// The verdict for `text`: by exact text, then by template (statements
@@ -204,9 +290,10 @@ impl<'a> Guard<'a> {
     /// Analyse and decide; also says whether the verdict holds for the whole template.
     fn judge(&self, text: Option<&[u8]>) -> (Verdict, bool) {
         Metrics::inc(&self.metrics.statements_checked_total);
-        let analysis = text
-            .and_then(|t| std::str::from_utf8(t).ok())
-            .and_then(|t| sluice_sql::analyze(t, sluice_sql::Dialect::default()).ok());
+        let text = text.and_then(|t| std::str::from_utf8(t).ok());
+        let analysis =
+            text.and_then(|t| sluice_sql::analyze(t, sluice_sql::Dialect::default()).ok());
+        let info = Arc::new(StatementInfo::of(text.unwrap_or(""), analysis.as_ref()));
         let hour_utc = ((std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -230,7 +317,9 @@ impl<'a> Guard<'a> {
             Err(_) => self.engine.decide(&request),
         };
         let verdict = match decision {
-            Decision::Allow { .. } => Verdict::Allow,
+            Decision::Allow { .. } => {
+                Verdict::Allow(Arc::new(Allowed::of(analysis.as_ref(), info)))
+            }
             Decision::Deny { rule, reason, hint } => {
                 let mut e = ErrorResponse::new(
                     Severity::Error,
@@ -244,6 +333,7 @@ impl<'a> Guard<'a> {
                     error: e.encode(),
                     held: false,
                     rule,
+                    info,
                 }
             }
             Decision::Approval {
@@ -263,6 +353,7 @@ impl<'a> Guard<'a> {
                     error: e.encode(),
                     held: true,
                     rule,
+                    info,
                 }
             }
         };
@@ -270,7 +361,8 @@ impl<'a> Guard<'a> {
     }
 }
 
-fn query_message(sql: &str) -> Bytes {
+/// A Query message.
+pub fn query_message(sql: &str) -> Bytes {
     let mut out = BytesMut::with_capacity(sql.len() + 6);
     let at = frame::begin(&mut out, frontend::QUERY);
     frame::put_cstr(&mut out, sql);
@@ -278,7 +370,8 @@ fn query_message(sql: &str) -> Bytes {
     out.freeze()
 }
 
-fn parse_message(name: &str, sql: &str) -> Bytes {
+/// A Parse message with no parameter types.
+pub fn parse_message(name: &str, sql: &str) -> Bytes {
     let mut out = BytesMut::with_capacity(sql.len() + name.len() + 8);
     let at = frame::begin(&mut out, frontend::PARSE);
     frame::put_cstr(&mut out, name);

@@ -5,18 +5,29 @@
 //! - [`frontend`]: startup negotiation, TLS, authentication of the caller;
 //! - [`backend`]: the upstream connection, its TLS and its login;
 //! - [`session`]: the relay loops that carry messages both ways;
+//! - [`statements`], [`guard`], [`rows_guard`]: what each client statement
+//!   is, whether policy lets it run, and the rows-affected limit;
+//! - [`flight`]: which statement each upstream answer belongs to;
+//! - [`masking`], [`catalog`]: masking result values in flight;
 //! - [`cancel`]: mapping a client's cancel key to the upstream backend.
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod backend;
 pub mod cancel;
+pub mod catalog;
+pub mod copy_probe;
 pub mod error;
+pub mod flight;
 pub mod frontend;
 pub mod guard;
 mod io;
+pub mod masking;
 pub mod metrics;
+pub mod rows_guard;
 pub mod server;
 pub mod session;
+pub mod statements;
 pub mod stream;
 pub mod tls;
 

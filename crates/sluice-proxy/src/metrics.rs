@@ -34,12 +34,19 @@ pub struct Metrics {
     pub statements_denied_total: AtomicU64,
     /// Statements refused because they need approval.
     pub statements_held_total: AtomicU64,
+    /// The audit writer's counters, once it runs.
+    audit: std::sync::OnceLock<std::sync::Arc<sluice_audit::Counters>>,
 }
 
 impl Metrics {
     /// Add one.
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
+    }
+
+    /// Export the audit writer's counters too.
+    pub fn set_audit(&self, counters: std::sync::Arc<sluice_audit::Counters>) {
+        let _ = self.audit.set(counters);
     }
 
     /// Render all metrics.
@@ -129,6 +136,48 @@ impl Metrics {
             "Statements refused because they need approval.",
             self.statements_held_total.load(Relaxed),
         );
+        if let Some(a) = self.audit.get() {
+            for (name, kind, help, v) in [
+                (
+                    "sluice_audit_queue_depth",
+                    "gauge",
+                    "Audit events waiting for the writer.",
+                    &a.queue_depth,
+                ),
+                (
+                    "sluice_audit_spool_bytes",
+                    "gauge",
+                    "Bytes of audit events in the spool, not yet in the store.",
+                    &a.spool_bytes,
+                ),
+                (
+                    "sluice_audit_events_total",
+                    "counter",
+                    "Audit events recorded.",
+                    &a.recorded,
+                ),
+                (
+                    "sluice_audit_dropped_total",
+                    "counter",
+                    "Audit events dropped (fail_open with a full spool).",
+                    &a.dropped,
+                ),
+                (
+                    "sluice_audit_refused_total",
+                    "counter",
+                    "Statements refused because the audit trail could not take them (fail_closed).",
+                    &a.refused,
+                ),
+                (
+                    "sluice_audit_store_errors_total",
+                    "counter",
+                    "Errors writing to the audit store.",
+                    &a.store_errors,
+                ),
+            ] {
+                put(name, kind, help, v.load(Relaxed));
+            }
+        }
         put(
             "sluice_draining",
             "gauge",

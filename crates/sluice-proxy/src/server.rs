@@ -34,6 +34,12 @@ pub struct Runtime {
     pub metrics: Arc<Metrics>,
     /// Policies and guardrails.
     pub policy: Arc<sluice_policy::PolicyEngine>,
+    /// Masking of results (`None`: `[masking] enabled = false`).
+    pub masker: Option<Arc<sluice_mask::Masker>>,
+    /// Column names per target, for masking plans.
+    pub catalogs: HashMap<String, Arc<crate::catalog::Catalog>>,
+    /// The audit trail (shared with every runtime).
+    pub audit: sluice_audit::AuditSink,
 }
 
 /// State shared by every session of one process.
@@ -50,6 +56,9 @@ pub struct ProxyState {
     live: AtomicUsize,
     idle: Notify,
     force_close: watch::Sender<bool>,
+    /// The audit trail's writer; stopped (flushed, checkpointed) at shutdown.
+    audit_writer: std::sync::Mutex<Option<sluice_audit::AuditWriter>>,
+    audit: sluice_audit::AuditSink,
 }
 
 impl ProxyState {
@@ -61,8 +70,23 @@ impl ProxyState {
         rand::thread_rng().fill_bytes(&mut decoy_secret);
         let metrics = Arc::new(Metrics::default());
         let cancels = CancelRegistry::default();
-        let runtime = build_runtime(config_path, data_dir, decoy_secret, &cancels, &metrics)?;
+        // The audit trail outlives reloads: its settings take effect on restart.
+        let audit_config = Config::load(config_path).map_err(|e| e.to_string())?.audit;
+        let writer = sluice_audit::AuditWriter::start(&audit_config, data_dir)
+            .map_err(|e| format!("{}: [audit]: {e}", config_path.display()))?;
+        let audit = writer.sink();
+        metrics.set_audit(writer.counters());
+        let runtime = build_runtime(
+            config_path,
+            data_dir,
+            decoy_secret,
+            &cancels,
+            &metrics,
+            &audit,
+        )?;
         Ok(Arc::new(ProxyState {
+            audit_writer: std::sync::Mutex::new(Some(writer)),
+            audit,
             runtime: RwLock::new(Arc::new(runtime)),
             config_path: config_path.to_owned(),
             data_dir: data_dir.to_owned(),
@@ -92,6 +116,7 @@ impl ProxyState {
             self.decoy_secret,
             &self.cancels,
             &self.metrics,
+            &self.audit,
         )?;
         let new_listen = runtime.config.listen.clone();
         let old = self.runtime();
@@ -105,6 +130,20 @@ impl ProxyState {
             Err(poisoned) => *poisoned.into_inner() = Arc::new(runtime),
         }
         Ok(())
+    }
+
+    /// Stop the audit writer: everything recorded is written, a signed
+    /// checkpoint closes the chain. Blocking; call once sessions are gone.
+    pub fn shutdown_audit(&self) {
+        let writer = match self.audit_writer.lock() {
+            Ok(mut w) => w.take(),
+            Err(p) => p.into_inner().take(),
+        };
+        if let Some(w) = writer {
+            if let Err(e) = w.shutdown() {
+                tracing::error!(error = %e, "the audit trail did not close cleanly");
+            }
+        }
     }
 
     /// True once shutdown started.
@@ -237,9 +276,10 @@ fn build_runtime(
     decoy_secret: [u8; 32],
     cancels: &CancelRegistry,
     metrics: &Arc<Metrics>,
+    audit: &sluice_audit::AuditSink,
 ) -> Result<Runtime, String> {
     let config = Config::load(config_path).map_err(|e| e.to_string())?;
-    let server_tls = tls::server_tls(config.tls.as_ref(), data_dir)?;
+    let server_tls = tls::server_tls(config.tls.as_ref(), config.client_ca.as_deref(), data_dir)?;
     let mut upstream_tls = HashMap::new();
     for (i, t) in config.targets.iter().enumerate() {
         let connector = tls::upstream_connector(t)
@@ -249,10 +289,23 @@ fn build_runtime(
     let policy =
         sluice_policy::PolicyEngine::load(config.policy.dir.as_deref(), &config.policy.disable)
             .map_err(|e| format!("{}: [policy]: {e}", config_path.display()))?;
-    if !config.oidc.is_empty() {
-        tracing::warn!("[[oidc]] is configured but sign-in with OIDC tokens is not available in this version; local users only");
-    }
+    let masker = if config.masking.rules.enabled {
+        let key = masking_key(config.masking.key.as_ref(), data_dir)?;
+        let masker = sluice_mask::Masker::with_config(&key, &config.masking.rules)
+            .map_err(|e| format!("{}: [masking]: {e}", config_path.display()))?;
+        Some(Arc::new(masker))
+    } else {
+        None
+    };
+    let catalogs = config
+        .targets
+        .iter()
+        .map(|t| (t.name.clone(), Arc::new(crate::catalog::Catalog::default())))
+        .collect();
     Ok(Runtime {
+        audit: audit.clone(),
+        masker,
+        catalogs,
         config: Arc::new(config),
         server_tls,
         upstream_tls,
@@ -261,4 +314,56 @@ fn build_runtime(
         metrics: metrics.clone(),
         policy: Arc::new(policy),
     })
+}
+
+/// The key for masking tokens: from the config (64 hex digits are used as
+/// they are, other text is hashed), else generated once and kept in the
+/// data directory so tokens stay the same across restarts. Replicas that
+/// must give equal tokens share a configured key.
+fn masking_key(
+    configured: Option<&sluice_config::Secret>,
+    data_dir: &Path,
+) -> Result<[u8; 32], String> {
+    use sha2::Digest;
+    let from_text = |text: &str| -> [u8; 32] {
+        let t = text.trim();
+        let mut key = [0u8; 32];
+        if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+            for (i, k) in key.iter_mut().enumerate() {
+                *k = u8::from_str_radix(&t[2 * i..2 * i + 2], 16).unwrap_or(0);
+            }
+            key
+        } else {
+            sha2::Sha256::digest(t.as_bytes()).into()
+        }
+    };
+    if let Some(secret) = configured {
+        return Ok(from_text(secret.expose()));
+    }
+    let path = data_dir.join("masking.key");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(from_text(&text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut key = [0u8; 32];
+            rand::thread_rng().fill_bytes(&mut key);
+            let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+            write_private(&path, &hex)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            Ok(key)
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Write a file only its owner can read.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
 }

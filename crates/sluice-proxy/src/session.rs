@@ -12,18 +12,25 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use sluice_wire::messages::{Authentication, ErrorResponse, Severity};
 use sluice_wire::tags::{backend, frontend as tag_in};
 use sluice_wire::{peek_header, WireError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::audit::SessionAudit;
 use crate::backend as upstream;
 use crate::cancel::CancelTarget;
+use crate::catalog::Missing;
+use crate::copy_probe;
 use crate::error::{SessionError, UpstreamError};
+use crate::flight::{Disposition, Flight, Progress, Tracker};
 use crate::frontend::{self, Opening};
-use crate::guard::{Action, Guard, Refusals};
+use crate::guard::{Guard, Refusals};
+use crate::masking::{CannotStream, CopyMasker, Masking, RowOutcome, StreamingRow, HOLD_ROW_LIMIT};
+use crate::rows_guard::{self, GuardError};
 use crate::server::{ProxyState, Runtime};
+use crate::statements::{Statements, Step};
 use crate::stream::{ReadHalf, WriteHalf};
 use crate::Metrics;
 
@@ -162,6 +169,22 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
     );
 
     let client_tls = stream.is_tls();
+    let tls_info = match &stream {
+        crate::stream::MaybeTls::Tls(t) => {
+            let conn = t.get_ref().1;
+            Some((
+                conn.protocol_version()
+                    .map(|v| format!("{v:?}"))
+                    .unwrap_or_default(),
+                conn.negotiated_cipher_suite()
+                    .map(|c| format!("{:?}", c.suite()))
+                    .unwrap_or_default(),
+            ))
+        }
+        crate::stream::MaybeTls::Plain(_) => None,
+    };
+    let audit = Arc::new(SessionAudit::new(rt.audit.clone(), &principal, &target));
+    audit.started(&principal, peer, &application_name, tls_info);
     let (mut client_read, client_write) = stream.split();
     let (mut up_read, mut up_write) = up.stream.split();
     let mut to_client = ClientWriter {
@@ -173,11 +196,47 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
     let metrics = &rt.metrics;
 
     let mut guard = Guard::new(&rt.policy, &principal, &target, &application_name, metrics);
+    guard.enabled = rt.config.policy.enabled;
     let refusals = guard.refusals.clone();
     let marker_prefix = guard.marker_prefix.clone();
+    let mut statements = Statements::new(guard, target.max_rows_affected);
+    statements.audit = Some(audit.clone());
+    let flight = statements.flight.clone();
+    // Results are masked unless masking is off or policy lets this principal see them whole.
+    let unmasked = rt.policy.allows_unmask(
+        &principal,
+        &sluice_policy::TargetRef {
+            name: &target.name,
+            environment: &target.environment,
+        },
+    );
+    let catalog = rt.catalogs.get(&target.name).cloned().unwrap_or_default();
+    let access = || CatalogAccess {
+        catalog: catalog.clone(),
+        target: &target,
+        connector: connector.as_ref(),
+        timeout,
+    };
+    let copy_ctx = match (&rt.masker, unmasked) {
+        (Some(masker), false) => Some((masker.clone(), access())),
+        _ => None,
+    };
+    let masking = match (&rt.masker, unmasked) {
+        (Some(masker), false) => {
+            statements.masking = true;
+            statements.catalog = Some(catalog.clone());
+            Some((Masking::new(masker.clone(), catalog.clone()), access()))
+        }
+        _ => None,
+    };
+    let (masking, lookup) = match masking {
+        Some((m, l)) => (Some(m), Some(l)),
+        None => (None, None),
+    };
+    let walk = UpstreamWalk::new(&refusals, &marker_prefix, masking, audit.clone());
     let end = tokio::select! {
-        r = client_to_upstream(&mut client_read, &mut up_write, max, metrics, &mut guard) => r,
-        r = upstream_to_client(&mut up_read, up.leftover, &mut to_client, metrics, &refusals, &marker_prefix) => r,
+        r = client_to_upstream(&mut client_read, &mut up_write, max, metrics, &mut statements, &target.environment, copy_ctx) => r,
+        r = upstream_to_client(&mut up_read, up.leftover, &mut to_client, metrics, &flight, walk, lookup) => r,
         _ = force_close.wait_for(|v| *v) => End::ShuttingDown,
     };
 
@@ -198,6 +257,18 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
             "08P01",
             format!("sluice: closing the session: {why}"),
         )),
+        End::TokenExpired => Some(
+            ErrorResponse::new(Severity::Fatal, "28000", sluice_identity::EXPIRED_MESSAGE)
+                .hint("your identity provider's token for this session is no longer valid"),
+        ),
+        End::CannotMask(why) => Some(
+            ErrorResponse::new(
+                Severity::Fatal,
+                "XX000",
+                format!("sluice: closing the session: a result could not be masked ({why}), so it was not sent"),
+            )
+            .hint("try again; if it persists, ask your administrator (details are in Sluice's log)"),
+        ),
         End::ShuttingDown => Some(ErrorResponse::new(
             Severity::Fatal,
             "57P01",
@@ -230,11 +301,28 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
         duration_ms = started.elapsed().as_millis() as u64, end = %end,
         "session ended"
     );
+    audit.ended(end.to_string(), started.elapsed().as_millis() as u64);
+}
+
+/// Where to look up the columns of a result.
+pub struct CatalogAccess<'a> {
+    /// The target's cache.
+    pub catalog: Arc<crate::catalog::Catalog>,
+    /// The target.
+    pub target: &'a sluice_config::Target,
+    /// Its TLS connector.
+    pub connector: Option<&'a tokio_rustls::TlsConnector>,
+    /// Connect timeout.
+    pub timeout: Duration,
 }
 
 /// Why the relay stopped.
 #[derive(Debug)]
 enum End {
+    /// A result could not be masked; it was not sent.
+    CannotMask(String),
+    /// The caller's token expired.
+    TokenExpired,
     /// The client sent Terminate.
     ClientClosed,
     /// The client's socket closed or failed.
@@ -265,6 +353,8 @@ impl std::fmt::Display for End {
             End::UpstreamGone(e) => write!(f, "upstream lost: {e}"),
             End::UpstreamViolation(e) => write!(f, "upstream violation: {e}"),
             End::ShuttingDown => f.write_str("shutdown"),
+            End::CannotMask(e) => write!(f, "cannot mask a result: {e}"),
+            End::TokenExpired => f.write_str("token expired"),
         }
     }
 }
@@ -286,7 +376,9 @@ async fn client_to_upstream(
     w: &mut WriteHalf,
     max: usize,
     metrics: &Metrics,
-    guard: &mut Guard<'_>,
+    st: &mut Statements<'_>,
+    environment: &str,
+    copy_ctx: Option<(Arc<sluice_mask::Masker>, CatalogAccess<'_>)>,
 ) -> End {
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     // Bytes of a CopyData message still to stream through.
@@ -323,21 +415,110 @@ async fn client_to_upstream(
             }
             let available = buf.len() - ready;
             if available >= header.total_len {
-                if matches!(
-                    header.tag,
-                    tag_in::QUERY | tag_in::PARSE | tag_in::FUNCTION_CALL
-                ) {
-                    let msg = &buf[ready..ready + header.total_len];
-                    if let Action::Replace(replacement) = guard.inspect(header.tag, msg) {
+                let msg = &buf[ready..ready + header.total_len];
+                match st.on_message(header.tag, msg) {
+                    Step::Forward => {}
+                    Step::Expired => {
+                        // What came before goes on; then the session ends.
+                        let before = buf.split_to(ready);
+                        st.commit();
+                        if !before.is_empty() && write_flush(w, &before).await.is_err() {
+                            return End::UpstreamGone("write failed".into());
+                        }
+                        return End::TokenExpired;
+                    }
+                    Step::Prefix(first) => {
+                        // Sluice's message goes just before the client's.
+                        let before = buf.split_to(ready);
+                        ready = 0;
+                        st.commit();
+                        if let Err(e) = write_all2(w, &before, &first).await {
+                            return End::UpstreamGone(e.to_string());
+                        }
+                    }
+                    Step::Replace(replacement) => {
                         // What came before goes as it is; the refused message
                         // is swapped for its marker.
                         let before = buf.split_to(ready);
                         buf.advance(header.total_len);
                         ready = 0;
+                        st.commit();
                         if let Err(e) = write_all2(w, &before, &replacement).await {
                             return End::UpstreamGone(e.to_string());
                         }
                         continue;
+                    }
+                    Step::CopyOutParse(name, copy) => {
+                        let before = buf.split_to(ready);
+                        let msg = buf.split_to(header.total_len).freeze();
+                        ready = 0;
+                        st.commit();
+                        if !before.is_empty() {
+                            if let Err(e) = write_flush(w, &before).await {
+                                return End::UpstreamGone(e.to_string());
+                            }
+                        }
+                        let Some((masker, lookup)) = &copy_ctx else {
+                            return End::CannotMask("COPY masking without a masker".into());
+                        };
+                        match copy_probe::run_parse(w, st, msg, name, &copy, masker, lookup).await {
+                            Ok(()) => continue,
+                            Err(GuardError::Upstream(e)) => {
+                                return End::UpstreamGone(e.to_string())
+                            }
+                            Err(GuardError::Gone) => return End::UpstreamGone("closed".into()),
+                        }
+                    }
+                    Step::CopyOut(copy) => {
+                        let before = buf.split_to(ready);
+                        let msg = buf.split_to(header.total_len).freeze();
+                        ready = 0;
+                        st.commit();
+                        if !before.is_empty() {
+                            if let Err(e) = write_flush(w, &before).await {
+                                return End::UpstreamGone(e.to_string());
+                            }
+                        }
+                        let Some((masker, lookup)) = &copy_ctx else {
+                            return End::CannotMask("COPY masking without a masker".into());
+                        };
+                        match copy_probe::run(w, st, msg, &copy, masker, lookup).await {
+                            Ok(()) => continue,
+                            Err(GuardError::Upstream(e)) => {
+                                return End::UpstreamGone(e.to_string())
+                            }
+                            Err(GuardError::Gone) => return End::UpstreamGone("closed".into()),
+                        }
+                    }
+                    step @ (Step::GuardedQuery | Step::GuardedExecute) => {
+                        let before = buf.split_to(ready);
+                        let msg = match st.take_prefix() {
+                            Some(first) => {
+                                let mut m = BytesMut::from(&first[..]);
+                                m.extend_from_slice(&buf.split_to(header.total_len));
+                                m.freeze()
+                            }
+                            None => buf.split_to(header.total_len).freeze(),
+                        };
+                        ready = 0;
+                        st.commit();
+                        if !before.is_empty() {
+                            if let Err(e) = write_flush(w, &before).await {
+                                return End::UpstreamGone(e.to_string());
+                            }
+                        }
+                        let run = if matches!(step, Step::GuardedQuery) {
+                            rows_guard::run_query(w, st, msg, environment).await
+                        } else {
+                            rows_guard::run_execute(w, st, msg, environment).await
+                        };
+                        match run {
+                            Ok(()) => continue,
+                            Err(GuardError::Upstream(e)) => {
+                                return End::UpstreamGone(e.to_string())
+                            }
+                            Err(GuardError::Gone) => return End::UpstreamGone("closed".into()),
+                        }
                     }
                 }
                 ready += header.total_len;
@@ -355,6 +536,7 @@ async fn client_to_upstream(
             }
         }
         if ready > 0 {
+            st.commit();
             let batch = buf.split_to(ready);
             if let Err(e) = write_flush(w, &batch).await {
                 return End::UpstreamGone(e.to_string());
@@ -364,15 +546,329 @@ async fn client_to_upstream(
         if terminate {
             return End::ClientClosed;
         }
-        if buf.capacity() - buf.len() < MIN_FREE {
-            buf.reserve(READ_SIZE);
-        }
-        match r.read_buf(&mut buf).await {
+        match read_some(r, &mut buf).await {
             Ok(0) if buf.is_empty() && streaming == 0 => return End::ClientGone("closed".into()),
             Ok(0) => return End::ClientGone("closed inside a message".into()),
             Ok(_) => {}
             Err(e) => return End::ClientGone(e.to_string()),
         }
+    }
+}
+
+/// What one pass over the upstream's buffered bytes found.
+enum Walked {
+    /// Go on reading.
+    More,
+    /// The upstream did something the session must end for.
+    Violation(String),
+    /// A result's columns must be looked up in the catalog before it can go on.
+    Catalog(Missing),
+    /// A result cannot be masked: the session ends rather than send it.
+    CannotMask(String),
+}
+
+/// Upstream state the walk keeps between reads.
+struct UpstreamWalk<'a> {
+    refusals: &'a Refusals,
+    marker_prefix: &'a str,
+    progress: Progress,
+    /// Bytes of a DataRow or CopyData still to stream through.
+    streaming: usize,
+    /// Whether those bytes are kept from the client.
+    streaming_swallowed: bool,
+    saw_fatal: bool,
+    /// Masking of results (`None`: not masked for this session).
+    masking: Option<Masking>,
+    /// A DataRow too large to hold, streamed with length-preserving masking.
+    masked_row: Option<StreamingRow>,
+    /// The COPY whose data is being masked.
+    copy: Option<CopyMasker>,
+    /// The session's audit record.
+    audit: Arc<SessionAudit>,
+    /// Bytes of a CopyData too large to hold still to feed the COPY masker.
+    copy_left: usize,
+}
+
+impl<'a> UpstreamWalk<'a> {
+    fn new(
+        refusals: &'a Refusals,
+        marker_prefix: &'a str,
+        masking: Option<Masking>,
+        audit: Arc<SessionAudit>,
+    ) -> Self {
+        UpstreamWalk {
+            refusals,
+            marker_prefix,
+            progress: Progress::default(),
+            streaming: 0,
+            streaming_swallowed: false,
+            saw_fatal: false,
+            masking,
+            masked_row: None,
+            copy: None,
+            copy_left: 0,
+            audit,
+        }
+    }
+
+    /// Write the audit records of statements whose answers completed.
+    fn audit_finished(&mut self, tracker: &mut Tracker<'_>) {
+        for f in tracker.take_finished() {
+            let report = self
+                .masking
+                .as_mut()
+                .map(|m| std::mem::take(&mut m.report))
+                .unwrap_or_default();
+            self.audit.finished(&f.audit, f.outcome, &report);
+        }
+    }
+
+    /// Cut every complete message out of `buf` into `out` (the bytes for the
+    /// client, in order), consulting the flight queue once for the batch.
+    fn walk(
+        &mut self,
+        buf: &mut BytesMut,
+        tracker: &mut Tracker<'_>,
+        out: &mut Vec<Bytes>,
+    ) -> Walked {
+        let mut ready = 0usize;
+        let walked = loop {
+            if let (Some(row), Some(masking)) = (&mut self.masked_row, &mut self.masking) {
+                take_run(buf, &mut ready, out);
+                let n = row.remaining().min(buf.len());
+                let chunk = buf.split_to(n);
+                let mut masked = Vec::with_capacity(n);
+                if let Err(CannotStream(why)) = row.push(masking, &chunk, &mut masked) {
+                    break Walked::CannotMask(why);
+                }
+                out.push(Bytes::from(masked));
+                if row.remaining() > 0 {
+                    break Walked::More;
+                }
+                self.masked_row = None;
+                continue;
+            }
+            if self.copy_left > 0 {
+                let (Some(copy), Some(masking)) = (&mut self.copy, &mut self.masking) else {
+                    break Walked::CannotMask("COPY data without a plan".into());
+                };
+                take_run(buf, &mut ready, out);
+                let n = self.copy_left.min(buf.len());
+                let chunk = buf.split_to(n);
+                self.copy_left -= n;
+                if let Err(why) = copy.data(masking, &chunk, out) {
+                    break Walked::CannotMask(why);
+                }
+                if self.copy_left > 0 {
+                    break Walked::More;
+                }
+                continue;
+            }
+            if self.streaming > 0 {
+                let n = self.streaming.min(buf.len() - ready);
+                self.streaming -= n;
+                if self.streaming_swallowed {
+                    take_run(buf, &mut ready, out);
+                    buf.advance(n);
+                } else {
+                    ready += n;
+                }
+                if self.streaming == 0 {
+                    continue;
+                }
+                break Walked::More;
+            }
+            let header = match peek_header(&buf[ready..], usize::MAX) {
+                Ok(Some(h)) => h,
+                Ok(None) => break Walked::More,
+                Err(e) => break Walked::Violation(format!("invalid message from upstream: {e}")),
+            };
+            let available = buf.len() - ready;
+            if header.tag == backend::COPY_DATA && self.copy.is_some() {
+                let (Some(copy), Some(masking)) = (&mut self.copy, &mut self.masking) else {
+                    break Walked::CannotMask("COPY data without a plan".into());
+                };
+                if available < header.total_len && header.total_len <= HOLD_ROW_LIMIT {
+                    buf.reserve(header.total_len - available);
+                    break Walked::More;
+                }
+                // The upstream's CopyData is replaced by masked CopyData.
+                tracker.on_message(header.tag, &[], &mut self.progress);
+                self.progress.bytes += header.total_len as u64;
+                take_run(buf, &mut ready, out);
+                buf.advance(5);
+                let n = (header.total_len - 5).min(buf.len());
+                let chunk = buf.split_to(n);
+                self.copy_left = header.total_len - 5 - n;
+                if let Err(why) = copy.data(masking, &chunk, out) {
+                    break Walked::CannotMask(why);
+                }
+                if self.copy_left > 0 {
+                    break Walked::More;
+                }
+                continue;
+            }
+            // The masking plan of a row, when this session masks.
+            let mut row_plan = None;
+            if header.tag == backend::DATA_ROW && self.masking.is_some() {
+                match tracker.row_plan(&mut self.progress) {
+                    Some(plan) => row_plan = Some(plan).filter(|p| p.active),
+                    // Rows whose columns are unknown cannot be masked.
+                    None => {
+                        break Walked::CannotMask(
+                            "a result arrived whose columns are unknown".into(),
+                        )
+                    }
+                }
+            }
+            if let (Some(plan), true) = (&row_plan, available < header.total_len) {
+                if header.total_len <= HOLD_ROW_LIMIT {
+                    // Wait for the whole row: it is masked as one.
+                    buf.reserve(header.total_len - available);
+                    break Walked::More;
+                }
+                // Too large to hold: stream it with length-preserving masking.
+                let Some(masking) = self.masking.as_mut() else {
+                    break Walked::More;
+                };
+                tracker.on_message(header.tag, &[], &mut self.progress);
+                self.progress.bytes += header.total_len as u64;
+                take_run(buf, &mut ready, out);
+                let mut row = masking.stream(plan.clone(), header.total_len);
+                let chunk = buf.split_to(available);
+                let mut masked = Vec::with_capacity(available);
+                if let Err(CannotStream(why)) = row.push(masking, &chunk, &mut masked) {
+                    break Walked::CannotMask(why);
+                }
+                out.push(Bytes::from(masked));
+                self.masked_row = Some(row);
+                break Walked::More;
+            }
+            if header.tag == backend::ROW_DESCRIPTION && available >= header.total_len {
+                if let Some(masking) = self.masking.as_mut() {
+                    let body = &buf[ready + 5..ready + header.total_len];
+                    match masking.plan(body) {
+                        Ok(plan) => tracker.on_row_description(plan, &mut self.progress),
+                        // Not consumed: handled again once the names are known.
+                        Err(missing) => break Walked::Catalog(missing),
+                    }
+                }
+            }
+            if available < header.total_len {
+                if matches!(header.tag, backend::DATA_ROW | backend::COPY_DATA) {
+                    // Too big to wait for: stream it through as it comes.
+                    let d = tracker.on_message(header.tag, &[], &mut self.progress);
+                    self.progress.bytes += header.total_len as u64;
+                    self.streaming = header.total_len - available;
+                    self.streaming_swallowed = d == Disposition::Swallow;
+                    if self.streaming_swallowed {
+                        take_run(buf, &mut ready, out);
+                        buf.advance(available);
+                    } else {
+                        ready += available;
+                    }
+                } else if header.total_len > UPSTREAM_HOLD_LIMIT {
+                    break Walked::Violation(format!(
+                        "upstream message of {} bytes",
+                        header.total_len
+                    ));
+                } else {
+                    buf.reserve(header.total_len - available);
+                }
+                break Walked::More;
+            }
+            if let Some(masking) = self.masking.as_mut() {
+                match header.tag {
+                    backend::COPY_OUT_RESPONSE => match tracker.copy_plan() {
+                        Some(plan) => self.copy = Some(CopyMasker::new(plan)),
+                        None => {
+                            break Walked::CannotMask(
+                                "COPY data arrived whose columns are unknown".into(),
+                            )
+                        }
+                    },
+                    backend::COPY_DONE => {
+                        if let Some(mut copy) = self.copy.take() {
+                            take_run(buf, &mut ready, out);
+                            if let Err(why) = copy.done(masking, out) {
+                                break Walked::CannotMask(why);
+                            }
+                        }
+                    }
+                    backend::ERROR_RESPONSE | backend::COMMAND_COMPLETE => self.copy = None,
+                    _ => {}
+                }
+            }
+            let body = &buf[ready + 5..ready + header.total_len];
+            let mut disposition = tracker.on_message(header.tag, body, &mut self.progress);
+            if matches!(header.tag, backend::DATA_ROW | backend::COPY_DATA) {
+                self.progress.bytes += header.total_len as u64;
+            }
+            self.audit_finished(tracker);
+            if let (Some(plan), Some(masking), Disposition::Forward) =
+                (&row_plan, self.masking.as_mut(), &disposition)
+            {
+                if let RowOutcome::Rewritten(row) = masking.row(plan, body) {
+                    disposition = Disposition::Replace(row);
+                }
+            }
+            match header.tag {
+                backend::ERROR_RESPONSE => {
+                    if let Ok(e) = ErrorResponse::decode(body) {
+                        self.saw_fatal |=
+                            matches!(e.field(b'V').or(e.field(b'S')), Some("FATAL" | "PANIC"));
+                        let refusal = e
+                            .message()
+                            .and_then(|m| self.refusals.take(self.marker_prefix, m));
+                        if let Some(refusal) = refusal {
+                            // The server rejected a marker: tell the client why.
+                            disposition = Disposition::Replace(refusal);
+                        }
+                    }
+                }
+                backend::PARAMETER_STATUS => {
+                    if let Ok(("client_encoding", value)) =
+                        sluice_wire::messages::parameter_status::decode(body)
+                    {
+                        if !crate::frontend::params::encoding_allowed(value) {
+                            break Walked::Violation(format!(
+                                "client_encoding was changed to \"{value}\", which Sluice does not support; use UTF8"
+                            ));
+                        }
+                    }
+                }
+                _ => {}
+            }
+            match disposition {
+                Disposition::Forward => ready += header.total_len,
+                Disposition::Swallow => {
+                    take_run(buf, &mut ready, out);
+                    buf.advance(header.total_len);
+                }
+                Disposition::Replace(with) => {
+                    take_run(buf, &mut ready, out);
+                    buf.advance(header.total_len);
+                    out.push(with);
+                }
+                Disposition::Prefix(first) => {
+                    take_run(buf, &mut ready, out);
+                    out.push(first);
+                    ready = header.total_len;
+                }
+            }
+        };
+        // Whatever was cut so far goes out, even before a violation: it
+        // arrived before the reason to stop.
+        take_run(buf, &mut ready, out);
+        walked
+    }
+}
+
+/// Move the forwarded run at the front of `buf` to `out`.
+fn take_run(buf: &mut BytesMut, ready: &mut usize, out: &mut Vec<Bytes>) {
+    if *ready > 0 {
+        out.push(buf.split_to(*ready).freeze());
+        *ready = 0;
     }
 }
 
@@ -382,117 +878,80 @@ async fn upstream_to_client(
     mut buf: BytesMut,
     to_client: &mut ClientWriter,
     metrics: &Metrics,
-    refusals: &Refusals,
-    marker_prefix: &str,
+    flight: &Flight,
+    mut state: UpstreamWalk<'_>,
+    lookup: Option<CatalogAccess<'_>>,
 ) -> End {
     if buf.capacity() < READ_SIZE {
         buf.reserve(READ_SIZE);
     }
-    let mut streaming = 0usize;
-    let mut saw_fatal = false;
+    let mut out: Vec<Bytes> = Vec::with_capacity(4);
     loop {
-        let mut ready = 0usize;
-        let mut violation: Option<String> = None;
-        loop {
-            if streaming > 0 {
-                if pass_streamed(&mut streaming, &mut ready, buf.len()) {
-                    continue;
-                }
-                break;
-            }
-            let header = match peek_header(&buf[ready..], usize::MAX) {
-                Ok(Some(h)) => h,
-                Ok(None) => break,
-                Err(e) => {
-                    return End::UpstreamViolation(format!("invalid message from upstream: {e}"))
-                }
-            };
-            let available = buf.len() - ready;
-            if available < header.total_len {
-                if matches!(header.tag, backend::DATA_ROW | backend::COPY_DATA) {
-                    ready += available;
-                    streaming = header.total_len - available;
-                } else if header.total_len > UPSTREAM_HOLD_LIMIT {
-                    return End::UpstreamViolation(format!(
-                        "upstream message of {} bytes",
-                        header.total_len
-                    ));
-                } else {
-                    buf.reserve(header.total_len - available);
-                }
-                break;
-            }
-            let body = &buf[ready + 5..ready + header.total_len];
-            match header.tag {
-                backend::ERROR_RESPONSE => {
-                    if let Ok(e) = ErrorResponse::decode(body) {
-                        saw_fatal |=
-                            matches!(e.field(b'V').or(e.field(b'S')), Some("FATAL" | "PANIC"));
-                        let refusal = e.message().and_then(|m| refusals.take(marker_prefix, m));
-                        if let Some(refusal) = refusal {
-                            // The server rejected a marker: tell the client why.
-                            let before = buf.split_to(ready);
-                            buf.advance(header.total_len);
-                            ready = 0;
-                            to_client.mid_write = true;
-                            if let Err(e) = write_all2(&mut to_client.w, &before, &refusal).await {
-                                return End::ClientGone(e.to_string());
-                            }
-                            to_client.mid_write = false;
-                            continue;
-                        }
-                    }
-                }
-                backend::PARAMETER_STATUS => {
-                    if let Ok(("client_encoding", value)) =
-                        sluice_wire::messages::parameter_status::decode(body)
-                    {
-                        if !crate::frontend::params::encoding_allowed(value) {
-                            violation = Some(format!(
-                                "client_encoding was changed to \"{value}\", which Sluice does not support; use UTF8"
-                            ));
-                            break;
-                        }
-                    }
-                }
-                _ => {}
-            }
-            ready += header.total_len;
-        }
-        if let Some(why) = violation {
-            // Forward what came before, then stop: later statements would be
-            // read by the server in an encoding Sluice does not parse.
-            if ready > 0 {
-                let batch = buf.split_to(ready);
-                to_client.mid_write = true;
-                if write_flush(&mut to_client.w, &batch).await.is_err() {
-                    return End::ClientGone("write failed".into());
-                }
-                to_client.mid_write = false;
-            }
-            return End::UpstreamViolation(why);
-        }
-        if ready > 0 {
-            let batch = buf.split_to(ready);
+        let walked = flight.with(|tracker| state.walk(&mut buf, tracker, &mut out));
+        if !out.is_empty() {
+            let bytes: usize = out.iter().map(Bytes::len).sum();
             to_client.mid_write = true;
-            if let Err(e) = write_flush(&mut to_client.w, &batch).await {
+            if let Err(e) = write_parts(&mut to_client.w, &out).await {
                 return End::ClientGone(e.to_string());
             }
-            to_client.mid_write = streaming > 0;
+            out.clear();
+            to_client.mid_write =
+                (state.streaming > 0 && !state.streaming_swallowed) || state.masked_row.is_some();
             metrics
                 .upstream_bytes_total
-                .fetch_add(ready as u64, Relaxed);
+                .fetch_add(bytes as u64, Relaxed);
         }
-        if buf.capacity() - buf.len() < MIN_FREE {
-            buf.reserve(READ_SIZE);
+        match walked {
+            Walked::More => {}
+            Walked::Violation(why) => return End::UpstreamViolation(why),
+            Walked::CannotMask(why) => return End::CannotMask(why),
+            Walked::Catalog(missing) => {
+                let Some(l) = &lookup else {
+                    return End::CannotMask("no catalog to look columns up in".into());
+                };
+                if let Err(e) = l
+                    .catalog
+                    .load(l.target, l.connector, l.timeout, &missing)
+                    .await
+                {
+                    tracing::warn!(target = %l.target.name, error = %e, "catalog lookup for masking failed");
+                    return End::CannotMask(
+                        "the names of a result's columns could not be looked up".into(),
+                    );
+                }
+                // The walk resumes with the names known.
+                continue;
+            }
         }
-        match r.read_buf(&mut buf).await {
-            Ok(0) if saw_fatal && buf.is_empty() => return End::UpstreamClosedAfterFatal,
+        match read_some(r, &mut buf).await {
+            Ok(0) if state.saw_fatal && buf.is_empty() => return End::UpstreamClosedAfterFatal,
             Ok(0) => return End::UpstreamGone("closed".into()),
             Ok(_) => {}
             Err(e) => return End::UpstreamGone(e.to_string()),
         }
     }
+}
+
+async fn write_parts(w: &mut WriteHalf, parts: &[Bytes]) -> std::io::Result<()> {
+    for p in parts {
+        w.write_all(p).await?;
+    }
+    w.flush().await
+}
+
+/// Read what has arrived, at most [`READ_SIZE`] bytes at a time: however
+/// much the peer has queued, one pass of a loop handles a bounded batch,
+/// and a buffer that grew to hold one large message shrinks back after it.
+async fn read_some(r: &mut ReadHalf, buf: &mut BytesMut) -> std::io::Result<usize> {
+    if buf.capacity() > 4 * READ_SIZE && buf.len() < MIN_FREE {
+        let mut fresh = BytesMut::with_capacity(READ_SIZE + buf.len());
+        fresh.extend_from_slice(buf);
+        *buf = fresh;
+    }
+    if buf.capacity() - buf.len() < MIN_FREE {
+        buf.reserve(READ_SIZE);
+    }
+    (&mut *r).take(READ_SIZE as u64).read_buf(buf).await
 }
 
 /// Count the bytes of a message being streamed through that have arrived.

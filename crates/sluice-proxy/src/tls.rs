@@ -29,7 +29,15 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// Load the configured certificate, or create (once) a self-signed one in
 /// `data_dir/tls/` so that passwords and tokens never travel in clear.
-pub fn server_tls(files: Option<&TlsFiles>, data_dir: &Path) -> Result<ServerTls, String> {
+///
+/// With `client_ca`, clients are asked for a certificate; one that is sent
+/// must chain to that CA (else the handshake fails), and clients that send
+/// none still connect and sign in by password or token.
+pub fn server_tls(
+    files: Option<&TlsFiles>,
+    client_ca: Option<&Path>,
+    data_dir: &Path,
+) -> Result<ServerTls, String> {
     let (cert_path, key_path) = match files {
         Some(f) => (f.cert.clone(), f.key.clone()),
         None => {
@@ -56,10 +64,14 @@ pub fn server_tls(files: Option<&TlsFiles>, data_dir: &Path) -> Result<ServerTls
     let end_point = end_point_hash(leaf);
     let key = PrivateKeyDer::from_pem_file(&key_path)
         .map_err(|e| format!("tls.key: cannot read {}: {e}", key_path.display()))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
+        .map_err(|e| e.to_string())?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => builder.with_client_cert_verifier(client_verifier(path)?),
+    };
+    let mut config = builder
         .with_single_cert(chain, key)
         .map_err(|e| format!("tls: certificate and key do not fit: {e}"))?;
     config.alpn_protocols = vec![b"postgresql".to_vec()];
@@ -67,6 +79,26 @@ pub fn server_tls(files: Option<&TlsFiles>, data_dir: &Path) -> Result<ServerTls
         acceptor: TlsAcceptor::from(Arc::new(config)),
         end_point,
     })
+}
+
+/// Verifies client certificates against the CAs in `path` (optional for clients).
+fn client_verifier(
+    path: &Path,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+    let err = |e: String| format!("tls.client_ca: {}: {e}", path.display());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| err(e.to_string()))? {
+        roots
+            .add(cert.map_err(|e| err(e.to_string()))?)
+            .map_err(|e| err(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(err("no CA certificates in the file".into()));
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| err(e.to_string()))
 }
 
 fn make_self_signed(dir: &Path, cert: &Path, key: &Path) -> io::Result<()> {
@@ -256,8 +288,8 @@ mod tests {
     #[test]
     fn self_signed_is_made_once_and_reused() {
         let dir = std::env::temp_dir().join(format!("sluice-tls-{}", std::process::id()));
-        let a = server_tls(None, &dir).unwrap();
-        let b = server_tls(None, &dir).unwrap();
+        let a = server_tls(None, None, &dir).unwrap();
+        let b = server_tls(None, None, &dir).unwrap();
         assert_eq!(a.end_point, b.end_point);
         assert_eq!(a.end_point.len(), 32);
         let _ = std::fs::remove_dir_all(dir);

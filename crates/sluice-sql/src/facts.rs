@@ -169,6 +169,10 @@ pub struct StatementFacts {
     pub tables_read: BTreeSet<String>,
     /// Tables written, created, altered or dropped.
     pub tables_written: BTreeSet<String>,
+    /// Columns read, as `table.column` (`table.*` for every column).
+    pub columns_read: BTreeSet<String>,
+    /// Columns written, as `table.column` (`table.*` for whole rows).
+    pub columns_written: BTreeSet<String>,
     /// Functions called.
     pub functions: BTreeSet<String>,
     /// Risky capabilities used.
@@ -177,6 +181,21 @@ pub struct StatementFacts {
     pub executes: Option<String>,
     /// For `PREPARE name AS …`: the name being defined.
     pub prepares: Option<String>,
+    /// For `PREPARE name AS …`: the kind of the statement prepared.
+    pub prepared_kind: Option<Kind>,
+    /// `DEALLOCATE name`: the prepared statement removed.
+    pub deallocates: Option<String>,
+    /// `DEALLOCATE ALL` or `DISCARD ALL`: every prepared statement removed.
+    pub deallocates_all: bool,
+    /// How many INSERT, UPDATE, DELETE and MERGE statements it contains
+    /// (a data-modifying CTE counts as one more).
+    pub dml_count: u32,
+    /// BEGIN, COMMIT, ROLLBACK, SAVEPOINT and the like.
+    pub transaction_control: bool,
+    /// EXPLAIN without ANALYZE: the statement inside is planned, not run.
+    pub explain_only: bool,
+    /// `COPY … TO STDOUT`: what the client will receive.
+    pub copy_out: Option<CopyOut>,
     /// True when a fact depends on a literal's value (`WHERE 1 = 1` versus
     /// `WHERE 1 = 2`, `set_config('role', …)`): such a statement's verdict
     /// must not be reused for another statement with the same template.
@@ -190,7 +209,112 @@ pub struct Analysis {
     pub statements: Vec<StatementFacts>,
 }
 
+/// The data format of a COPY.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CopyFormat {
+    /// Tab-separated text (the default).
+    #[default]
+    Text,
+    /// CSV.
+    Csv,
+    /// PostgreSQL's binary COPY format.
+    Binary,
+}
+
+/// A `COPY … TO STDOUT`, as far as reading its output needs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CopyOut {
+    /// A query with the same columns as the COPY's output, to learn their
+    /// origins by Describe (`None` when it could not be written).
+    pub probe: Option<String>,
+    /// Data format.
+    pub format: CopyFormat,
+    /// DELIMITER, if given.
+    pub delimiter: Option<String>,
+    /// NULL, if given.
+    pub null: Option<String>,
+    /// QUOTE (CSV), if given.
+    pub quote: Option<String>,
+    /// ESCAPE (CSV), if given.
+    pub escape: Option<String>,
+    /// HEADER: the first line names the columns.
+    pub header: bool,
+    /// ENCODING, if given.
+    pub encoding: Option<String>,
+}
+
+/// Whether the rows a string changes can be read from its command tags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RowsEffect {
+    /// It changes no rows by UPDATE, DELETE or MERGE.
+    #[default]
+    None,
+    /// Every UPDATE, DELETE or MERGE in it is a statement of its own, so its
+    /// command tag (`UPDATE n`) counts exactly the rows it changed.
+    Countable,
+    /// It updates or deletes where the tag does not say how many rows
+    /// (a data-modifying CTE, `COPY (DELETE …) TO`, several statements in one).
+    Uncountable,
+}
+
+impl StatementFacts {
+    fn writes(&self) -> bool {
+        self.actions.contains(&Kind::Update) || self.actions.contains(&Kind::Delete)
+    }
+
+    /// Whether the rows this statement updates or deletes when it runs can
+    /// be counted from its tag. (PREPARE defines and EXPLAIN plans: neither
+    /// changes a row; `EXECUTE` is judged by what it executes.)
+    pub fn rows_effect(&self) -> RowsEffect {
+        if !self.writes() || self.prepares.is_some() || self.explain_only {
+            return RowsEffect::None;
+        }
+        if matches!(self.kind, Some(Kind::Update | Kind::Delete)) && self.dml_count == 1 {
+            RowsEffect::Countable
+        } else {
+            RowsEffect::Uncountable
+        }
+    }
+
+    /// For `PREPARE`: the rows effect of the statement it prepares.
+    pub fn prepared_rows_effect(&self) -> RowsEffect {
+        if self.prepares.is_none() || !self.writes() {
+            return RowsEffect::None;
+        }
+        if matches!(self.prepared_kind, Some(Kind::Update | Kind::Delete)) && self.dml_count == 1 {
+            RowsEffect::Countable
+        } else {
+            RowsEffect::Uncountable
+        }
+    }
+}
+
+impl RowsEffect {
+    /// The effect of running both.
+    pub fn and(self, other: RowsEffect) -> RowsEffect {
+        use RowsEffect::*;
+        match (self, other) {
+            (Uncountable, _) | (_, Uncountable) => Uncountable,
+            (Countable, _) | (_, Countable) => Countable,
+            _ => None,
+        }
+    }
+}
+
 impl Analysis {
+    /// Whether the rows this string updates or deletes can be counted
+    /// (statements that `EXECUTE` a prepared statement are not looked into).
+    pub fn rows_effect(&self) -> RowsEffect {
+        self.statements
+            .iter()
+            .fold(RowsEffect::None, |acc, s| acc.and(s.rows_effect()))
+    }
+
+    /// True when any statement controls transactions.
+    pub fn controls_transactions(&self) -> bool {
+        self.statements.iter().any(|s| s.transaction_control)
+    }
+
     /// Whether the verdict may be reused for every statement with the same
     /// template (see [`crate::template`]).
     pub fn reusable_for_template(&self) -> bool {
@@ -226,6 +350,22 @@ impl Analysis {
         self.statements
             .iter()
             .flat_map(|s| s.tables_written.iter().cloned())
+            .collect()
+    }
+
+    /// Every column read.
+    pub fn columns_read(&self) -> BTreeSet<String> {
+        self.statements
+            .iter()
+            .flat_map(|s| s.columns_read.iter().cloned())
+            .collect()
+    }
+
+    /// Every column written.
+    pub fn columns_written(&self) -> BTreeSet<String> {
+        self.statements
+            .iter()
+            .flat_map(|s| s.columns_written.iter().cloned())
             .collect()
     }
 

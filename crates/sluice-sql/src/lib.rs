@@ -10,11 +10,12 @@
 //! at the top.
 #![warn(missing_docs)]
 
+mod columns;
 mod facts;
 mod template;
 mod walk;
 
-pub use facts::{Analysis, Kind, Risk, StatementFacts};
+pub use facts::{Analysis, CopyFormat, CopyOut, Kind, Risk, RowsEffect, StatementFacts};
 pub use template::template;
 
 /// A statement the parser refused.
@@ -90,5 +91,120 @@ mod tests {
         let (fingerprint, normalized) = fingerprint_and_normalize("delete from t where id = 5");
         assert_eq!(fingerprint.len(), 16);
         assert_eq!(normalized, "delete from t where id = $1");
+    }
+}
+
+#[cfg(test)]
+mod rows_effect_tests {
+    use super::*;
+
+    fn effect(sql: &str) -> RowsEffect {
+        analyze(sql, Dialect::default()).unwrap().rows_effect()
+    }
+
+    #[test]
+    fn which_writes_can_be_counted_from_the_tag() {
+        assert_eq!(effect("select 1"), RowsEffect::None);
+        assert_eq!(effect("insert into t values (1)"), RowsEffect::None);
+        assert_eq!(
+            effect("update t set a = 1 where b = 2"),
+            RowsEffect::Countable
+        );
+        assert_eq!(
+            effect("delete from t where a = 1; update u set b = 1 where c = 1"),
+            RowsEffect::Countable
+        );
+        assert_eq!(
+            effect("merge into t using s on t.id = s.id when matched then delete"),
+            RowsEffect::Countable
+        );
+        assert_eq!(effect("execute p(1)"), RowsEffect::None);
+        assert_eq!(
+            effect("prepare p as delete from t where id = $1"),
+            RowsEffect::None
+        );
+        let p = analyze(
+            "prepare p as delete from t where id = $1",
+            Dialect::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            p.statements[0].prepared_rows_effect(),
+            RowsEffect::Countable
+        );
+        let d = analyze(
+            "deallocate p; deallocate all; discard all",
+            Dialect::default(),
+        )
+        .unwrap();
+        assert_eq!(d.statements[0].deallocates.as_deref(), Some("p"));
+        assert!(d.statements[1].deallocates_all && d.statements[2].deallocates_all);
+        assert_eq!(effect("explain delete from t"), RowsEffect::None);
+        assert_eq!(
+            effect("explain (analyze) delete from t"),
+            RowsEffect::Uncountable
+        );
+        assert_eq!(
+            effect("explain (analyze false) delete from t"),
+            RowsEffect::None
+        );
+        assert_eq!(
+            effect("with d as (delete from t returning *) select count(*) from d"),
+            RowsEffect::Uncountable
+        );
+        assert_eq!(effect("with d as (delete from a returning id) update b set x = 1 where id in (select id from d)"), RowsEffect::Uncountable);
+        assert_eq!(
+            effect("copy (delete from t returning *) to stdout"),
+            RowsEffect::Uncountable
+        );
+        assert!(analyze(
+            "begin; update t set a = 1 where b = 1; commit",
+            Dialect::default()
+        )
+        .unwrap()
+        .controls_transactions());
+    }
+}
+
+#[cfg(test)]
+mod copy_tests {
+    use super::*;
+
+    fn copy(sql: &str) -> CopyOut {
+        analyze(sql, Dialect::default()).unwrap().statements[0]
+            .copy_out
+            .clone()
+            .unwrap()
+    }
+
+    #[test]
+    fn copy_to_stdout_is_described() {
+        let c = copy(
+            "copy app.users (email, \"Name\") to stdout with (format csv, header, delimiter ';')",
+        );
+        assert_eq!(c.format, CopyFormat::Csv);
+        assert!(c.header);
+        assert_eq!(c.delimiter.as_deref(), Some(";"));
+        assert_eq!(
+            c.probe.as_deref(),
+            Some("SELECT \"email\", \"Name\" FROM \"app\".\"users\"")
+        );
+        let c = copy("COPY (select email from users where id > 3) TO STDOUT WITH CSV HEADER");
+        assert_eq!(c.format, CopyFormat::Csv);
+        assert!(c.header);
+        assert_eq!(
+            c.probe.as_deref(),
+            Some("SELECT email FROM users WHERE id > 3")
+        );
+        assert_eq!(
+            copy("copy t to stdout (format binary)").format,
+            CopyFormat::Binary
+        );
+        assert_eq!(
+            copy("copy t to stdout").probe.as_deref(),
+            Some("SELECT * FROM \"t\"")
+        );
+        let a = analyze("copy t to '/tmp/x'", Dialect::default()).unwrap();
+        assert!(a.statements[0].copy_out.is_none());
     }
 }

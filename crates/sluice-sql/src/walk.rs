@@ -22,6 +22,9 @@ pub fn statements(tree: &protobuf::ParseResult, sql: &str) -> Vec<StatementFacts
                 ..StatementFacts::default()
             };
             visit(node, &mut facts);
+            let columns = crate::columns::of_statement(node);
+            facts.columns_read = columns.read;
+            facts.columns_written = columns.written;
             if let Some(k) = facts.kind {
                 facts.actions.insert(k);
             }
@@ -134,7 +137,10 @@ fn visit_one(n: NodeRef<'_>, facts: &mut StatementFacts) {
         NodeRef::RangeVar(rv) => {
             facts.tables_read.insert(relation_name(rv));
         }
+        NodeRef::TransactionStmt(_) => facts.transaction_control = true,
+        NodeRef::ExplainStmt(e) => facts.explain_only = !explain_analyzes(e),
         NodeRef::InsertStmt(s) => {
+            facts.dml_count += 1;
             facts.actions.insert(Kind::Insert);
             if let Some(rv) = &s.relation {
                 facts.tables_written.insert(relation_name(rv));
@@ -153,6 +159,7 @@ fn visit_one(n: NodeRef<'_>, facts: &mut StatementFacts) {
             facts,
         ),
         NodeRef::MergeStmt(s) => {
+            facts.dml_count += 1;
             facts
                 .actions
                 .extend([Kind::Insert, Kind::Update, Kind::Delete]);
@@ -207,6 +214,8 @@ fn visit_one(n: NodeRef<'_>, facts: &mut StatementFacts) {
                 facts.risks.insert(Risk::CopyProgram);
             } else if !s.filename.is_empty() {
                 facts.risks.insert(Risk::ServerFile);
+            } else if !s.is_from {
+                facts.copy_out = Some(copy_out(s));
             }
         }
         NodeRef::AlterSystemStmt(_) => {
@@ -255,17 +264,123 @@ fn visit_one(n: NodeRef<'_>, facts: &mut StatementFacts) {
             facts.prepares = Some(s.name.clone());
             // pg_query's walk does not descend into PREPARE.
             if let Some(q) = s.query.as_ref().and_then(|q| q.node.as_ref()) {
+                facts.prepared_kind = Some(top_kind(q));
                 facts.actions.insert(top_kind(q));
                 visit(q, facts);
             }
         }
         NodeRef::ExecuteStmt(s) => facts.executes = Some(s.name.clone()),
+        NodeRef::DeallocateStmt(s) => {
+            if s.isall || s.name.is_empty() {
+                facts.deallocates_all = true;
+            } else {
+                facts.deallocates = Some(s.name.clone());
+            }
+        }
+        NodeRef::DiscardStmt(s) => {
+            facts.deallocates_all |= s.target == protobuf::DiscardMode::DiscardAll as i32;
+        }
         NodeRef::FuncCall(f) => function(f, facts),
         _ => {}
     }
     if facts.kind == Some(Kind::Ddl) || matches!(facts.kind, Some(Kind::Drop)) {
         facts.risks.insert(Risk::SchemaChange);
     }
+}
+
+/// What a client reading a `COPY … TO STDOUT` needs to know.
+fn copy_out(s: &protobuf::CopyStmt) -> crate::facts::CopyOut {
+    use crate::facts::{CopyFormat, CopyOut};
+    let mut out = CopyOut::default();
+    for o in &s.options {
+        let Some(NodeEnum::DefElem(d)) = o.node.as_ref() else {
+            continue;
+        };
+        let arg = match d.arg.as_deref().and_then(|a| a.node.as_ref()) {
+            Some(NodeEnum::String(v)) => Some(v.sval.clone()),
+            Some(NodeEnum::Boolean(b)) => Some(b.boolval.to_string()),
+            Some(NodeEnum::Integer(i)) => Some(i.ival.to_string()),
+            _ => None,
+        };
+        match d.defname.to_ascii_lowercase().as_str() {
+            "format" => {
+                out.format = match arg.as_deref().map(str::to_ascii_lowercase).as_deref() {
+                    Some("csv") => CopyFormat::Csv,
+                    Some("binary") => CopyFormat::Binary,
+                    _ => CopyFormat::Text,
+                }
+            }
+            "delimiter" => out.delimiter = arg,
+            "null" => out.null = arg,
+            "quote" => out.quote = arg,
+            "escape" => out.escape = arg,
+            "encoding" => out.encoding = arg,
+            "header" => {
+                out.header = !matches!(
+                    arg.as_deref().map(str::to_ascii_lowercase).as_deref(),
+                    Some("false" | "off" | "0" | "no")
+                )
+            }
+            _ => {}
+        }
+    }
+    out.probe = match (
+        &s.relation,
+        s.query.as_deref().and_then(|q| q.node.as_ref()),
+    ) {
+        (_, Some(q)) => q.deparse(pg_query::DeparseOptions::default()).ok(),
+        (Some(rv), None) => {
+            let cols: Vec<String> = s
+                .attlist
+                .iter()
+                .filter_map(|c| match c.node.as_ref() {
+                    Some(NodeEnum::String(v)) => Some(quote_ident(&v.sval)),
+                    _ => None,
+                })
+                .collect();
+            let list = if cols.is_empty() {
+                "*".to_owned()
+            } else {
+                cols.join(", ")
+            };
+            let table = if rv.schemaname.is_empty() {
+                quote_ident(&rv.relname)
+            } else {
+                format!(
+                    "{}.{}",
+                    quote_ident(&rv.schemaname),
+                    quote_ident(&rv.relname)
+                )
+            };
+            Some(format!("SELECT {list} FROM {table}"))
+        }
+        (None, None) => None,
+    };
+    out
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// True for EXPLAIN (ANALYZE [true]) and EXPLAIN ANALYZE: the statement runs.
+fn explain_analyzes(e: &protobuf::ExplainStmt) -> bool {
+    e.options.iter().any(|o| match o.node.as_ref() {
+        Some(NodeEnum::DefElem(d)) if d.defname.eq_ignore_ascii_case("analyze") => {
+            match d.arg.as_deref().and_then(|a| a.node.as_ref()) {
+                None => true,
+                Some(NodeEnum::Boolean(b)) => b.boolval,
+                Some(NodeEnum::String(s)) => !matches!(
+                    s.sval.to_ascii_lowercase().as_str(),
+                    "false" | "off" | "0" | "no"
+                ),
+                Some(NodeEnum::Integer(i)) => i.ival != 0,
+                // Anything else: assume it runs.
+                Some(_) => true,
+            }
+        }
+        _ => false,
+    })
 }
 
 /// An UPDATE or DELETE: the table it writes, and whether its WHERE filters.
@@ -275,6 +390,7 @@ fn filtered_write(
     where_clause: Option<&protobuf::Node>,
     facts: &mut StatementFacts,
 ) {
+    facts.dml_count += 1;
     facts.actions.insert(kind);
     if let Some(rv) = relation {
         facts.tables_written.insert(relation_name(rv));

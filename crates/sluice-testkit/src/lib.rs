@@ -4,6 +4,8 @@
 //! happen to be running on the machine.
 #![warn(missing_docs)]
 
+pub mod idp;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;

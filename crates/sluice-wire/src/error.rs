@@ -39,4 +39,7 @@ pub enum WireError {
     /// Anything else, described.
     #[error("{0}")]
     Invalid(&'static str),
+    /// A field with an impossible value, described.
+    #[error("{0}")]
+    Malformed(String),
 }

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+mod audit_cmd;
+mod login;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -40,6 +43,64 @@ enum Command {
     /// Check statements and policies without a database.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Preview masking offline: what each column of a CSV holds.
+    #[command(subcommand)]
+    Mask(MaskCommand),
+    /// Verify, search and export the audit trail.
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCommand),
+    /// Who used which tables and columns; `usage lineage TABLE` for data flow.
+    Usage(audit_cmd::UsageArgs),
+    /// Sign in with your identity provider (OIDC device flow) and cache the
+    /// tokens for `sluice connect`.
+    Login {
+        /// The issuer URL (as in the proxy's [[oidc]] issuer).
+        #[arg(long, env = "SLUICE_ISSUER")]
+        issuer: String,
+        /// The OAuth client registered for the CLI at the issuer.
+        #[arg(long, default_value = "sluice-cli")]
+        client_id: String,
+        /// Scopes to ask for.
+        #[arg(long, default_value = "openid email profile groups offline_access")]
+        scope: String,
+    },
+    /// Show who your cached token says you are, your groups and its expiry.
+    Whoami {
+        /// Issuer (default: the last one you logged in to).
+        #[arg(long, env = "SLUICE_ISSUER")]
+        issuer: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// Open psql on a target through Sluice with your token as the password
+    /// (`sluice connect TARGET -- -c 'select 1'`), or print the settings
+    /// for any other tool with --print.
+    Connect {
+        /// The target (its name is the database name).
+        target: String,
+        /// Sluice's PostgreSQL address.
+        #[arg(long, env = "SLUICE_PROXY", default_value = "127.0.0.1:7432")]
+        proxy: String,
+        /// Startup user name (default: the token's email; the token decides who you are).
+        #[arg(long)]
+        user: Option<String>,
+        /// Issuer (default: the last one you logged in to).
+        #[arg(long, env = "SLUICE_ISSUER")]
+        issuer: Option<String>,
+        /// libpq sslmode (tokens are only accepted over TLS).
+        #[arg(long, default_value = "require")]
+        sslmode: String,
+        /// Send the access token instead of the ID token.
+        #[arg(long)]
+        access_token: bool,
+        /// Print a connection URI and environment variables instead of running psql.
+        #[arg(long)]
+        print: bool,
+        /// Arguments for psql, after `--`.
+        #[arg(last = true)]
+        psql_args: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -75,6 +136,18 @@ enum PolicyCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum MaskCommand {
+    /// Read a CSV with a header on standard input and print, per column, the
+    /// kind of sensitive data detected (or none) and a masked sample: the
+    /// offline twin of masking in flight. Nothing unmasked is printed.
+    Classify {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum OutputFormat {
     Text,
@@ -88,10 +161,41 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
+    bound_heap_growth();
     let cli = Cli::parse();
     match cli.command {
         Command::Passwd => passwd(),
         Command::Policy(cmd) => policy(cmd),
+        Command::Mask(MaskCommand::Classify { format }) => mask_classify(format),
+        Command::Audit(cmd) => audit_cmd::audit(cmd),
+        Command::Usage(args) => audit_cmd::usage(args),
+        Command::Login {
+            issuer,
+            client_id,
+            scope,
+        } => login::login(&issuer, &client_id, &scope),
+        Command::Whoami { issuer, format } => {
+            login::whoami(issuer.as_deref(), format == OutputFormat::Json)
+        }
+        Command::Connect {
+            target,
+            proxy,
+            user,
+            issuer,
+            sslmode,
+            access_token,
+            print,
+            psql_args,
+        } => login::connect(login::ConnectArgs {
+            target,
+            proxy,
+            user,
+            issuer,
+            sslmode,
+            access_token,
+            print,
+            psql_args,
+        }),
         Command::Serve {
             config,
             data_dir,
@@ -196,6 +300,7 @@ fn policy(cmd: PolicyCommand) -> ExitCode {
                 groups,
                 attributes: Default::default(),
                 method: "policy-test",
+                ..Default::default()
             };
             let analysis = sluice_sql::analyze(&sql, sluice_sql::Dialect::default());
             let decision = engine.decide(&sluice_policy::Request {
@@ -349,6 +454,9 @@ async fn serve(config: PathBuf, data_dir: PathBuf) -> anyhow::Result<()> {
     };
     let workers = start_workers(state.runtime().config.limits.workers)?;
     state.serve(pg, &workers, shutdown).await;
+    // Sessions are gone: write out and seal the audit trail.
+    let closing = state.clone();
+    let _ = tokio::task::spawn_blocking(move || closing.shutdown_audit()).await;
     Ok(())
 }
 
@@ -370,4 +478,43 @@ fn start_workers(count: usize) -> anyhow::Result<Vec<tokio::runtime::Handle>> {
             .spawn(move || rt.block_on(std::future::pending::<()>()))?;
     }
     Ok(handles)
+}
+
+/// glibc raises its mmap threshold each time a large block is freed, after
+/// which buffers of up to 32 MiB come from the heap and fragment it: a proxy
+/// that streams gigabytes with bounded buffers would still see its memory
+/// creep up. Fixed thresholds keep large buffers mmapped and returned.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn bound_heap_growth() {
+    // SAFETY: mallopt only changes allocator tuning parameters; it is called
+    // before any other thread exists, with valid parameter numbers
+    // (M_TRIM_THRESHOLD = -1, M_MMAP_THRESHOLD = -3) and positive values.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 * 1024);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn bound_heap_growth() {}
+
+fn mask_classify(format: OutputFormat) -> ExitCode {
+    let stdin = std::io::stdin();
+    match sluice_mask::classify_csv(stdin.lock()) {
+        Ok(report) => {
+            let out = match format {
+                OutputFormat::Text => sluice_mask::render_text(&report),
+                OutputFormat::Json => sluice_mask::render_json(&report),
+            };
+            print!("{out}");
+            if !out.ends_with('\n') {
+                println!();
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sluice mask classify: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

@@ -155,11 +155,11 @@ async fn refusals_inside_a_pipeline_keep_every_other_answer_in_order() {
     // A named prepared statement that was refused does not exist afterwards,
     // and an allowed one works.
     let ok = c
-        .prepare("select email from customers where id = $1")
+        .prepare("select id + 1 from customers where id = $1")
         .await
         .unwrap();
     let row = c.query_one(&ok, &[&1i32]).await.unwrap();
-    assert_eq!(row.get::<_, &str>(0), "a@example.com");
+    assert_eq!(row.get::<_, i32>(0), 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -299,4 +299,43 @@ fn policy_test_cli_works_without_a_database() {
     let (code, _, err) = run(&["validate", "--config", &config]);
     assert_eq!(code, Some(2));
     assert!(err.contains("broken.cedar"), "{err}");
+}
+
+#[test]
+fn mask_classify_previews_masking_of_a_csv_offline() {
+    use std::io::Write;
+    let mut child = std::process::Command::new(bin())
+        .args(["mask", "classify", "--format", "json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"id,contact,card,comment\n1,alice@example.com,4111 1111 1111 1111,hello\n2,bob@example.org,5500 0000 0000 0004,fine\n",
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains("alice@example.com") && !text.contains("4111 1111 1111 1111"),
+        "{text}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let kind = |col: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["column"] == col)
+            .map(|c| c["kind"].clone())
+            .unwrap()
+    };
+    assert_eq!(kind("contact"), "email");
+    assert_eq!(kind("card"), "card");
+    assert!(kind("id").is_null());
+    assert!(kind("comment").is_null());
 }

@@ -1,7 +1,18 @@
-//! Authentication of the caller over the wire: SCRAM-SHA-256 against the
-//! local users of the config. OIDC tokens will arrive behind the same seam.
+//! Authentication of the caller over the wire, in this order:
+//!
+//! 1. a verified client certificate (`[tls] client_ca`) that an `[[mtls]]`
+//!    rule maps to a principal named like the startup `user`: no password;
+//! 2. a local `[[users]]` name: SCRAM-SHA-256 (-PLUS over TLS);
+//! 3. any other name, when `[[oidc]]` is configured: the password is an
+//!    OIDC token, asked for in clear (AuthenticationCleartextPassword), and
+//!    only over TLS unless `[listen] plaintext_tokens = true`; the token,
+//!    not the `user`, decides who the principal is;
+//! 4. otherwise SCRAM against a decoy verifier, which always fails.
+
+use std::time::SystemTime;
 
 use bytes::BytesMut;
+use sluice_identity::oidc::{HttpFetch, KeyCache, Validator};
 use sluice_identity::scram::Step;
 use sluice_identity::{Principal, ScramServer, ScramVerifier};
 use sluice_wire::messages::{password, Authentication};
@@ -17,14 +28,99 @@ use crate::Metrics;
 /// Largest authentication message accepted (tokens can be several KiB).
 const AUTH_MESSAGE_LIMIT: usize = 64 * 1024;
 
-/// Authenticate `user`; on success the client has been sent
-/// AuthenticationSASLFinal but not yet AuthenticationOk.
+/// Authenticate `user`; on success the client has been sent what the method
+/// needs (AuthenticationSASLFinal for SCRAM) but not yet AuthenticationOk.
 pub async fn authenticate(
     stream: &mut ClientStream,
     user: &str,
     rt: &Runtime,
 ) -> Result<Principal, SessionError> {
+    if let Some(p) = certificate_principal(stream, rt) {
+        // As PostgreSQL's `cert` method: the certificate must name this user.
+        if p.name == user {
+            return Ok(p);
+        }
+        tracing::debug!(user, certificate = %p.name, "client certificate names another principal; asking for a password");
+    }
     let local = rt.config.user(user);
+    if local.is_none() && !rt.config.oidc.is_empty() {
+        return token(stream, user, rt).await;
+    }
+    scram(stream, user, local, rt).await
+}
+
+/// The principal a verified client certificate maps to, if any.
+fn certificate_principal(stream: &ClientStream, rt: &Runtime) -> Option<Principal> {
+    if rt.config.client_ca.is_none() || rt.config.mtls.is_empty() {
+        return None;
+    }
+    let crate::stream::MaybeTls::Tls(tls) = stream else {
+        return None;
+    };
+    // rustls verified the chain against client_ca during the handshake.
+    let leaf = tls.get_ref().1.peer_certificates()?.first()?;
+    let names = sluice_identity::mtls::cert_names(leaf);
+    sluice_identity::mtls::principal_for(&names, &rt.config.mtls)
+}
+
+/// Sign-in with an OIDC token as the password.
+async fn token(
+    stream: &mut ClientStream,
+    user: &str,
+    rt: &Runtime,
+) -> Result<Principal, SessionError> {
+    // Refuse before asking, so the client never sends the token in clear.
+    if !stream.is_tls() && !rt.config.listen.plaintext_tokens {
+        Metrics::inc(&rt.metrics.auth_failures_total);
+        return Err(SessionError::fatal_hint(
+            "28000",
+            "sluice: signing in with a token requires TLS",
+            "connect with sslmode=require (tokens are never accepted in clear)",
+        ));
+    }
+    stream
+        .write_all(&Authentication::CleartextPassword.encode())
+        .await?;
+    stream.flush().await?;
+    let mut buf = BytesMut::with_capacity(4096);
+    let body = expect_password(stream, &mut buf).await?;
+    let token = password::decode_password(&body)
+        .map_err(|e| SessionError::fatal("08P01", format!("invalid password message: {e}")))?
+        .to_owned();
+    let config = rt.config.clone();
+    // Validation may fetch the issuer's keys over HTTP: off the session's thread.
+    let result = tokio::task::spawn_blocking(move || {
+        Validator::new(&config.oidc, &HttpFetch, KeyCache::global())
+            .validate(&token, SystemTime::now())
+    })
+    .await
+    .map_err(|e| std::io::Error::other(format!("token validation task failed: {e}")))?;
+    match result {
+        Ok(v) => {
+            if v.principal.name != user {
+                tracing::info!(user, principal = %v.principal.name, issuer = %v.issuer, "token sign-in under another startup user name; the token decides");
+            }
+            Ok(v.principal)
+        }
+        Err(e) => {
+            Metrics::inc(&rt.metrics.auth_failures_total);
+            // The reason names what failed, never the token itself.
+            tracing::info!(user, reason = %e, detail = ?e, "token authentication failed");
+            Err(SessionError::fatal(
+                e.sqlstate(),
+                format!("sluice: token authentication failed for user \"{user}\": {e}"),
+            ))
+        }
+    }
+}
+
+/// SCRAM-SHA-256 against a local user (or a decoy for an unknown name).
+async fn scram(
+    stream: &mut ClientStream,
+    user: &str,
+    local: Option<&sluice_config::User>,
+    rt: &Runtime,
+) -> Result<Principal, SessionError> {
     let verifier = match local {
         Some(u) => u.verifier.clone(),
         // Same exchange for an unknown user, so names cannot be probed.
@@ -84,6 +180,7 @@ pub async fn authenticate(
         groups: u.groups.clone(),
         attributes: u.attributes.clone(),
         method: "scram-sha-256",
+        ..Default::default()
     })
 }
 

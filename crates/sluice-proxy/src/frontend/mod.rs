@@ -266,7 +266,15 @@ async fn after_startup(
 
     // Authenticate before saying anything about targets, so that nobody
     // learns which targets exist without signing in.
-    let principal = auth::authenticate(stream, &user, rt).await?;
+    let principal = match auth::authenticate(stream, &user, rt).await {
+        Ok(p) => p,
+        Err(e) => {
+            if let SessionError::Refused(refusal) = &e {
+                audit_auth_failure(rt, &user, peer, refusal.message().unwrap_or(""), &database);
+            }
+            return Err(e);
+        }
+    };
 
     let target = config.target(&database).cloned().ok_or_else(|| {
         SessionError::fatal_hint(
@@ -275,7 +283,71 @@ async fn after_startup(
             "use the target name your administrator gave you as the database name",
         )
     })?;
-    let params = upstream_params(&s)?;
+    let mut params = upstream_params(&s)?;
     let application_name = s.param("application_name").unwrap_or_default().to_owned();
+
+    // Which principals may open which targets: the policy's `connect` action.
+    let hour_utc = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| (d.as_secs() / 3600 % 24) as u8);
+    let target_ref = sluice_policy::TargetRef {
+        name: &target.name,
+        environment: &target.environment,
+    };
+    if let Err(denied) =
+        rt.policy
+            .authorize_connect(&principal, &target_ref, &application_name, hour_utc)
+    {
+        tracing::info!(
+            %peer, user = %principal.name, target = %target.name, rule = %denied.rule,
+            reason = %denied.reason, "connection refused by policy"
+        );
+        audit_auth_failure(
+            rt,
+            &principal.name,
+            peer,
+            &format!("connect refused by policy rule {}", denied.rule),
+            &target.name,
+        );
+        return Err(SessionError::fatal_hint(
+            "42501",
+            format!(
+                "sluice: {} may not connect to target \"{}\": {} (rule {})",
+                principal.name, target.name, denied.reason, denied.rule
+            ),
+            "ask your administrator for access to this target",
+        ));
+    }
+
+    // Least privilege at the database: the principal's groups pick the login.
+    let mut target = target;
+    let (login_user, login_password) = target.login_for(&principal.groups);
+    let (login_user, login_password) = (login_user.to_owned(), login_password.cloned());
+    target.user = login_user;
+    target.password = login_password;
+
+    params.extend(params::identity_settings(&principal));
     Ok((principal, target, params, application_name))
+}
+
+/// Record a failed sign-in (or a refused connection) in the audit trail.
+/// The reason is Sluice's own message, which never holds the password or
+/// token; the target is the one asked for, known to exist or not.
+fn audit_auth_failure(rt: &Runtime, user: &str, peer: SocketAddr, reason: &str, database: &str) {
+    let target = rt.config.target(database);
+    let event = sluice_audit::EventBody::AuthFailure(sluice_audit::AuthFailure {
+        user: user.to_owned(),
+        method: if rt.config.user(user).is_some() {
+            "scram-sha-256".into()
+        } else {
+            "token".into()
+        },
+        source: peer.to_string(),
+        reason: reason.to_owned(),
+        target: target.map(|t| t.name.clone()),
+        environment: target.map(|t| t.environment.clone()),
+    });
+    if let Err(e) = rt.audit.record(event) {
+        tracing::warn!(error = %e, "audit event not recorded");
+    }
 }

@@ -5,6 +5,7 @@
 //! role, switch to an encoding whose bytes Sluice would read differently
 //! from the server, or forge the `sluice.*` settings Sluice sets itself.
 
+use sluice_identity::Principal;
 use sluice_wire::messages::Startup;
 
 use crate::error::SessionError;
@@ -97,6 +98,34 @@ fn check_options(options: &str) -> Result<(), SessionError> {
     Ok(())
 }
 
+/// The settings Sluice itself sends upstream, so the database can see who
+/// is behind the session (e.g. in row level security policies with
+/// `current_setting('sluice.attr.region', true)`): `sluice.principal`,
+/// `sluice.kind`, `sluice.groups` (comma-separated), `sluice.method`,
+/// `sluice.on_behalf_of` (when set) and `sluice.attr.<name>` per attribute.
+/// Clients cannot send `sluice.*` themselves (see [`upstream_params`]), and
+/// the guardrails refuse `SET sluice.*` later on.
+pub fn identity_settings(p: &Principal) -> Vec<(String, String)> {
+    // A NUL would end the value early in the startup packet.
+    let clean = |v: &str| v.replace('\0', "");
+    let mut out = vec![
+        ("sluice.principal".to_owned(), clean(&p.name)),
+        ("sluice.kind".to_owned(), p.kind.as_str().to_owned()),
+        ("sluice.groups".to_owned(), clean(&p.groups.join(","))),
+        ("sluice.method".to_owned(), p.method.to_owned()),
+    ];
+    if let Some(who) = &p.on_behalf_of {
+        out.push(("sluice.on_behalf_of".to_owned(), clean(who)));
+    }
+    for (k, v) in &p.attributes {
+        // Names that are not plain identifiers are kept for policy only.
+        if sluice_config::valid_attribute_name(k) {
+            out.push((format!("sluice.attr.{k}"), clean(v)));
+        }
+    }
+    out
+}
+
 /// The parameters to send upstream (without user and database), or a refusal.
 pub fn upstream_params(s: &Startup) -> Result<Vec<(String, String)>, SessionError> {
     let mut out = Vec::with_capacity(s.params.len());
@@ -159,6 +188,31 @@ mod tests {
         ] {
             assert!(upstream_params(&startup(&[(k, v)])).is_err(), "{k}={v}");
         }
+    }
+
+    #[test]
+    fn identity_settings_carry_the_principal() {
+        let p = Principal {
+            name: "alice@example.com".into(),
+            groups: vec!["dev".into(), "ops".into()],
+            attributes: [
+                ("region".to_owned(), "eu".to_owned()),
+                ("Bad-Name".to_owned(), "x".to_owned()),
+            ]
+            .into_iter()
+            .collect(),
+            method: "oidc",
+            on_behalf_of: Some("bob".into()),
+            ..Default::default()
+        };
+        let s = identity_settings(&p);
+        let get = |k: &str| s.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("sluice.principal"), Some("alice@example.com"));
+        assert_eq!(get("sluice.kind"), Some("human"));
+        assert_eq!(get("sluice.groups"), Some("dev,ops"));
+        assert_eq!(get("sluice.on_behalf_of"), Some("bob"));
+        assert_eq!(get("sluice.attr.region"), Some("eu"));
+        assert!(s.iter().all(|(k, _)| !k.contains("Bad")));
     }
 
     #[test]

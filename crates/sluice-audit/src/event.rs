@@ -1,0 +1,505 @@
+//! The event model. Each variant of [`EventBody`] has a stable code (its
+//! `code` field in JSON); see the crate README for the reference.
+//!
+//! Bodies are serialized with serde in field declaration order and contain
+//! no maps, so the same event always gives the same bytes.
+
+use serde::{Deserialize, Serialize};
+
+/// Code of a session start.
+pub const SESSION_START: &str = "session.start";
+/// Code of a session end.
+pub const SESSION_END: &str = "session.end";
+/// Code of a failed authentication.
+pub const AUTH_FAILURE: &str = "auth.failure";
+/// Code of a statement.
+pub const STATEMENT: &str = "db.statement";
+/// Code of an administrative or approval action.
+pub const ADMIN: &str = "admin.action";
+
+/// Every code, in reference order.
+pub const CODES: &[&str] = &[SESSION_START, SESSION_END, AUTH_FAILURE, STATEMENT, ADMIN];
+
+/// Who did something.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// Principal name (`alice`, `billing-etl`, `support-agent`).
+    pub name: String,
+    /// `human`, `service` or `agent`.
+    pub kind: String,
+    /// For an agent or service acting for a person: that person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
+}
+
+/// TLS of the client connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsInfo {
+    /// `TLSv1.3`, `TLSv1.2`, or `none` for a plaintext connection.
+    pub version: String,
+    /// Cipher suite (`TLS13_AES_256_GCM_SHA384`), or `none`.
+    pub cipher: String,
+}
+
+impl TlsInfo {
+    /// A plaintext connection.
+    pub fn none() -> TlsInfo {
+        TlsInfo {
+            version: "none".into(),
+            cipher: "none".into(),
+        }
+    }
+}
+
+/// `session.start`: a client authenticated and was connected to a target.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionStart {
+    /// Session id (unique per replica; the proxy chooses it).
+    pub session: String,
+    /// Who connected.
+    pub principal: Actor,
+    /// Groups of the principal.
+    pub groups: Vec<String>,
+    /// How they authenticated (`scram-sha-256`, `oidc`, …).
+    pub method: String,
+    /// Client address `ip:port`.
+    pub source: String,
+    /// `application_name` the client sent (may be empty).
+    pub application_name: String,
+    /// TLS of the client connection.
+    pub tls: TlsInfo,
+    /// Target name (the database name the client asked for).
+    pub target: String,
+    /// The target's environment.
+    pub environment: String,
+}
+
+/// `session.end`: a session ended; totals over its life.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionEnd {
+    /// Session id.
+    pub session: String,
+    /// Who it was.
+    pub principal: Actor,
+    /// Target name.
+    pub target: String,
+    /// The target's environment.
+    pub environment: String,
+    /// Why it ended (`client closed`, `upstream lost`, `shutdown`, …).
+    pub reason: String,
+    /// Session length in milliseconds.
+    pub duration_ms: u64,
+    /// Statements seen.
+    pub statements: u64,
+    /// Statements refused (denied or waiting for approval).
+    pub refused: u64,
+    /// Rows returned to the client.
+    pub rows: u64,
+    /// Bytes sent to the client.
+    pub bytes_to_client: u64,
+    /// Bytes received from the client.
+    pub bytes_from_client: u64,
+}
+
+/// `auth.failure`: an authentication that did not succeed. Never carries
+/// the password or token.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthFailure {
+    /// The user name as the client gave it.
+    pub user: String,
+    /// Method tried (`scram-sha-256`, `oidc`, `mtls`).
+    pub method: String,
+    /// Client address `ip:port`.
+    pub source: String,
+    /// Reason category: `bad_credentials`, `unknown_user`,
+    /// `channel_binding`, `protocol`, `tls_required`, `token_invalid`,
+    /// `token_expired`, `other`.
+    pub reason: String,
+    /// The database (target) name the client asked for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The target's environment, when the target is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+}
+
+/// What policy decided about a statement.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Allowed (possibly with masking).
+    #[default]
+    Allow,
+    /// Denied.
+    Deny,
+    /// Held for approval (refused until approved, or run under an approval).
+    Approval,
+}
+
+impl Decision {
+    /// `allow`, `deny` or `approval`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Deny => "deny",
+            Decision::Approval => "approval",
+        }
+    }
+
+    /// Parse `allow`, `deny` or `approval`.
+    pub fn parse(s: &str) -> Option<Decision> {
+        match s {
+            "allow" => Some(Decision::Allow),
+            "deny" => Some(Decision::Deny),
+            "approval" => Some(Decision::Approval),
+            _ => None,
+        }
+    }
+}
+
+/// A column whose values were masked on the way to the client.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaskedColumn {
+    /// `table.column` (schema-qualified when the proxy knows the schema).
+    pub column: String,
+    /// What caused it (`column-name:email`, `value:luhn`, `policy:pii`).
+    pub detector: String,
+}
+
+/// Data flow of one statement (filled by the proxy from the analysis).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lineage {
+    /// `insert_select`, `create_table_as`, `update_from`, `copy_out`,
+    /// `select_into`, or another label.
+    pub kind: String,
+    /// Tables the data came from.
+    pub sources: Vec<String>,
+    /// Table it went to, or `client:<principal>` for COPY out.
+    pub destination: String,
+}
+
+/// `db.statement`: one statement judged (and, when allowed, run).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Statement {
+    /// Session id.
+    pub session: String,
+    /// Who ran it.
+    pub principal: Actor,
+    /// Target name.
+    pub target: String,
+    /// The target's environment.
+    pub environment: String,
+    /// Statement fingerprint (pg_query).
+    pub fingerprint: String,
+    /// Normalized text (literals replaced by `$n`).
+    pub normalized: String,
+    /// Full text with literals; kept only when `audit.log_literals` is on
+    /// (the sink removes it otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Statement kind (`select`, `insert`, `ddl`, …).
+    pub kind: String,
+    /// Policy decision.
+    pub decision: Decision,
+    /// Rule that decided (policy id), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Approval this statement ran under or is waiting for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
+    /// Tables read.
+    pub tables_read: Vec<String>,
+    /// Tables written.
+    pub tables_written: Vec<String>,
+    /// Columns read, `table.column`.
+    pub columns_read: Vec<String>,
+    /// Columns written, `table.column`.
+    pub columns_written: Vec<String>,
+    /// Columns masked in the result, with the detector that fired.
+    pub masked: Vec<MaskedColumn>,
+    /// Rows returned to the client.
+    pub rows_returned: u64,
+    /// Rows inserted, updated, deleted or copied (from CommandComplete).
+    pub rows_affected: u64,
+    /// Bytes sent to the client for this statement.
+    pub bytes_to_client: u64,
+    /// Time from the statement reaching Sluice to its completion, in µs.
+    pub duration_us: u64,
+    /// SQLSTATE of the error, if it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sqlstate: Option<String>,
+    /// Data flow, when the statement copies data somewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<Lineage>,
+}
+
+/// `admin.action`: something done to Sluice rather than through it
+/// (approvals, policy reloads, retention, dropped-event notices).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminAction {
+    /// Who did it (`sluice` for Sluice itself).
+    pub actor: Actor,
+    /// What (`approval.grant`, `approval.deny`, `config.reload`,
+    /// `audit.retention`, `audit.dropped`, …).
+    pub action: String,
+    /// What it was done to (an approval id, a file, an environment).
+    pub object: String,
+    /// `ok`, `denied`, `failed`, or a short result.
+    pub outcome: String,
+    /// Free-form detail (never a secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Environment the action concerns, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+}
+
+/// An event as the proxy records it. The `code` tag in JSON is stable.
+// Statement is the big one and the common one; the queue boxes events anyway.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "code")]
+pub enum EventBody {
+    /// `session.start`.
+    #[serde(rename = "session.start")]
+    SessionStart(SessionStart),
+    /// `session.end`.
+    #[serde(rename = "session.end")]
+    SessionEnd(SessionEnd),
+    /// `auth.failure`.
+    #[serde(rename = "auth.failure")]
+    AuthFailure(AuthFailure),
+    /// `db.statement`.
+    #[serde(rename = "db.statement")]
+    Statement(Statement),
+    /// `admin.action`.
+    #[serde(rename = "admin.action")]
+    Admin(AdminAction),
+}
+
+impl EventBody {
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EventBody::SessionStart(_) => SESSION_START,
+            EventBody::SessionEnd(_) => SESSION_END,
+            EventBody::AuthFailure(_) => AUTH_FAILURE,
+            EventBody::Statement(_) => STATEMENT,
+            EventBody::Admin(_) => ADMIN,
+        }
+    }
+
+    /// Environment the event belongs to (`""` when none, e.g. an
+    /// authentication failure before a target was chosen). Retention is
+    /// applied per environment.
+    pub fn environment(&self) -> &str {
+        match self {
+            EventBody::SessionStart(e) => &e.environment,
+            EventBody::SessionEnd(e) => &e.environment,
+            EventBody::AuthFailure(e) => e.environment.as_deref().unwrap_or(""),
+            EventBody::Statement(e) => &e.environment,
+            EventBody::Admin(e) => e.environment.as_deref().unwrap_or(""),
+        }
+    }
+
+    /// The searchable columns of the event.
+    pub fn index(&self) -> IndexFields {
+        let mut f = IndexFields {
+            code: self.code().to_owned(),
+            environment: self.environment().to_owned(),
+            ..IndexFields::default()
+        };
+        match self {
+            EventBody::SessionStart(e) => {
+                f.principal = e.principal.name.clone();
+                f.target = e.target.clone();
+                f.session = e.session.clone();
+            }
+            EventBody::SessionEnd(e) => {
+                f.principal = e.principal.name.clone();
+                f.target = e.target.clone();
+                f.session = e.session.clone();
+            }
+            EventBody::AuthFailure(e) => {
+                f.principal = e.user.clone();
+                f.target = e.target.clone().unwrap_or_default();
+            }
+            EventBody::Statement(e) => {
+                f.principal = e.principal.name.clone();
+                f.target = e.target.clone();
+                f.session = e.session.clone();
+                f.decision = e.decision.as_str().to_owned();
+                f.fingerprint = e.fingerprint.clone();
+            }
+            EventBody::Admin(e) => {
+                f.principal = e.actor.name.clone();
+            }
+        }
+        f
+    }
+
+    /// Lower-case `(table, column)` pairs the event touched (`column` is
+    /// `""` for a table), for the table/column filters.
+    pub fn objects(&self) -> Vec<(String, String)> {
+        let EventBody::Statement(s) = self else {
+            return Vec::new();
+        };
+        let tables = s
+            .tables_read
+            .iter()
+            .chain(&s.tables_written)
+            .map(|t| (t.to_lowercase(), String::new()));
+        let columns = s
+            .columns_read
+            .iter()
+            .chain(&s.columns_written)
+            .chain(s.masked.iter().map(|m| &m.column))
+            .map(|c| {
+                let c = c.to_lowercase();
+                let (t, col) = crate::search::split_column(&c);
+                (t.unwrap_or("").to_owned(), col.to_owned())
+            });
+        let mut v: Vec<(String, String)> = tables.chain(columns).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Text indexed for full-text search: names, tables, statement text.
+    pub fn search_text(&self) -> String {
+        let mut parts: Vec<&str> = vec![self.code()];
+        let idx_owner;
+        match self {
+            EventBody::Statement(s) => {
+                parts.extend([
+                    s.principal.name.as_str(),
+                    s.principal.on_behalf_of.as_deref().unwrap_or(""),
+                    s.target.as_str(),
+                    s.normalized.as_str(),
+                    s.text.as_deref().unwrap_or(""),
+                    s.rule.as_deref().unwrap_or(""),
+                ]);
+                parts.extend(s.tables_read.iter().map(String::as_str));
+                parts.extend(s.tables_written.iter().map(String::as_str));
+            }
+            EventBody::SessionStart(s) => {
+                parts.extend([
+                    s.principal.name.as_str(),
+                    s.principal.on_behalf_of.as_deref().unwrap_or(""),
+                    s.target.as_str(),
+                    s.application_name.as_str(),
+                    s.source.as_str(),
+                ]);
+            }
+            EventBody::SessionEnd(s) => {
+                parts.extend([
+                    s.principal.name.as_str(),
+                    s.target.as_str(),
+                    s.reason.as_str(),
+                ]);
+            }
+            EventBody::AuthFailure(s) => {
+                idx_owner = s.target.clone().unwrap_or_default();
+                parts.extend([
+                    s.user.as_str(),
+                    s.source.as_str(),
+                    s.reason.as_str(),
+                    idx_owner.as_str(),
+                ]);
+            }
+            EventBody::Admin(s) => {
+                parts.extend([
+                    s.actor.name.as_str(),
+                    s.action.as_str(),
+                    s.object.as_str(),
+                    s.outcome.as_str(),
+                    s.detail.as_deref().unwrap_or(""),
+                ]);
+            }
+        }
+        parts.retain(|p| !p.is_empty());
+        parts.join(" ")
+    }
+
+    /// A one-line summary for tables.
+    pub fn summary(&self) -> String {
+        match self {
+            EventBody::Statement(s) => s.normalized.clone(),
+            EventBody::SessionStart(s) => format!(
+                "{} from {} ({}, tls {})",
+                s.method, s.source, s.application_name, s.tls.version
+            ),
+            EventBody::SessionEnd(s) => format!(
+                "{}; {} statements, {} rows, {} ms",
+                s.reason, s.statements, s.rows, s.duration_ms
+            ),
+            EventBody::AuthFailure(s) => format!("{} {} from {}", s.method, s.reason, s.source),
+            EventBody::Admin(s) => format!("{} {} -> {}", s.action, s.object, s.outcome),
+        }
+    }
+}
+
+/// Searchable columns stored next to each event. `verify` checks that they
+/// agree with the event body, so a changed column is a detected tampering.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexFields {
+    /// Event code.
+    pub code: String,
+    /// Environment (`""` when none).
+    pub environment: String,
+    /// Principal (or user name given, or actor).
+    pub principal: String,
+    /// Target.
+    pub target: String,
+    /// Session id.
+    pub session: String,
+    /// Decision (`""` except for statements).
+    pub decision: String,
+    /// Fingerprint (`""` except for statements).
+    pub fingerprint: String,
+}
+
+/// One event of a chain as stored: header, body and MAC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Chain id (the replica id of the writer).
+    pub chain: String,
+    /// Position in the chain, from 1.
+    pub seq: u64,
+    /// ULID of the event (its time is the event time).
+    pub ulid: String,
+    /// Event time, ms since the Unix epoch.
+    pub time_ms: i64,
+    /// Event code.
+    pub code: String,
+    /// Environment (`""` when none).
+    pub environment: String,
+    /// SHA-256 of `body` as stored.
+    #[serde(with = "hex_bytes")]
+    pub digest: Vec<u8>,
+    /// The body as canonical JSON text, or `None` once removed by retention.
+    pub body: Option<String>,
+    /// HMAC of this record chained to the previous one.
+    #[serde(with = "hex_bytes")]
+    pub mac: Vec<u8>,
+}
+
+impl Record {
+    /// The body, parsed.
+    pub fn event(&self) -> Result<Option<EventBody>, serde_json::Error> {
+        self.body.as_deref().map(serde_json::from_str).transpose()
+    }
+}
+
+pub(crate) mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::util::hex(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        crate::util::unhex(&s).ok_or_else(|| serde::de::Error::custom("bad hex"))
+    }
+}

@@ -1,0 +1,348 @@
+//! The spool: append-only segment files in `DATA_DIR/audit/spool/` that
+//! hold every sealed entry before it reaches the store.
+//!
+//! Entry format: `u32` little-endian payload length, the first 4 bytes of
+//! the payload's SHA-256, then the payload (an [`Entry`] as JSON). A torn
+//! tail (crash during a write) fails the length or checksum test and is cut
+//! off when the spool is opened.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::chain::sha256;
+use crate::store::Entry;
+use crate::AuditError;
+
+/// A segment is closed when it grows past this.
+pub const SEGMENT_MAX: u64 = 4 << 20;
+/// A fully stored active segment is rotated (and deleted) past this.
+const ROTATE_STORED: u64 = 256 << 10;
+const MAX_ENTRY: u32 = 64 << 20;
+
+/// One segment file.
+#[derive(Debug, Clone)]
+struct Segment {
+    index: u64,
+    path: PathBuf,
+    /// Highest seq in it (0 when empty).
+    last_seq: u64,
+    bytes: u64,
+}
+
+/// The spool.
+#[derive(Debug)]
+pub struct Spool {
+    dir: PathBuf,
+    segments: Vec<Segment>,
+    active: Option<File>,
+}
+
+/// Encode one entry.
+pub fn encode(e: &Entry) -> Result<Vec<u8>, AuditError> {
+    let payload = serde_json::to_vec(e)?;
+    let mut out = Vec::with_capacity(payload.len() + 8);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&sha256(&payload)[..4]);
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+fn seg_name(index: u64) -> String {
+    format!("seg-{index:012}.log")
+}
+
+/// Parse entries of a buffer; returns the entries with their encoded sizes
+/// and the offset where valid data ends.
+fn parse(buf: &[u8]) -> (Vec<(Entry, u64)>, usize) {
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    while buf.len() - pos >= 8 {
+        let mut len4 = [0u8; 4];
+        len4.copy_from_slice(&buf[pos..pos + 4]);
+        let len = u32::from_le_bytes(len4);
+        if len == 0 || len > MAX_ENTRY || buf.len() - pos - 8 < len as usize {
+            break;
+        }
+        let payload = &buf[pos + 8..pos + 8 + len as usize];
+        if sha256(payload)[..4] != buf[pos + 4..pos + 8] {
+            break;
+        }
+        let Ok(e) = serde_json::from_slice::<Entry>(payload) else {
+            break;
+        };
+        out.push((e, 8 + u64::from(len)));
+        pos += 8 + len as usize;
+    }
+    (out, pos)
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+impl Spool {
+    /// Open the spool, calling `visit` for every entry in order. A torn
+    /// tail of the last segment is cut off (and logged); damage inside an
+    /// earlier segment is an error.
+    pub fn open(
+        dir: &Path,
+        mut visit: impl FnMut(&Entry, u64) -> Result<(), AuditError>,
+    ) -> Result<Spool, AuditError> {
+        std::fs::create_dir_all(dir).map_err(|e| AuditError::io(dir, e))?;
+        let mut segments = Vec::new();
+        for ent in std::fs::read_dir(dir).map_err(|e| AuditError::io(dir, e))? {
+            let ent = ent.map_err(|e| AuditError::io(dir, e))?;
+            let name = ent.file_name().to_string_lossy().into_owned();
+            let Some(index) = name
+                .strip_prefix("seg-")
+                .and_then(|n| n.strip_suffix(".log"))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            segments.push(Segment {
+                index,
+                path: ent.path(),
+                last_seq: 0,
+                bytes: 0,
+            });
+        }
+        segments.sort_by_key(|s| s.index);
+        let count = segments.len();
+        for (i, seg) in segments.iter_mut().enumerate() {
+            let mut buf = Vec::new();
+            File::open(&seg.path)
+                .and_then(|mut f| f.read_to_end(&mut buf))
+                .map_err(|e| AuditError::io(&seg.path, e))?;
+            let (entries, end) = parse(&buf);
+            if end < buf.len() {
+                if i + 1 < count {
+                    return Err(AuditError::Corrupt(format!(
+                        "{}: damaged entry at byte {end} in a closed spool segment",
+                        seg.path.display()
+                    )));
+                }
+                tracing::warn!(
+                    file = %seg.path.display(),
+                    offset = end,
+                    dropped_bytes = buf.len() - end,
+                    "audit spool: cutting off a torn tail (crash during a write)"
+                );
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&seg.path)
+                    .map_err(|e| AuditError::io(&seg.path, e))?;
+                f.set_len(end as u64)
+                    .map_err(|e| AuditError::io(&seg.path, e))?;
+                f.sync_all().map_err(|e| AuditError::io(&seg.path, e))?;
+            }
+            for (e, size) in &entries {
+                seg.last_seq = seg.last_seq.max(e.seq());
+                visit(e, *size)?;
+            }
+            seg.bytes = end as u64;
+        }
+        Ok(Spool {
+            dir: dir.to_owned(),
+            segments,
+            active: None,
+        })
+    }
+
+    fn active_file(&mut self) -> Result<&mut File, AuditError> {
+        let need_new = match self.segments.last() {
+            None => true,
+            Some(s) => s.bytes >= SEGMENT_MAX,
+        };
+        if need_new {
+            let index = self.segments.last().map_or(1, |s| s.index + 1);
+            let path = self.dir.join(seg_name(index));
+            self.segments.push(Segment {
+                index,
+                path,
+                last_seq: 0,
+                bytes: 0,
+            });
+            self.active = None;
+        }
+        if self.active.is_none() {
+            let seg = self
+                .segments
+                .last()
+                .ok_or_else(|| AuditError::Corrupt("spool has no segment".into()))?;
+            let f = OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .open(&seg.path)
+                .map_err(|e| AuditError::io(&seg.path, e))?;
+            if need_new {
+                sync_dir(&self.dir);
+            }
+            self.active = Some(f);
+        }
+        self.active
+            .as_mut()
+            .ok_or_else(|| AuditError::Corrupt("spool has no active segment".into()))
+    }
+
+    /// Append encoded entries (one write). Not synced: call [`sync`](Self::sync).
+    pub fn append(&mut self, encoded: &[u8], last_seq: u64) -> Result<(), AuditError> {
+        let f = self.active_file()?;
+        f.write_all(encoded).map_err(|e| AuditError::Io {
+            path: "audit spool".into(),
+            source: e,
+        })?;
+        if let Some(seg) = self.segments.last_mut() {
+            seg.bytes += encoded.len() as u64;
+            seg.last_seq = seg.last_seq.max(last_seq);
+        }
+        Ok(())
+    }
+
+    /// fdatasync the active segment.
+    pub fn sync(&mut self) -> Result<(), AuditError> {
+        if let Some(f) = &self.active {
+            f.sync_data().map_err(|e| AuditError::Io {
+                path: "audit spool".into(),
+                source: e,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Delete segments whose entries are all in the store (seq ≤
+    /// `stored_seq`); the active one is closed and deleted once it is fully
+    /// stored and larger than a small threshold.
+    pub fn release(&mut self, stored_seq: u64) {
+        let n = self.segments.len();
+        let mut keep = Vec::with_capacity(n);
+        for (i, seg) in std::mem::take(&mut self.segments).into_iter().enumerate() {
+            let active = i + 1 == n;
+            let done = seg.last_seq <= stored_seq && seg.bytes > 0;
+            if done && (!active || seg.bytes >= ROTATE_STORED) {
+                if active {
+                    self.active = None;
+                }
+                if let Err(e) = std::fs::remove_file(&seg.path) {
+                    tracing::warn!(file = %seg.path.display(), error = %e, "audit spool: cannot delete a stored segment");
+                    keep.push(seg);
+                }
+            } else {
+                keep.push(seg);
+            }
+        }
+        self.segments = keep;
+    }
+
+    /// Read entries with seq > `after` (and checkpoints at `after`), in
+    /// order, at most `max` (for replay when the memory queue overflowed).
+    pub fn read_after(&self, after: u64, max: usize) -> Result<Vec<(Entry, u64)>, AuditError> {
+        let mut out = Vec::new();
+        for seg in &self.segments {
+            if seg.last_seq < after {
+                continue;
+            }
+            let mut buf = Vec::new();
+            File::open(&seg.path)
+                .and_then(|mut f| f.read_to_end(&mut buf))
+                .map_err(|e| AuditError::io(&seg.path, e))?;
+            let (entries, _) = parse(&buf[..buf.len().min(seg.bytes as usize)]);
+            for (e, size) in entries {
+                let keep = match &e {
+                    Entry::Record(r) => r.seq > after,
+                    Entry::Checkpoint(c) => c.seq >= after,
+                };
+                if keep {
+                    out.push((e, size));
+                    if out.len() >= max {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Total bytes of all segment files.
+    pub fn file_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.bytes).sum()
+    }
+}
+
+/// Read every entry of a spool directory without changing it (for
+/// `verify`, which includes records not yet in the store).
+pub fn read_all(dir: &Path) -> Result<Vec<Entry>, AuditError> {
+    let mut names: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(it) => it
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("seg-") && n.ends_with(".log"))
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(AuditError::io(dir, e)),
+    };
+    names.sort();
+    let mut out = Vec::new();
+    for p in names {
+        let buf = std::fs::read(&p).map_err(|e| AuditError::io(&p, e))?;
+        out.extend(parse(&buf).0.into_iter().map(|(e, _)| e));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::Checkpoint;
+
+    fn ck(seq: u64) -> Entry {
+        Entry::Checkpoint(Checkpoint {
+            chain: "c".into(),
+            seq,
+            mac: vec![0; 32],
+            time_ms: 0,
+            reason: "count".into(),
+            environment: None,
+            before_ms: None,
+            signature: vec![1; 64],
+        })
+    }
+
+    #[test]
+    fn append_reopen_and_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), |_, _| Ok(())).unwrap();
+        let mut buf = Vec::new();
+        for i in 1..=3 {
+            buf.extend(encode(&ck(i)).unwrap());
+        }
+        s.append(&buf, 3).unwrap();
+        s.sync().unwrap();
+        drop(s);
+        // A torn write: half an entry at the end.
+        let seg = dir.path().join(seg_name(1));
+        let half = encode(&ck(4)).unwrap();
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&half[..half.len() / 2]).unwrap();
+        drop(f);
+        let mut seen = Vec::new();
+        let s = Spool::open(dir.path(), |e, _| {
+            seen.push(e.seq());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, vec![1, 2, 3]);
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), buf.len() as u64);
+        assert_eq!(s.read_after(2, 10).unwrap().len(), 2);
+        assert_eq!(read_all(dir.path()).unwrap().len(), 3);
+    }
+}

@@ -1,0 +1,171 @@
+//! Stores: where chained events, checkpoints and usage aggregates live.
+//!
+//! Methods block (SQLite is synchronous; the PostgreSQL store runs its own
+//! small runtime). From async code call them inside `spawn_blocking`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::chain::Checkpoint;
+use crate::event::{IndexFields, Record};
+use crate::search::{Page, Query};
+use crate::usage::{LineageEdge, UsageQuery, UsageRow};
+use crate::AuditError;
+
+pub mod postgres;
+pub mod sqlite;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+/// One entry of the spool and of a store batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Entry {
+    /// A chained event.
+    Record(Record),
+    /// A signed checkpoint.
+    Checkpoint(Checkpoint),
+}
+
+impl Entry {
+    /// The seq it is about.
+    pub fn seq(&self) -> u64 {
+        match self {
+            Entry::Record(r) => r.seq,
+            Entry::Checkpoint(c) => c.seq,
+        }
+    }
+}
+
+/// A stored record with the searchable columns stored next to it (which
+/// `verify` compares with the body).
+#[derive(Debug, Clone)]
+pub struct StoredRecord {
+    /// The record.
+    pub record: Record,
+    /// The columns as stored.
+    pub index: IndexFields,
+}
+
+/// A chain registered in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChainInfo {
+    /// Chain id.
+    pub chain: String,
+    /// The public key the replica registered (informational: a verifier
+    /// takes public keys from the key file).
+    pub public_key: String,
+    /// When it was registered.
+    pub created_ms: i64,
+}
+
+/// The interface both stores implement.
+pub trait Store: Send {
+    /// Register a chain and its public key (idempotent).
+    fn register_chain(
+        &mut self,
+        chain: &str,
+        public_key_hex: &str,
+        time_ms: i64,
+    ) -> Result<(), AuditError>;
+
+    /// All chains.
+    fn chains(&mut self) -> Result<Vec<ChainInfo>, AuditError>;
+
+    /// Insert a batch in one transaction, in order: records (ignored when
+    /// already present, so a replay is harmless; usage and lineage updated
+    /// for new ones) and checkpoints.
+    fn append(&mut self, entries: &[Entry]) -> Result<(), AuditError>;
+
+    /// The highest seq of a chain and its MAC.
+    fn head(&mut self, chain: &str) -> Result<Option<(u64, Vec<u8>)>, AuditError>;
+
+    /// Records of a chain with seq > `after`, in seq order, at most `limit`.
+    fn read_chain(
+        &mut self,
+        chain: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, AuditError>;
+
+    /// Checkpoints of a chain, by seq.
+    fn checkpoints(&mut self, chain: &str) -> Result<Vec<Checkpoint>, AuditError>;
+
+    /// Store one checkpoint (idempotent).
+    fn put_checkpoint(&mut self, c: &Checkpoint) -> Result<(), AuditError> {
+        self.append(&[Entry::Checkpoint(c.clone())])
+    }
+
+    /// Search events, newest first.
+    fn search(&mut self, q: &Query) -> Result<Page, AuditError>;
+
+    /// Usage aggregates.
+    fn usage(&mut self, q: &UsageQuery) -> Result<Vec<UsageRow>, AuditError>;
+
+    /// Lineage edges whose destination is `table` (exact, or
+    /// `schema.table` when `table` has no schema).
+    fn lineage_into(&mut self, table: &str) -> Result<Vec<LineageEdge>, AuditError>;
+
+    /// Environments present in a chain.
+    fn environments(&mut self, chain: &str) -> Result<Vec<String>, AuditError>;
+
+    /// How many records [`remove_bodies`](Self::remove_bodies) would touch.
+    fn count_removable(
+        &mut self,
+        chain: &str,
+        environment: &str,
+        before_ms: i64,
+        max_seq: u64,
+    ) -> Result<u64, AuditError>;
+
+    /// How many events a search would return without its limit and cursor.
+    fn count(&mut self, q: &Query) -> Result<u64, AuditError>;
+
+    /// Retention, step 1: remove the bodies (and their search index
+    /// entries) of records of `chain` in `environment` older than
+    /// `before_ms` with seq ≤ `max_seq`. Returns how many.
+    fn remove_bodies(
+        &mut self,
+        chain: &str,
+        environment: &str,
+        before_ms: i64,
+        max_seq: u64,
+    ) -> Result<u64, AuditError>;
+
+    /// The lowest seq of a chain whose body is still present.
+    fn first_with_body(&mut self, chain: &str) -> Result<Option<u64>, AuditError>;
+
+    /// The MAC of one record.
+    fn mac_at(&mut self, chain: &str, seq: u64) -> Result<Option<Vec<u8>>, AuditError>;
+
+    /// Retention, step 2: delete records with seq ≤ `seq` and checkpoints
+    /// before the `cut` checkpoint at `seq` (stored first). Returns how many
+    /// records.
+    fn delete_through(&mut self, chain: &str, seq: u64) -> Result<u64, AuditError>;
+}
+
+/// Open the store a config points at.
+pub fn open(
+    location: &crate::config::StoreLocation,
+    password: Option<&str>,
+) -> Result<Box<dyn Store>, AuditError> {
+    match location {
+        crate::config::StoreLocation::Sqlite(p) => Ok(Box::new(SqliteStore::open(p)?)),
+        crate::config::StoreLocation::Postgres(url) => {
+            Ok(Box::new(PgStore::connect(url, password)?))
+        }
+    }
+}
+
+/// Usage and lineage changes implied by a batch of new records.
+pub(crate) fn derive(records: &[&Record]) -> (Vec<crate::usage::UsageDelta>, Vec<LineageEdge>) {
+    let mut usage = Vec::new();
+    let mut lineage = Vec::new();
+    for r in records {
+        if let Ok(Some(crate::event::EventBody::Statement(s))) = r.event() {
+            usage.extend(crate::usage::usage_deltas(&s, r.time_ms));
+            lineage.extend(crate::usage::lineage_edges(&s, r));
+        }
+    }
+    (usage, lineage)
+}

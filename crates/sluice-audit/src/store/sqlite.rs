@@ -1,0 +1,584 @@
+//! The embedded store: one SQLite file in WAL mode with an FTS5 index.
+
+use std::path::Path;
+
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, ToSql};
+
+use super::{ChainInfo, Entry, Store, StoredRecord};
+use crate::chain::Checkpoint;
+use crate::event::{IndexFields, Record};
+use crate::search::{self, Dialect, Page, Param, Query};
+use crate::usage::{self, LineageEdge, UsageQuery, UsageRow};
+use crate::util::format_time;
+use crate::AuditError;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS audit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit_chains (
+    chain TEXT PRIMARY KEY, public_key TEXT NOT NULL, created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS audit_events (
+    id INTEGER PRIMARY KEY,
+    chain TEXT NOT NULL, seq INTEGER NOT NULL, ulid TEXT NOT NULL, time_ms INTEGER NOT NULL,
+    code TEXT NOT NULL, environment TEXT NOT NULL, principal TEXT NOT NULL,
+    target TEXT NOT NULL, session TEXT NOT NULL, decision TEXT NOT NULL,
+    fingerprint TEXT NOT NULL, digest BLOB NOT NULL, body TEXT, mac BLOB NOT NULL,
+    UNIQUE (chain, seq));
+CREATE INDEX IF NOT EXISTS audit_events_ulid ON audit_events (ulid);
+CREATE INDEX IF NOT EXISTS audit_events_principal ON audit_events (principal, ulid);
+CREATE INDEX IF NOT EXISTS audit_events_time ON audit_events (time_ms);
+CREATE TABLE IF NOT EXISTS audit_event_objects (
+    tbl TEXT NOT NULL, col TEXT NOT NULL, event_id INTEGER NOT NULL,
+    PRIMARY KEY (tbl, col, event_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS audit_event_objects_event ON audit_event_objects (event_id);
+CREATE VIRTUAL TABLE IF NOT EXISTS audit_events_fts USING fts5 (text, content='', contentless_delete=1);
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    chain TEXT NOT NULL, seq INTEGER NOT NULL, time_ms INTEGER NOT NULL, reason TEXT NOT NULL,
+    environment TEXT, before_ms INTEGER, mac BLOB NOT NULL, signature BLOB NOT NULL,
+    PRIMARY KEY (chain, seq, reason, time_ms));
+CREATE TABLE IF NOT EXISTS audit_usage_daily (
+    day INTEGER NOT NULL, principal TEXT NOT NULL, on_behalf_of TEXT NOT NULL,
+    target TEXT NOT NULL, environment TEXT NOT NULL, tbl TEXT NOT NULL, col TEXT NOT NULL,
+    masked INTEGER NOT NULL, reads INTEGER NOT NULL, writes INTEGER NOT NULL,
+    nrows INTEGER NOT NULL, nbytes INTEGER NOT NULL, first_ms INTEGER NOT NULL, last_ms INTEGER NOT NULL,
+    PRIMARY KEY (day, principal, on_behalf_of, target, environment, tbl, col, masked));
+CREATE INDEX IF NOT EXISTS audit_usage_tbl ON audit_usage_daily (tbl, col);
+CREATE TABLE IF NOT EXISTS audit_lineage (
+    id INTEGER PRIMARY KEY, source TEXT NOT NULL, destination TEXT NOT NULL, kind TEXT NOT NULL,
+    fingerprint TEXT NOT NULL, principal TEXT NOT NULL, on_behalf_of TEXT NOT NULL,
+    principal_kind TEXT NOT NULL, target TEXT NOT NULL, environment TEXT NOT NULL,
+    time_ms INTEGER NOT NULL, chain TEXT NOT NULL, seq INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_lineage_dest ON audit_lineage (destination);
+INSERT OR IGNORE INTO audit_meta (key, value) VALUES ('schema', '1');
+";
+
+/// SQLite store.
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteStore")
+    }
+}
+
+fn db(e: rusqlite::Error) -> AuditError {
+    AuditError::Store(format!("sqlite: {e}"))
+}
+
+fn to_sql(p: &Param) -> Box<dyn ToSql> {
+    match p {
+        Param::Text(s) => Box::new(s.clone()),
+        Param::Int(i) => Box::new(*i),
+    }
+}
+
+fn seq_i(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+impl SqliteStore {
+    /// Open (creating it and the schema) in WAL mode.
+    pub fn open(path: &Path) -> Result<SqliteStore, AuditError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| AuditError::io(dir, e))?;
+        }
+        let conn = Connection::open(path).map_err(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(db)?;
+        // WAL: readers (the CLI, the admin API) never block the writer.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db)?;
+        conn.execute_batch(SCHEMA).map_err(db)?;
+        Ok(SqliteStore { conn })
+    }
+
+    /// Open an existing file without creating it (the CLI: a typo in
+    /// `--data-dir` must not create an empty, "intact" trail).
+    pub fn open_existing(path: &Path) -> Result<SqliteStore, AuditError> {
+        if !path.exists() {
+            return Err(AuditError::Store(format!(
+                "{}: no audit store there",
+                path.display()
+            )));
+        }
+        Self::open(path)
+    }
+
+    /// The raw connection (tests use it to tamper).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
+    let seq: i64 = row.get(1)?;
+    Ok(StoredRecord {
+        record: Record {
+            chain: row.get(0)?,
+            seq: seq.max(0) as u64,
+            ulid: row.get(2)?,
+            time_ms: row.get(3)?,
+            code: row.get(4)?,
+            environment: row.get(5)?,
+            digest: row.get(11)?,
+            body: row.get(12)?,
+            mac: row.get(13)?,
+        },
+        index: IndexFields {
+            code: row.get(4)?,
+            environment: row.get(5)?,
+            principal: row.get(6)?,
+            target: row.get(7)?,
+            session: row.get(8)?,
+            decision: row.get(9)?,
+            fingerprint: row.get(10)?,
+        },
+    })
+}
+
+impl Store for SqliteStore {
+    fn register_chain(
+        &mut self,
+        chain: &str,
+        public_key_hex: &str,
+        time_ms: i64,
+    ) -> Result<(), AuditError> {
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO audit_chains (chain, public_key, created_ms) VALUES (?1, ?2, ?3)",
+                params![chain, public_key_hex, time_ms],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn chains(&mut self) -> Result<Vec<ChainInfo>, AuditError> {
+        // Chains with events but no registration still get verified.
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT chain, public_key, created_ms FROM audit_chains
+                 UNION SELECT DISTINCT chain, '', 0 FROM audit_events
+                   WHERE chain NOT IN (SELECT chain FROM audit_chains)
+                 UNION SELECT DISTINCT chain, '', 0 FROM audit_checkpoints
+                   WHERE chain NOT IN (SELECT chain FROM audit_chains)
+                 ORDER BY 1",
+            )
+            .map_err(db)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(ChainInfo {
+                    chain: r.get(0)?,
+                    public_key: r.get(1)?,
+                    created_ms: r.get(2)?,
+                })
+            })
+            .map_err(db)?;
+        let mut out: Vec<ChainInfo> = rows.collect::<Result<_, _>>().map_err(db)?;
+        out.dedup_by(|a, b| a.chain == b.chain);
+        Ok(out)
+    }
+
+    fn append(&mut self, entries: &[Entry]) -> Result<(), AuditError> {
+        let tx = self.conn.transaction().map_err(db)?;
+        let mut new_records: Vec<&Record> = Vec::new();
+        {
+            let mut ins = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO audit_events (chain, seq, ulid, time_ms, code, environment,
+                     principal, target, session, decision, fingerprint, digest, body, mac)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                )
+                .map_err(db)?;
+            let mut obj = tx
+                .prepare_cached("INSERT OR IGNORE INTO audit_event_objects (tbl, col, event_id) VALUES (?1, ?2, ?3)")
+                .map_err(db)?;
+            let mut fts = tx
+                .prepare_cached("INSERT INTO audit_events_fts (rowid, text) VALUES (?1, ?2)")
+                .map_err(db)?;
+            let mut ck = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO audit_checkpoints (chain, seq, time_ms, reason, environment,
+                     before_ms, mac, signature) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(db)?;
+            for e in entries {
+                match e {
+                    Entry::Record(r) => {
+                        let ev = r.event().ok().flatten();
+                        let idx = ev
+                            .as_ref()
+                            .map(|e| e.index())
+                            .unwrap_or_else(|| IndexFields {
+                                code: r.code.clone(),
+                                environment: r.environment.clone(),
+                                ..IndexFields::default()
+                            });
+                        let n = ins
+                            .execute(params![
+                                r.chain,
+                                seq_i(r.seq),
+                                r.ulid,
+                                r.time_ms,
+                                r.code,
+                                r.environment,
+                                idx.principal,
+                                idx.target,
+                                idx.session,
+                                idx.decision,
+                                idx.fingerprint,
+                                r.digest,
+                                r.body,
+                                r.mac
+                            ])
+                            .map_err(db)?;
+                        if n == 0 {
+                            continue; // replayed: already stored
+                        }
+                        let id = tx.last_insert_rowid();
+                        if let Some(ev) = &ev {
+                            for (t, c) in ev.objects() {
+                                obj.execute(params![t, c, id]).map_err(db)?;
+                            }
+                            fts.execute(params![id, ev.search_text()]).map_err(db)?;
+                        }
+                        new_records.push(r);
+                    }
+                    Entry::Checkpoint(c) => {
+                        ck.execute(params![
+                            c.chain,
+                            seq_i(c.seq),
+                            c.time_ms,
+                            c.reason,
+                            c.environment,
+                            c.before_ms,
+                            c.mac,
+                            c.signature
+                        ])
+                        .map_err(db)?;
+                    }
+                }
+            }
+            let (deltas, edges) = super::derive(&new_records);
+            let mut up = tx
+                .prepare_cached(
+                    "INSERT INTO audit_usage_daily (day, principal, on_behalf_of, target, environment, tbl, col,
+                     masked, reads, writes, nrows, nbytes, first_ms, last_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)
+                     ON CONFLICT (day, principal, on_behalf_of, target, environment, tbl, col, masked) DO UPDATE SET
+                       reads = reads + excluded.reads, writes = writes + excluded.writes,
+                       nrows = nrows + excluded.nrows, nbytes = nbytes + excluded.nbytes,
+                       first_ms = MIN(first_ms, excluded.first_ms), last_ms = MAX(last_ms, excluded.last_ms)",
+                )
+                .map_err(db)?;
+            for d in &deltas {
+                up.execute(params![
+                    d.day,
+                    d.principal,
+                    d.on_behalf_of,
+                    d.target,
+                    d.environment,
+                    d.table,
+                    d.column,
+                    d.masked,
+                    d.reads,
+                    d.writes,
+                    d.rows,
+                    d.bytes,
+                    d.time_ms
+                ])
+                .map_err(db)?;
+            }
+            let mut li = tx
+                .prepare_cached(
+                    "INSERT INTO audit_lineage (source, destination, kind, fingerprint, principal, on_behalf_of,
+                     principal_kind, target, environment, time_ms, chain, seq)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                )
+                .map_err(db)?;
+            for e in &edges {
+                li.execute(params![
+                    e.source,
+                    e.destination,
+                    e.kind,
+                    e.fingerprint,
+                    e.principal,
+                    e.on_behalf_of,
+                    e.principal_kind,
+                    e.target,
+                    e.environment,
+                    e.time_ms,
+                    e.chain,
+                    seq_i(e.seq)
+                ])
+                .map_err(db)?;
+            }
+        }
+        tx.commit().map_err(db)
+    }
+
+    fn head(&mut self, chain: &str) -> Result<Option<(u64, Vec<u8>)>, AuditError> {
+        self.conn
+            .query_row(
+                "SELECT seq, mac FROM audit_events WHERE chain = ?1 ORDER BY seq DESC LIMIT 1",
+                params![chain],
+                |r| Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get::<_, Vec<u8>>(1)?)),
+            )
+            .optional()
+            .map_err(db)
+    }
+
+    fn read_chain(
+        &mut self,
+        chain: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredRecord>, AuditError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT chain, seq, ulid, time_ms, code, environment, principal, target, session,
+                 decision, fingerprint, digest, body, mac FROM audit_events
+                 WHERE chain = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )
+            .map_err(db)?;
+        let rows = st
+            .query_map(params![chain, seq_i(after), limit as i64], record_from_row)
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn checkpoints(&mut self, chain: &str) -> Result<Vec<Checkpoint>, AuditError> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT chain, seq, mac, time_ms, reason, environment, before_ms, signature
+                 FROM audit_checkpoints WHERE chain = ?1 ORDER BY seq, time_ms",
+            )
+            .map_err(db)?;
+        let rows = st
+            .query_map(params![chain], |r| {
+                Ok(Checkpoint {
+                    chain: r.get(0)?,
+                    seq: r.get::<_, i64>(1)?.max(0) as u64,
+                    mac: r.get(2)?,
+                    time_ms: r.get(3)?,
+                    reason: r.get(4)?,
+                    environment: r.get(5)?,
+                    before_ms: r.get(6)?,
+                    signature: r.get(7)?,
+                })
+            })
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn search(&mut self, q: &Query) -> Result<Page, AuditError> {
+        let sql = search::build(q, Dialect::Sqlite);
+        let params: Vec<Box<dyn ToSql>> = sql.params.iter().map(to_sql).collect();
+        let mut st = self.conn.prepare(&sql.text).map_err(db)?;
+        let rows = st
+            .query_map(params_from_iter(params.iter()), |r| {
+                Ok(search::row(
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                    r.get(9)?,
+                ))
+            })
+            .map_err(db)?;
+        let rows = rows.collect::<Result<Vec<_>, _>>().map_err(db)?;
+        Ok(search::page(q, rows))
+    }
+
+    fn usage(&mut self, q: &UsageQuery) -> Result<Vec<UsageRow>, AuditError> {
+        let sql = usage::build_usage(q, Dialect::Sqlite);
+        let params: Vec<Box<dyn ToSql>> = sql.params.iter().map(to_sql).collect();
+        let mut st = self.conn.prepare(&sql.text).map_err(db)?;
+        let rows = st
+            .query_map(params_from_iter(params.iter()), |r| {
+                Ok(UsageRow {
+                    principal: r.get(0)?,
+                    on_behalf_of: r.get(1)?,
+                    target: r.get(2)?,
+                    environment: r.get(3)?,
+                    table: r.get(4)?,
+                    column: r.get(5)?,
+                    masked: r.get(6)?,
+                    reads: r.get(7)?,
+                    writes: r.get(8)?,
+                    rows: r.get(9)?,
+                    bytes: r.get(10)?,
+                    first_seen: format_time(r.get(11)?),
+                    last_seen: format_time(r.get(12)?),
+                })
+            })
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn lineage_into(&mut self, table: &str) -> Result<Vec<LineageEdge>, AuditError> {
+        let t = table.to_lowercase();
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT source, destination, kind, fingerprint, principal, on_behalf_of, principal_kind,
+                 target, environment, time_ms, chain, seq FROM audit_lineage
+                 WHERE destination = ?1 OR destination LIKE ?2 ESCAPE '\\' ORDER BY time_ms DESC, id DESC",
+            )
+            .map_err(db)?;
+        let rows = st
+            .query_map(params![t, format!("%.{}", search::like_escape(&t))], |r| {
+                let time_ms: i64 = r.get(9)?;
+                Ok(LineageEdge {
+                    source: r.get(0)?,
+                    destination: r.get(1)?,
+                    kind: r.get(2)?,
+                    fingerprint: r.get(3)?,
+                    principal: r.get(4)?,
+                    on_behalf_of: r.get(5)?,
+                    principal_kind: r.get(6)?,
+                    target: r.get(7)?,
+                    environment: r.get(8)?,
+                    time_ms,
+                    time: format_time(time_ms),
+                    chain: r.get(10)?,
+                    seq: r.get::<_, i64>(11)?.max(0) as u64,
+                })
+            })
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn environments(&mut self, chain: &str) -> Result<Vec<String>, AuditError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT DISTINCT environment FROM audit_events WHERE chain = ?1 AND body IS NOT NULL")
+            .map_err(db)?;
+        let rows = st.query_map(params![chain], |r| r.get(0)).map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn count_removable(
+        &mut self,
+        chain: &str,
+        environment: &str,
+        before_ms: i64,
+        max_seq: u64,
+    ) -> Result<u64, AuditError> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*) FROM audit_events WHERE chain = ?1 AND environment = ?2 AND time_ms < ?3
+                 AND seq <= ?4 AND body IS NOT NULL",
+                params![chain, environment, before_ms, seq_i(max_seq)],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as u64)
+            .map_err(db)
+    }
+
+    fn count(&mut self, q: &Query) -> Result<u64, AuditError> {
+        let sql = search::build_count(q, Dialect::Sqlite);
+        let params: Vec<Box<dyn ToSql>> = sql.params.iter().map(to_sql).collect();
+        self.conn
+            .query_row(&sql.text, params_from_iter(params.iter()), |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n.max(0) as u64)
+            .map_err(db)
+    }
+
+    fn remove_bodies(
+        &mut self,
+        chain: &str,
+        environment: &str,
+        before_ms: i64,
+        max_seq: u64,
+    ) -> Result<u64, AuditError> {
+        let tx = self.conn.transaction().map_err(db)?;
+        let cond =
+            "chain = ?1 AND environment = ?2 AND time_ms < ?3 AND seq <= ?4 AND body IS NOT NULL";
+        let p = params![chain, environment, before_ms, seq_i(max_seq)];
+        tx.execute(
+            &format!("DELETE FROM audit_events_fts WHERE rowid IN (SELECT id FROM audit_events WHERE {cond})"),
+            p,
+        )
+        .map_err(db)?;
+        tx.execute(
+            &format!("DELETE FROM audit_event_objects WHERE event_id IN (SELECT id FROM audit_events WHERE {cond})"),
+            p,
+        )
+        .map_err(db)?;
+        let n = tx
+            .execute(
+                &format!(
+                    "UPDATE audit_events SET body = NULL, principal = '', target = '', session = '',
+                     decision = '', fingerprint = '' WHERE {cond}"
+                ),
+                p,
+            )
+            .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(n as u64)
+    }
+
+    fn first_with_body(&mut self, chain: &str) -> Result<Option<u64>, AuditError> {
+        self.conn
+            .query_row(
+                "SELECT MIN(seq) FROM audit_events WHERE chain = ?1 AND body IS NOT NULL",
+                params![chain],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .map(|v| v.map(|s| s.max(0) as u64))
+            .map_err(db)
+    }
+
+    fn mac_at(&mut self, chain: &str, seq: u64) -> Result<Option<Vec<u8>>, AuditError> {
+        self.conn
+            .query_row(
+                "SELECT mac FROM audit_events WHERE chain = ?1 AND seq = ?2",
+                params![chain, seq_i(seq)],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)
+    }
+
+    fn delete_through(&mut self, chain: &str, seq: u64) -> Result<u64, AuditError> {
+        let tx = self.conn.transaction().map_err(db)?;
+        let s = seq_i(seq);
+        let sub = "SELECT id FROM audit_events WHERE chain = ?1 AND seq <= ?2";
+        tx.execute(
+            &format!("DELETE FROM audit_events_fts WHERE rowid IN ({sub})"),
+            params![chain, s],
+        )
+        .map_err(db)?;
+        tx.execute(
+            &format!("DELETE FROM audit_event_objects WHERE event_id IN ({sub})"),
+            params![chain, s],
+        )
+        .map_err(db)?;
+        let n = tx
+            .execute(
+                "DELETE FROM audit_events WHERE chain = ?1 AND seq <= ?2",
+                params![chain, s],
+            )
+            .map_err(db)?;
+        tx.execute(
+            "DELETE FROM audit_checkpoints WHERE chain = ?1 AND (seq < ?2 OR (seq = ?2 AND reason <> 'cut'))",
+            params![chain, s],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(n as u64)
+    }
+}

@@ -1,0 +1,108 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use sluice_audit::chain::read_key_file;
+use sluice_audit::event::*;
+use sluice_audit::{AuditConfig, AuditWriter, ChainKeys};
+
+/// A config for tests: small checkpoint interval, default SQLite store.
+pub fn config() -> AuditConfig {
+    AuditConfig {
+        checkpoint_every: 10,
+        ..AuditConfig::default()
+    }
+}
+
+pub fn actor(name: &str, kind: &str) -> Actor {
+    Actor {
+        name: name.into(),
+        kind: kind.into(),
+        on_behalf_of: None,
+    }
+}
+
+/// A statement event reading `users.email` (masked) and `users.id`.
+pub fn statement(i: usize, who: &str, env: &str) -> EventBody {
+    EventBody::Statement(Statement {
+        session: format!("s{}", i % 3),
+        principal: actor(who, "human"),
+        target: format!("app-{env}"),
+        environment: env.into(),
+        fingerprint: format!("fp{}", i % 5),
+        normalized: format!("SELECT id, email FROM users WHERE id = $1 /* {i} */"),
+        text: Some(format!("SELECT id, email FROM users WHERE id = {i}")),
+        kind: "select".into(),
+        decision: Decision::Allow,
+        tables_read: vec!["users".into()],
+        columns_read: vec!["users.id".into(), "users.email".into()],
+        masked: vec![MaskedColumn {
+            column: "users.email".into(),
+            detector: "email".into(),
+        }],
+        rows_returned: 1,
+        bytes_to_client: 42,
+        duration_us: 100,
+        ..Statement::default()
+    })
+}
+
+pub fn denied(who: &str) -> EventBody {
+    EventBody::Statement(Statement {
+        session: "s9".into(),
+        principal: actor(who, "agent"),
+        target: "app-production".into(),
+        environment: "production".into(),
+        fingerprint: "fpdrop".into(),
+        normalized: "DROP TABLE users".into(),
+        kind: "drop".into(),
+        decision: Decision::Deny,
+        rule: Some("no-drop-in-production".into()),
+        tables_written: vec!["users".into()],
+        sqlstate: Some("42501".into()),
+        ..Statement::default()
+    })
+}
+
+pub fn session_start(who: &str) -> EventBody {
+    EventBody::SessionStart(SessionStart {
+        session: "s1".into(),
+        principal: actor(who, "human"),
+        groups: vec!["dev".into()],
+        method: "scram-sha-256".into(),
+        source: "127.0.0.1:5555".into(),
+        application_name: "psql".into(),
+        tls: TlsInfo::none(),
+        target: "app-production".into(),
+        environment: "production".into(),
+    })
+}
+
+/// Keys from the data dir's key file.
+pub fn keys(data_dir: &Path) -> Vec<ChainKeys> {
+    read_key_file(&data_dir.join("audit/initial.key")).expect("key file")
+}
+
+/// Record `n` statements and wait until they are stored.
+pub fn write(w: &AuditWriter, n: usize, who: &str, env: &str) {
+    let sink = w.sink();
+    for i in 0..n {
+        sink.record(statement(i, who, env)).expect("record");
+    }
+    sink.flush_blocking(true, Duration::from_secs(30))
+        .expect("flush");
+}
+
+/// Poll until `f` holds (every 10 ms), panicking after `secs`.
+pub fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

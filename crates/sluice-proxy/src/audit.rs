@@ -1,0 +1,355 @@
+//! What a session tells the audit trail: its start and end, and one event
+//! per statement (or per refusal) with what analysis found, what policy
+//! decided, what was masked and how much data moved. Recording never waits
+//! for the store (see `sluice-audit`); values are never recorded, only the
+//! normalized text and the names of tables and columns.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use sluice_audit::{Actor, AuditSink, Decision, EventBody, Lineage, MaskedColumn, Statement};
+use sluice_identity::Principal;
+use sluice_mask::MaskReport;
+use sluice_sql::{Analysis, Kind};
+
+/// What stays the same for every run of one statement text: cached with
+/// its verdict, so a repeated statement costs nothing to describe.
+#[derive(Debug, Default)]
+pub struct StatementInfo {
+    /// pg_query fingerprint (equal for statements differing in constants).
+    pub fingerprint: String,
+    /// The text with constants replaced by `$n`.
+    pub normalized: String,
+    /// Kind of the (first) statement.
+    pub kind: String,
+    /// Tables read.
+    pub tables_read: Vec<String>,
+    /// Tables written.
+    pub tables_written: Vec<String>,
+    /// Columns read.
+    pub columns_read: Vec<String>,
+    /// Columns written.
+    pub columns_written: Vec<String>,
+    /// Where the data written comes from (INSERT … SELECT, CREATE TABLE AS,
+    /// UPDATE … FROM), or `copy_out` for COPY to the client.
+    pub lineage: Option<(String, Vec<String>, Option<String>)>,
+}
+
+impl StatementInfo {
+    /// Describe `text` (already analysed as `analysis`). Literals never
+    /// reach the description: only the normalized text is kept.
+    pub fn of(text: &str, analysis: Option<&Analysis>) -> StatementInfo {
+        let Some(a) = analysis else {
+            return StatementInfo {
+                kind: "unparseable".into(),
+                normalized: "(unparseable statement)".into(),
+                ..StatementInfo::default()
+            };
+        };
+        let (fingerprint, normalized) = sluice_sql::fingerprint_and_normalize(text);
+        let kind = match a.statements.as_slice() {
+            [] => "empty".to_owned(),
+            [one] => one.kind.map_or("other", Kind::as_str).to_owned(),
+            many => many
+                .iter()
+                .map(|s| s.kind.map_or("other", Kind::as_str))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        let read: Vec<String> = a.tables_read().into_iter().collect();
+        let written: Vec<String> = a.tables_written().into_iter().collect();
+        let lineage = lineage_of(a, &read, &written);
+        StatementInfo {
+            fingerprint,
+            normalized,
+            kind,
+            columns_read: a.columns_read().into_iter().collect(),
+            columns_written: a.columns_written().into_iter().collect(),
+            tables_read: read,
+            tables_written: written,
+            lineage,
+        }
+    }
+}
+
+/// (kind, sources, destination; `None` destination means "the client").
+fn lineage_of(
+    a: &Analysis,
+    read: &[String],
+    written: &[String],
+) -> Option<(String, Vec<String>, Option<String>)> {
+    let first = a.statements.first()?;
+    if first.copy_out.is_some() {
+        return Some(("copy_out".into(), read.to_vec(), None));
+    }
+    let sources: Vec<String> = read
+        .iter()
+        .filter(|t| !written.contains(t))
+        .cloned()
+        .collect();
+    if sources.is_empty() || written.len() != 1 {
+        return None;
+    }
+    let kind = match first.kind? {
+        Kind::Insert => "insert_select",
+        Kind::Update => "update_from",
+        Kind::Ddl => "create_table_as",
+        _ => return None,
+    };
+    Some((kind.into(), sources, written.first().cloned()))
+}
+
+/// A statement sent upstream, waiting for its outcome.
+#[derive(Debug)]
+pub struct PendingAudit {
+    /// What the statement is.
+    pub info: Arc<StatementInfo>,
+    /// When it was sent.
+    pub started: Instant,
+}
+
+/// How a statement ended, as the upstream loop saw it.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Rows sent to the client.
+    pub rows_returned: u64,
+    /// Rows inserted, updated, deleted or copied in.
+    pub rows_affected: u64,
+    /// Bytes of result data sent to the client.
+    pub bytes_to_client: u64,
+    /// SQLSTATE of the error it ended with.
+    pub sqlstate: Option<String>,
+    /// Refused after it ran (the rows-affected limit).
+    pub refused_by: Option<String>,
+}
+
+/// The audit identity of one session, shared by its two loops.
+pub struct SessionAudit {
+    sink: AuditSink,
+    /// Session id.
+    pub session: String,
+    actor: Actor,
+    target: String,
+    environment: String,
+    /// Totals for the session-end event.
+    pub totals: Totals,
+}
+
+impl SessionAudit {
+    /// For a session of `principal` on `target`.
+    pub fn new(sink: AuditSink, principal: &Principal, target: &sluice_config::Target) -> Self {
+        let session = format!("{:016x}", rand::random::<u64>());
+        SessionAudit {
+            sink,
+            session,
+            actor: actor(principal),
+            target: target.name.clone(),
+            environment: target.environment.clone(),
+            totals: Totals::default(),
+        }
+    }
+
+    /// The sink.
+    pub fn sink(&self) -> &AuditSink {
+        &self.sink
+    }
+
+    /// Whether statements may run: under `fail_closed`, not while the
+    /// audit trail cannot take their events.
+    pub fn can_record(&self) -> bool {
+        self.sink.check().is_ok()
+    }
+
+    fn record(&self, body: EventBody) {
+        if let Err(e) = self.sink.record(body) {
+            tracing::warn!(session = %self.session, error = %e, "audit event not recorded");
+        }
+    }
+
+    fn statement(
+        &self,
+        info: &StatementInfo,
+        decision: Decision,
+        rule: Option<String>,
+    ) -> Statement {
+        Statement {
+            session: self.session.clone(),
+            principal: self.actor.clone(),
+            target: self.target.clone(),
+            environment: self.environment.clone(),
+            fingerprint: info.fingerprint.clone(),
+            normalized: info.normalized.clone(),
+            text: None,
+            kind: info.kind.clone(),
+            decision,
+            rule,
+            approval_id: None,
+            tables_read: info.tables_read.clone(),
+            tables_written: info.tables_written.clone(),
+            columns_read: info.columns_read.clone(),
+            columns_written: info.columns_written.clone(),
+            masked: Vec::new(),
+            rows_returned: 0,
+            rows_affected: 0,
+            bytes_to_client: 0,
+            duration_us: 0,
+            sqlstate: None,
+            lineage: None,
+        }
+    }
+
+    /// A statement refused before it ran.
+    pub fn refused(&self, info: &StatementInfo, held: bool, rule: &str) {
+        self.totals
+            .refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let decision = if held {
+            Decision::Approval
+        } else {
+            Decision::Deny
+        };
+        let mut s = self.statement(info, decision, Some(rule.to_owned()));
+        s.sqlstate = Some(if held { "SL001" } else { "42501" }.to_owned());
+        self.record(EventBody::Statement(s));
+    }
+
+    /// A statement that ran (or was refused after running).
+    pub fn finished(&self, pending: &PendingAudit, outcome: Outcome, masked: &MaskReport) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.totals.statements.fetch_add(1, Relaxed);
+        self.totals.rows.fetch_add(outcome.rows_returned, Relaxed);
+        if outcome.refused_by.is_some() {
+            self.totals.refused.fetch_add(1, Relaxed);
+        }
+        let (decision, rule) = match outcome.refused_by {
+            Some(rule) => (Decision::Deny, Some(rule)),
+            None => (Decision::Allow, None),
+        };
+        let info = &pending.info;
+        let mut s = self.statement(info, decision, rule);
+        s.rows_returned = outcome.rows_returned;
+        s.rows_affected = outcome.rows_affected;
+        s.bytes_to_client = outcome.bytes_to_client;
+        s.duration_us = pending.started.elapsed().as_micros() as u64;
+        s.sqlstate = outcome.sqlstate;
+        let detectors: Vec<&str> = masked.detectors().keys().map(|k| k.as_str()).collect();
+        let detector = if detectors.is_empty() {
+            "column".to_owned()
+        } else {
+            detectors.join(",")
+        };
+        s.masked = masked
+            .columns_masked
+            .iter()
+            .map(|c| MaskedColumn {
+                column: as_written(c, &info.columns_read),
+                detector: detector.clone(),
+            })
+            .collect();
+        // Lineage only for what happened.
+        if s.sqlstate.is_none() && s.decision == Decision::Allow {
+            s.lineage = info.lineage.as_ref().map(|(kind, sources, dest)| Lineage {
+                kind: kind.clone(),
+                sources: sources.clone(),
+                destination: dest
+                    .clone()
+                    .unwrap_or_else(|| format!("client:{}", self.actor.name)),
+            });
+        }
+        self.record(EventBody::Statement(s));
+    }
+
+    /// The session began.
+    pub fn started(
+        &self,
+        principal: &Principal,
+        peer: std::net::SocketAddr,
+        application_name: &str,
+        tls: Option<(String, String)>,
+    ) {
+        self.record(EventBody::SessionStart(sluice_audit::SessionStart {
+            session: self.session.clone(),
+            principal: self.actor.clone(),
+            groups: principal.groups.clone(),
+            method: principal.method.to_owned(),
+            source: peer.to_string(),
+            application_name: application_name.to_owned(),
+            tls: match tls {
+                Some((version, cipher)) => sluice_audit::TlsInfo { version, cipher },
+                None => sluice_audit::TlsInfo::none(),
+            },
+            target: self.target.clone(),
+            environment: self.environment.clone(),
+        }));
+    }
+
+    /// The session ended.
+    pub fn ended(&self, reason: String, duration_ms: u64) {
+        let totals = &self.totals;
+        self.record(EventBody::SessionEnd(sluice_audit::SessionEnd {
+            session: self.session.clone(),
+            principal: self.actor.clone(),
+            target: self.target.clone(),
+            environment: self.environment.clone(),
+            reason,
+            duration_ms,
+            statements: totals.statements.load(std::sync::atomic::Ordering::Relaxed),
+            refused: totals.refused.load(std::sync::atomic::Ordering::Relaxed),
+            rows: totals.rows.load(std::sync::atomic::Ordering::Relaxed),
+            bytes_to_client: totals
+                .bytes_to_client
+                .load(std::sync::atomic::Ordering::Relaxed),
+            bytes_from_client: totals
+                .bytes_from_client
+                .load(std::sync::atomic::Ordering::Relaxed),
+        }));
+    }
+}
+
+/// A masked column (`schema.table.column` from the catalog) named as the
+/// statement named it (`table.column` unless it qualified the table), so
+/// usage reports match reads and masking.
+fn as_written(label: &str, columns_read: &[String]) -> String {
+    let mut parts = label.splitn(2, '.');
+    let (Some(_schema), Some(table_column)) = (parts.next(), parts.next()) else {
+        return label.to_owned();
+    };
+    if !table_column.contains('.') {
+        // A computed column: its field name.
+        return label.to_owned();
+    }
+    if columns_read.iter().any(|c| c == label) {
+        return label.to_owned();
+    }
+    if columns_read.iter().any(|c| c == table_column) {
+        return table_column.to_owned();
+    }
+    label.to_owned()
+}
+
+/// Per-session totals for the session-end event.
+#[derive(Debug, Default)]
+pub struct Totals {
+    /// Statements run.
+    pub statements: std::sync::atomic::AtomicU64,
+    /// Statements refused.
+    pub refused: std::sync::atomic::AtomicU64,
+    /// Rows returned.
+    pub rows: std::sync::atomic::AtomicU64,
+    /// Bytes to the client.
+    pub bytes_to_client: std::sync::atomic::AtomicU64,
+    /// Bytes from the client.
+    pub bytes_from_client: std::sync::atomic::AtomicU64,
+}
+
+/// The audit actor of a principal.
+pub fn actor(p: &Principal) -> Actor {
+    Actor {
+        name: p.name.clone(),
+        kind: p.kind.as_str().to_owned(),
+        on_behalf_of: p.on_behalf_of.clone(),
+    }
+}

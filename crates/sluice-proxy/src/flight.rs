@@ -1,0 +1,718 @@
+//! What the upstream still owes: one entry per message that the server will
+//! answer, in the order they were sent, so that every response can be
+//! attributed to its statement (for the rows-affected guard, masking plans
+//! and the audit record) even when many statements are pipelined.
+//!
+//! The client-to-upstream loop pushes entries just before it writes the
+//! messages; the upstream-to-client loop pops them as the answers complete.
+//! Both loops run in the session's one task, so the lock is never contended;
+//! it is taken once per batch, not per message.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use sluice_wire::messages::TransactionStatus;
+use tokio::sync::{oneshot, Notify};
+
+use crate::audit::{Outcome, PendingAudit};
+use crate::masking::{CopyPlan, ResultPlan};
+
+/// The answer a message gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Awaiting {
+    /// Simple Query: results, then ReadyForQuery.
+    Query,
+    /// Parse: ParseComplete.
+    Parse,
+    /// Bind: BindComplete.
+    Bind,
+    /// Describe of a statement: ParameterDescription, then RowDescription or NoData.
+    DescribeStatement,
+    /// Describe of a portal: RowDescription or NoData.
+    DescribePortal,
+    /// Execute: rows, then CommandComplete, EmptyQueryResponse or PortalSuspended.
+    Execute,
+    /// Close: CloseComplete.
+    Close,
+    /// Sync: ReadyForQuery.
+    Sync,
+    /// Fast-path FunctionCall: FunctionCallResponse, then ReadyForQuery.
+    FunctionCall,
+}
+
+impl Awaiting {
+    /// True for the entries whose answer ends with ReadyForQuery.
+    fn ends_with_ready(self) -> bool {
+        matches!(
+            self,
+            Awaiting::Query | Awaiting::Sync | Awaiting::FunctionCall
+        )
+    }
+}
+
+/// Who sent the message, and so who gets the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The client: answers go to the client.
+    Client,
+    /// Sluice itself (BEGIN/COMMIT around a guarded statement, a Describe it
+    /// needed): answers are consumed, except errors and, where
+    /// `forward_ready` is set, the final ReadyForQuery.
+    Sluice,
+}
+
+/// How a statement ended, for the one waiting on it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Completion {
+    /// Rows affected by an UPDATE, DELETE or MERGE over the guard's limit
+    /// (the largest such count), if any.
+    pub over_limit: Option<u64>,
+    /// SQLSTATE of the error the statement ended with, if any.
+    pub error: Option<String>,
+    /// Execute stopped at its row limit (PortalSuspended).
+    pub suspended: bool,
+    /// Transaction status after it, when the entry ended with ReadyForQuery.
+    pub status: Option<TransactionStatus>,
+    /// For a Describe: the RowDescription body (if the result has rows).
+    pub row_description: Option<Bytes>,
+}
+
+/// A limit on the rows one UPDATE, DELETE or MERGE may change.
+#[derive(Debug)]
+pub struct RowsGuard {
+    /// The largest row count allowed.
+    pub limit: u64,
+    /// Keep the entry's ReadyForQuery from the client (Sluice ends the
+    /// transaction it opened, or refuses, before the client hears it).
+    pub swallow_ready: bool,
+}
+
+/// One message the server will answer.
+#[derive(Debug)]
+pub struct Expect {
+    /// What answer.
+    pub awaiting: Awaiting,
+    /// Who gets it.
+    pub origin: Origin,
+    /// For Sluice's own entries: forward the final ReadyForQuery to the client.
+    pub forward_ready: bool,
+    /// An error to send the client just before that ReadyForQuery.
+    pub error_before_ready: Option<Bytes>,
+    /// Rows-affected guard on this statement.
+    pub guard: Option<RowsGuard>,
+    /// Told how the entry ended.
+    pub done: Option<oneshot::Sender<Completion>>,
+    /// The portal a Bind, Describe, Execute or Close names (`""`: the
+    /// unnamed one; `None`: the message names no portal).
+    pub portal: Option<String>,
+    /// How to mask the data of the `COPY … TO STDOUT` this runs.
+    pub copy: Option<Arc<CopyPlan>>,
+    /// Sluice's own probe: its errors are not the client's business.
+    pub quiet: bool,
+    /// The statement's audit record, completed when its answer is.
+    pub audit: Option<Box<PendingAudit>>,
+}
+
+impl Expect {
+    /// A client message with an ordinary answer.
+    pub fn client(awaiting: Awaiting) -> Self {
+        Expect {
+            awaiting,
+            origin: Origin::Client,
+            forward_ready: true,
+            error_before_ready: None,
+            guard: None,
+            done: None,
+            portal: None,
+            copy: None,
+            quiet: false,
+            audit: None,
+        }
+    }
+
+    /// The same entry, for a message Sluice sent itself.
+    pub fn by_sluice(self) -> Self {
+        Expect {
+            origin: Origin::Sluice,
+            forward_ready: false,
+            ..self
+        }
+    }
+
+    /// A client message that names a portal.
+    pub fn for_portal(awaiting: Awaiting, portal: &str) -> Self {
+        Expect {
+            portal: Some(portal.to_owned()),
+            ..Expect::client(awaiting)
+        }
+    }
+
+    /// A message Sluice sent itself; its answer is consumed.
+    pub fn sluice(awaiting: Awaiting) -> Self {
+        Expect {
+            origin: Origin::Sluice,
+            forward_ready: false,
+            ..Expect::client(awaiting)
+        }
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    queue: VecDeque<Expect>,
+    status: TransactionStatus,
+    /// Client sync points (Sync, Query, FunctionCall) answered so far.
+    readies: u64,
+    /// `readies` when the server last reported an idle transaction.
+    idle_through: u64,
+    /// Masking plans of described portals (`""`: the unnamed one).
+    portal_plans: HashMap<String, Arc<ResultPlan>>,
+    /// Statements answered whose audit records are to be written.
+    finished: Vec<Finished>,
+}
+
+/// A statement whose answer is complete, for the audit trail.
+#[derive(Debug)]
+pub struct Finished {
+    /// What it was.
+    pub audit: Box<PendingAudit>,
+    /// How it went.
+    pub outcome: Outcome,
+}
+
+/// The queue shared by the two loops of a session.
+#[derive(Debug, Clone)]
+pub struct Flight {
+    state: Arc<Mutex<State>>,
+    drained: Arc<Notify>,
+}
+
+impl Default for Flight {
+    fn default() -> Self {
+        Flight {
+            state: Arc::new(Mutex::new(State {
+                queue: VecDeque::new(),
+                status: TransactionStatus::Idle,
+                readies: 0,
+                idle_through: 0,
+                portal_plans: HashMap::new(),
+                finished: Vec::new(),
+            })),
+            drained: Arc::new(Notify::new()),
+        }
+    }
+}
+
+impl Flight {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Only the session's own task takes this lock; a panic while holding
+        // it ends the session, so a poisoned state is never seen in use.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queue entries for messages about to be written upstream.
+    pub fn push(&self, entries: impl IntoIterator<Item = Expect>) {
+        self.lock().queue.extend(entries);
+    }
+
+    /// The transaction status of the last ReadyForQuery.
+    pub fn status(&self) -> TransactionStatus {
+        self.lock().status
+    }
+
+    /// How many client sync points had been answered when the server last
+    /// reported an idle transaction (portals bound before are gone).
+    pub fn idle_through(&self) -> u64 {
+        self.lock().idle_through
+    }
+
+    /// True when nothing is waiting for an answer.
+    pub fn is_empty(&self) -> bool {
+        self.lock().queue.is_empty()
+    }
+
+    /// Wait until the server has answered everything sent so far.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.lock().queue.is_empty() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Run `f` on the queue (for the upstream loop, once per batch).
+    pub fn with<R>(&self, f: impl FnOnce(&mut Tracker<'_>) -> R) -> R {
+        let mut state = self.lock();
+        let mut tracker = Tracker { state: &mut state };
+        let r = f(&mut tracker);
+        if state.queue.is_empty() {
+            self.drained.notify_waiters();
+        }
+        r
+    }
+}
+
+/// What to do with one upstream message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Pass it to the client.
+    Forward,
+    /// Keep it from the client.
+    Swallow,
+    /// Send this to the client first, then the message.
+    Prefix(Bytes),
+    /// Send this to the client instead of the message.
+    Replace(Bytes),
+}
+
+/// The upstream loop's view of the queue while it holds the lock.
+pub struct Tracker<'a> {
+    state: &'a mut State,
+}
+
+/// Per-entry progress kept by the upstream loop.
+#[derive(Debug, Default)]
+pub struct Progress {
+    over_limit: Option<u64>,
+    error: Option<String>,
+    /// Rows of the current statement so far.
+    pub rows: u64,
+    /// Rows its commands inserted, updated, deleted or copied in.
+    pub affected: u64,
+    /// Bytes of result data sent to the client for it.
+    pub bytes: u64,
+    /// A COPY TO STDOUT is under way (its `COPY n` counts rows returned).
+    pub copy_out: bool,
+    /// The masking plan of the current result, once known.
+    pub plan: Option<Arc<ResultPlan>>,
+}
+
+impl Tracker<'_> {
+    /// The entry being answered.
+    pub fn front(&self) -> Option<&Expect> {
+        self.state.queue.front()
+    }
+
+    /// A RowDescription is about to be handled: remember its plan for the
+    /// result it starts (a Query's) or for the portal it describes.
+    pub fn on_row_description(&mut self, plan: Option<Arc<ResultPlan>>, progress: &mut Progress) {
+        let Some(front) = self.state.queue.front() else {
+            progress.plan = plan;
+            return;
+        };
+        match front.awaiting {
+            Awaiting::DescribePortal => {
+                let name = front.portal.clone().unwrap_or_default();
+                match plan {
+                    Some(p) => self.state.portal_plans.insert(name, p),
+                    None => self.state.portal_plans.remove(&name),
+                };
+            }
+            Awaiting::DescribeStatement => {}
+            _ => progress.plan = plan,
+        }
+    }
+
+    /// The COPY plan of the entry being answered.
+    pub fn copy_plan(&self) -> Option<Arc<CopyPlan>> {
+        self.front().and_then(|e| e.copy.clone())
+    }
+
+    /// The masking plan for a DataRow now: the current result's, or for an
+    /// Execute the plan of its portal. `None` when no plan is known.
+    pub fn row_plan(&mut self, progress: &mut Progress) -> Option<Arc<ResultPlan>> {
+        if progress.plan.is_none() {
+            if let Some(front) = self.state.queue.front() {
+                if front.awaiting == Awaiting::Execute {
+                    let name = front.portal.as_deref().unwrap_or("");
+                    progress.plan = self.state.portal_plans.get(name).cloned();
+                }
+            }
+        }
+        progress.plan.clone()
+    }
+
+    /// Audit records of statements answered since the last call.
+    pub fn take_finished(&mut self) -> Vec<Finished> {
+        std::mem::take(&mut self.state.finished)
+    }
+
+    fn pop(&mut self, progress: &mut Progress, completion: Completion) {
+        if let Some(front) = self.state.queue.front() {
+            // A new Bind or a Close replaces or ends the portal's plan.
+            if matches!(front.awaiting, Awaiting::Bind | Awaiting::Close) {
+                if let Some(name) = &front.portal {
+                    self.state.portal_plans.remove(name);
+                }
+            }
+        }
+        if let Some(mut e) = self.state.queue.pop_front() {
+            if let Some(audit) = e.audit.take() {
+                self.state.finished.push(Finished {
+                    audit,
+                    outcome: Outcome {
+                        rows_returned: progress.rows,
+                        rows_affected: progress.affected,
+                        bytes_to_client: progress.bytes,
+                        sqlstate: completion.error.clone().or_else(|| progress.error.clone()),
+                        refused_by: completion
+                            .over_limit
+                            .map(|_| "rows-affected-limit".to_owned()),
+                    },
+                });
+            }
+            if let Some(done) = e.done.take() {
+                let _ = done.send(completion);
+            }
+        }
+        *progress = Progress::default();
+    }
+
+    fn is_sluice(&self) -> bool {
+        self.front().is_some_and(|e| e.origin == Origin::Sluice)
+    }
+
+    /// Account for one upstream message (`body` without the header) and say
+    /// what to do with it. Messages that do not fit the queue are forwarded:
+    /// the server is the authority on what happened.
+    pub fn on_message(&mut self, tag: u8, body: &[u8], progress: &mut Progress) -> Disposition {
+        use sluice_wire::tags::backend as b;
+        // After a statement went over the limit, the rest of its query
+        // string is Sluice's to discard: the client hears only the refusal.
+        if progress.over_limit.is_some()
+            && !matches!(
+                tag,
+                b::NOTICE_RESPONSE
+                    | b::NOTIFICATION_RESPONSE
+                    | b::PARAMETER_STATUS
+                    | b::READY_FOR_QUERY
+            )
+        {
+            if tag == b::ERROR_RESPONSE {
+                self.error(body, progress);
+            }
+            return Disposition::Swallow;
+        }
+        match tag {
+            // Asynchronous: they belong to no entry.
+            b::NOTICE_RESPONSE | b::NOTIFICATION_RESPONSE | b::PARAMETER_STATUS => {
+                Disposition::Forward
+            }
+            b::PARSE_COMPLETE | b::BIND_COMPLETE | b::CLOSE_COMPLETE | b::NO_DATA => {
+                if tag == b::NO_DATA {
+                    self.on_row_description(None, progress);
+                }
+                let sluice = self.is_sluice();
+                self.pop(progress, Completion::default());
+                if sluice {
+                    Disposition::Swallow
+                } else {
+                    Disposition::Forward
+                }
+            }
+            b::PARAMETER_DESCRIPTION => self.own_or_forward(),
+            b::ROW_DESCRIPTION => {
+                let describe = self.front().is_some_and(|e| {
+                    matches!(
+                        e.awaiting,
+                        Awaiting::DescribeStatement | Awaiting::DescribePortal
+                    )
+                });
+                let d = self.own_or_forward();
+                if describe {
+                    let wants = self.front().is_some_and(|e| e.done.is_some());
+                    let completion = Completion {
+                        row_description: wants.then(|| Bytes::copy_from_slice(body)),
+                        ..Completion::default()
+                    };
+                    self.pop(progress, completion);
+                }
+                d
+            }
+            b::DATA_ROW => {
+                progress.rows += 1;
+                self.own_or_forward()
+            }
+            b::COMMAND_COMPLETE => self.command_complete(body, progress),
+            b::EMPTY_QUERY_RESPONSE => {
+                let execute = self
+                    .front()
+                    .is_some_and(|e| e.awaiting == Awaiting::Execute);
+                let d = self.own_or_forward();
+                if execute {
+                    self.pop(progress, Completion::default());
+                }
+                d
+            }
+            b::PORTAL_SUSPENDED => {
+                let d = self.own_or_forward();
+                if self
+                    .front()
+                    .is_some_and(|e| e.awaiting == Awaiting::Execute)
+                {
+                    self.pop(
+                        progress,
+                        Completion {
+                            suspended: true,
+                            ..Completion::default()
+                        },
+                    );
+                }
+                d
+            }
+            b::ERROR_RESPONSE => self.error(body, progress),
+            b::COPY_OUT_RESPONSE => {
+                progress.copy_out = true;
+                self.own_or_forward()
+            }
+            b::READY_FOR_QUERY => self.ready(body, progress),
+            // COPY responses and data, FunctionCallResponse: part of the
+            // entry being answered.
+            _ => self.own_or_forward(),
+        }
+    }
+
+    fn own_or_forward(&self) -> Disposition {
+        if self.is_sluice() {
+            Disposition::Swallow
+        } else {
+            Disposition::Forward
+        }
+    }
+
+    fn command_complete(&mut self, body: &[u8], progress: &mut Progress) -> Disposition {
+        let Some(front) = self.state.queue.front() else {
+            return Disposition::Forward;
+        };
+        let sluice = front.origin == Origin::Sluice;
+        let limit = front.guard.as_ref().map(|g| g.limit);
+        let awaiting = front.awaiting;
+        if let (Some(limit), Ok(tag)) =
+            (limit, sluice_wire::messages::command_complete::decode(body))
+        {
+            if let ("UPDATE" | "DELETE" | "MERGE", Some(n)) =
+                sluice_wire::messages::command_complete::rows(tag)
+            {
+                if n > limit {
+                    progress.over_limit = Some(progress.over_limit.unwrap_or(0).max(n));
+                }
+            }
+        }
+        if let Ok(tag) = sluice_wire::messages::command_complete::decode(body) {
+            match sluice_wire::messages::command_complete::rows(tag) {
+                ("INSERT" | "UPDATE" | "DELETE" | "MERGE", Some(n)) => progress.affected += n,
+                ("COPY", Some(n)) if progress.copy_out => progress.rows += n,
+                ("COPY", Some(n)) => progress.affected += n,
+                _ => {}
+            }
+        }
+        // Once over the limit, nothing more of the statement reaches the client.
+        let swallow = sluice || progress.over_limit.is_some();
+        if awaiting == Awaiting::Execute {
+            let completion = Completion {
+                over_limit: progress.over_limit,
+                ..Completion::default()
+            };
+            self.pop(progress, completion);
+        }
+        if swallow {
+            Disposition::Swallow
+        } else {
+            Disposition::Forward
+        }
+    }
+
+    fn error(&mut self, body: &[u8], progress: &mut Progress) -> Disposition {
+        let code = sluice_wire::messages::ErrorResponse::decode(body)
+            .ok()
+            .and_then(|e| e.code().map(str::to_owned));
+        let quiet = self.front().is_some_and(|e| e.quiet);
+        match self.front().map(|e| e.awaiting) {
+            // The whole simple query (or call) ends at ReadyForQuery.
+            Some(Awaiting::Query | Awaiting::FunctionCall) => {
+                progress.error = progress.error.take().or(code);
+            }
+            // The extended protocol skips to Sync: this entry has failed, and
+            // those after it up to the Sync get no answer (dropped at ReadyForQuery).
+            Some(_) => {
+                let completion = Completion {
+                    error: code,
+                    over_limit: progress.over_limit,
+                    ..Completion::default()
+                };
+                self.pop(progress, completion);
+            }
+            None => {}
+        }
+        // Errors always reach the client, Sluice's own included (a COMMIT
+        // that fails must be heard), except those of Sluice's probes.
+        if quiet {
+            Disposition::Swallow
+        } else {
+            Disposition::Forward
+        }
+    }
+
+    fn ready(&mut self, body: &[u8], progress: &mut Progress) -> Disposition {
+        let status = body
+            .first()
+            .copied()
+            .and_then(TransactionStatus::from_byte)
+            .unwrap_or(TransactionStatus::Idle);
+        self.state.status = status;
+        if status == TransactionStatus::Idle {
+            // Every portal ends with its transaction.
+            self.state.portal_plans.clear();
+        }
+        // Entries skipped after an error got no answer of their own.
+        while self.front().is_some_and(|e| !e.awaiting.ends_with_ready()) {
+            self.pop(progress, Completion::default());
+        }
+        let Some(front) = self.state.queue.front_mut() else {
+            return Disposition::Forward;
+        };
+        if front.origin == Origin::Client {
+            self.state.readies += 1;
+            if status == TransactionStatus::Idle {
+                self.state.idle_through = self.state.readies;
+            }
+        }
+        let Some(front) = self.state.queue.front_mut() else {
+            return Disposition::Forward;
+        };
+        let over = progress.over_limit.is_some();
+        let swallow = match (&front.guard, front.origin) {
+            (Some(g), _) if g.swallow_ready || over => true,
+            (_, Origin::Sluice) => !front.forward_ready,
+            _ => false,
+        };
+        let prefix = front.error_before_ready.take();
+        let completion = Completion {
+            over_limit: progress.over_limit,
+            error: progress.error.take(),
+            suspended: false,
+            status: Some(status),
+            row_description: None,
+        };
+        self.pop(progress, completion);
+        match (swallow, prefix) {
+            (true, _) => Disposition::Swallow,
+            (false, Some(p)) => Disposition::Prefix(p),
+            (false, None) => Disposition::Forward,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_wire::tags::backend as b;
+
+    fn run(flight: &Flight, msgs: &[(u8, &[u8])]) -> Vec<Disposition> {
+        let mut progress = Progress::default();
+        flight.with(|t| {
+            msgs.iter()
+                .map(|(tag, body)| t.on_message(*tag, body, &mut progress))
+                .collect()
+        })
+    }
+
+    #[test]
+    fn extended_error_skips_to_sync() {
+        let f = Flight::default();
+        f.push([
+            Expect::client(Awaiting::Parse),
+            Expect::client(Awaiting::Bind),
+            Expect::client(Awaiting::Execute),
+            Expect::client(Awaiting::Sync),
+        ]);
+        let d = run(
+            &f,
+            &[
+                (b::ERROR_RESPONSE, b"SERROR\0C42601\0Mbad\0\0"),
+                (b::READY_FOR_QUERY, b"I"),
+            ],
+        );
+        assert_eq!(d, vec![Disposition::Forward, Disposition::Forward]);
+        assert!(f.lock().queue.is_empty());
+    }
+
+    #[test]
+    fn guarded_update_over_limit_is_kept_from_the_client() {
+        let f = Flight::default();
+        let (tx, rx) = oneshot::channel();
+        f.push([
+            Expect::sluice(Awaiting::Query),
+            Expect {
+                guard: Some(RowsGuard {
+                    limit: 10,
+                    swallow_ready: true,
+                }),
+                done: Some(tx),
+                ..Expect::client(Awaiting::Query)
+            },
+        ]);
+        let d = run(
+            &f,
+            &[
+                (b::COMMAND_COMPLETE, b"BEGIN\0"),
+                (b::READY_FOR_QUERY, b"T"),
+                (b::COMMAND_COMPLETE, b"UPDATE 11\0"),
+                (b::READY_FOR_QUERY, b"T"),
+            ],
+        );
+        assert_eq!(d, vec![Disposition::Swallow; 4]);
+        let c = rx.blocking_recv().unwrap();
+        assert_eq!(c.over_limit, Some(11));
+        assert_eq!(c.status, Some(TransactionStatus::InTransaction));
+    }
+
+    #[test]
+    fn guarded_update_under_limit_passes() {
+        let f = Flight::default();
+        f.push([Expect {
+            guard: Some(RowsGuard {
+                limit: 10,
+                swallow_ready: false,
+            }),
+            ..Expect::client(Awaiting::Query)
+        }]);
+        let d = run(
+            &f,
+            &[
+                (b::COMMAND_COMPLETE, b"UPDATE 10\0"),
+                (b::READY_FOR_QUERY, b"T"),
+            ],
+        );
+        assert_eq!(d, vec![Disposition::Forward, Disposition::Forward]);
+    }
+
+    #[test]
+    fn sluice_ready_forwarded_with_an_error_first() {
+        let f = Flight::default();
+        f.push([Expect {
+            forward_ready: true,
+            error_before_ready: Some(Bytes::from_static(b"E...")),
+            ..Expect::sluice(Awaiting::Query)
+        }]);
+        let d = run(
+            &f,
+            &[
+                (b::COMMAND_COMPLETE, b"ROLLBACK\0"),
+                (b::READY_FOR_QUERY, b"I"),
+            ],
+        );
+        assert_eq!(
+            d,
+            vec![
+                Disposition::Swallow,
+                Disposition::Prefix(Bytes::from_static(b"E..."))
+            ]
+        );
+    }
+}

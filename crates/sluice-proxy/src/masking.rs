@@ -1,0 +1,693 @@
+//! Masking in flight: from a RowDescription to a plan per column, and from
+//! a DataRow to the row the client may see.
+//!
+//! A result whose plan masks nothing is forwarded as the upstream's bytes;
+//! only rows of a result with masked or scanned columns are decoded, and
+//! then only those fields are touched. A value that cannot be masked is
+//! sent as NULL, never as it was. Rows too large to hold are streamed with
+//! length-preserving redaction (see [`StreamingRow`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use sluice_mask::{ColumnInfo, ColumnPlan, Finding, MaskReport, Masker, Outcome, ValueType};
+use sluice_wire::messages::{data_row, row_description};
+
+use crate::catalog::{Catalog, Missing};
+
+/// Rows up to this size are held whole to be masked; larger ones stream.
+pub const HOLD_ROW_LIMIT: usize = 16 << 20;
+/// Bytes of a streamed value kept back so a finding split across reads is
+/// still seen whole.
+const SCAN_WINDOW: usize = 64 << 10;
+/// Plans remembered per session, by RowDescription.
+const PLAN_CACHE: usize = 512;
+
+/// What to do with each column of one result.
+#[derive(Debug)]
+pub struct ResultPlan {
+    /// One plan per column.
+    pub columns: Vec<ColumnPlan>,
+    /// Format per column (0 text, 1 binary).
+    pub formats: Vec<i16>,
+    /// `schema.table.column` (or the field name) per column, for reports.
+    pub labels: Vec<String>,
+    /// False when every column passes: rows are forwarded untouched.
+    pub active: bool,
+}
+
+/// The plan for the columns of a RowDescription (`body` without header):
+/// `Err` lists what the catalog must look up first; `Ok(None)` for a
+/// RowDescription that cannot be read.
+pub fn plan_columns(
+    masker: &Masker,
+    catalog: &Catalog,
+    body: &[u8],
+) -> Result<Option<ResultPlan>, Missing> {
+    let Ok(fields) = row_description::decode(body) else {
+        return Ok(None);
+    };
+    let mut missing = Missing::default();
+    for f in &fields {
+        if f.table_oid != 0 && f.column > 0 && catalog.column(f.table_oid, f.column).is_none() {
+            missing.columns.push((f.table_oid, f.column));
+        }
+        if catalog.type_name(f.type_oid).is_none() {
+            missing.types.push(f.type_oid);
+        }
+    }
+    if !missing.is_empty() {
+        missing.columns.sort_unstable();
+        missing.columns.dedup();
+        missing.types.sort_unstable();
+        missing.types.dedup();
+        return Err(missing);
+    }
+    let mut plan = ResultPlan {
+        columns: Vec::with_capacity(fields.len()),
+        formats: Vec::with_capacity(fields.len()),
+        labels: Vec::with_capacity(fields.len()),
+        active: false,
+    };
+    for f in fields {
+        let origin = (f.table_oid != 0 && f.column > 0)
+            .then(|| catalog.column(f.table_oid, f.column))
+            .flatten()
+            .filter(|o| !o.table.is_empty());
+        let type_name = catalog
+            .type_name(f.type_oid)
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        let info = match &origin {
+            Some(o) => ColumnInfo {
+                schema: Some(o.schema.clone()),
+                table: Some(o.table.clone()),
+                column: o.column.clone(),
+                pg_type_name: type_name,
+                type_oid: f.type_oid,
+            },
+            None => ColumnInfo {
+                schema: None,
+                table: None,
+                column: f.name.clone(),
+                pg_type_name: type_name,
+                type_oid: f.type_oid,
+            },
+        };
+        let column = masker.plan(&info);
+        plan.active |= !column.is_pass();
+        plan.labels.push(match &origin {
+            Some(o) => format!("{}.{}.{}", o.schema, o.table, o.column),
+            None => f.name.clone(),
+        });
+        plan.columns.push(column);
+        plan.formats.push(f.format);
+    }
+    Ok(Some(plan))
+}
+
+/// Per-session masking state, owned by the upstream loop.
+pub struct Masking {
+    masker: Arc<Masker>,
+    catalog: Arc<Catalog>,
+    generation: u64,
+    plans: HashMap<Bytes, Arc<ResultPlan>>,
+    findings: Vec<Finding>,
+    /// What was masked since the report was last taken.
+    pub report: MaskReport,
+}
+
+/// What a DataRow became.
+pub enum RowOutcome {
+    /// Forward it as it is.
+    Unchanged,
+    /// Forward these bytes (a whole DataRow message) instead.
+    Rewritten(Bytes),
+}
+
+impl Masking {
+    /// Masking for one session.
+    pub fn new(masker: Arc<Masker>, catalog: Arc<Catalog>) -> Self {
+        Masking {
+            generation: catalog.generation(),
+            masker,
+            catalog,
+            plans: HashMap::new(),
+            findings: Vec::new(),
+            report: MaskReport::default(),
+        }
+    }
+
+    /// The plan for a RowDescription (`body` without header); `Err` lists
+    /// the catalog entries to load first.
+    pub fn plan(&mut self, body: &[u8]) -> Result<Option<Arc<ResultPlan>>, Missing> {
+        let generation = self.catalog.generation();
+        if generation != self.generation {
+            // DDL went through Sluice: names may have changed.
+            self.plans.clear();
+            self.generation = generation;
+        }
+        if let Some(p) = self.plans.get(body) {
+            return Ok(Some(p.clone()));
+        }
+        let Some(plan) = plan_columns(&self.masker, &self.catalog, body)? else {
+            return Ok(None);
+        };
+        let plan = Arc::new(plan);
+        if self.plans.len() >= PLAN_CACHE {
+            self.plans.clear();
+        }
+        self.plans
+            .insert(Bytes::copy_from_slice(body), plan.clone());
+        Ok(Some(plan))
+    }
+
+    /// The same plan with the result formats a Bind asked for.
+    pub fn with_formats(plan: &Arc<ResultPlan>, formats: &[i16]) -> Arc<ResultPlan> {
+        let format = |i: usize| match formats {
+            [] => 0,
+            [one] => *one,
+            many => many.get(i).copied().unwrap_or(0),
+        };
+        if (0..plan.columns.len()).all(|i| plan.formats[i] == format(i)) {
+            return plan.clone();
+        }
+        Arc::new(ResultPlan {
+            columns: plan.columns.clone(),
+            formats: (0..plan.columns.len()).map(format).collect(),
+            labels: plan.labels.clone(),
+            active: plan.active,
+        })
+    }
+
+    /// Mask one whole DataRow (`body` without header).
+    pub fn row(&mut self, plan: &ResultPlan, body: &[u8]) -> RowOutcome {
+        if !plan.active {
+            return RowOutcome::Unchanged;
+        }
+        let Ok(values) = data_row::decode(body) else {
+            // Malformed: the client will reject it; never forward it unmasked.
+            return RowOutcome::Rewritten(empty_row());
+        };
+        let mut replaced: Vec<Option<Option<Vec<u8>>>> = Vec::with_capacity(values.len());
+        let mut changed = false;
+        for (i, v) in values.iter().enumerate() {
+            let column = plan.columns.get(i).copied().unwrap_or(ColumnPlan::Pass);
+            let Some(value) = v else {
+                replaced.push(None);
+                continue;
+            };
+            if column.is_pass() {
+                replaced.push(None);
+                continue;
+            }
+            let binary = plan.formats.get(i).copied().unwrap_or(0) == 1;
+            let outcome = if binary {
+                self.masker
+                    .mask_binary(&column, value, &mut self.findings, &mut self.report)
+            } else {
+                self.masker
+                    .mask_text(&column, value, &mut self.findings, &mut self.report)
+            };
+            let new = match outcome {
+                Outcome::Unchanged => None,
+                Outcome::Masked(m) => Some(Some(m)),
+                // Fail closed: a value that cannot be masked is not sent.
+                Outcome::Null | Outcome::CannotMask => Some(None),
+            };
+            if new.is_some() {
+                changed = true;
+                if let Some(label) = plan.labels.get(i) {
+                    self.report.note_column(label);
+                }
+            }
+            replaced.push(new);
+        }
+        if !changed {
+            return RowOutcome::Unchanged;
+        }
+        let mut out = BytesMut::with_capacity(body.len() + 64);
+        data_row::encode_into(
+            &mut out,
+            values.iter().zip(&replaced).map(|(orig, new)| match new {
+                None => *orig,
+                Some(Some(m)) => Some(m.as_slice()),
+                Some(None) => None,
+            }),
+        );
+        RowOutcome::Rewritten(out.freeze())
+    }
+
+    /// Start streaming a DataRow too large to hold (`total_len` includes the header).
+    pub fn stream(&self, plan: Arc<ResultPlan>, total_len: usize) -> StreamingRow {
+        StreamingRow {
+            plan,
+            remaining: total_len,
+            stage: Stage::Header { need: 7 },
+            small: Vec::new(),
+            field: 0,
+            field_left: 0,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Scan a chunk of a streamed value and redact findings in place,
+    /// keeping the value's length.
+    fn redact_in_place(&mut self, bytes: &mut [u8]) {
+        sluice_mask::scan_into(bytes, &mut self.findings);
+        for f in &self.findings {
+            self.report.record(f.kind);
+            if let Some(part) = bytes.get_mut(f.range.clone()) {
+                part.fill(b'*');
+            }
+        }
+    }
+}
+
+fn empty_row() -> Bytes {
+    Bytes::from_static(&[b'D', 0, 0, 0, 6, 0, 0])
+}
+
+#[derive(Debug)]
+enum Stage {
+    /// Tag, length and column count (7 bytes).
+    Header { need: usize },
+    /// A field's 4-byte length.
+    Length,
+    /// A field's bytes.
+    Value,
+    /// Everything passed.
+    Done,
+}
+
+/// A DataRow streamed through with length-preserving masking: every field
+/// keeps its length, so the row's length (already sent) stays right.
+/// Scanned text values are redacted with `*` where detectors fire (a window
+/// of bytes is held back so nothing is missed at a read boundary); values
+/// of columns masked whole become `*` of the same length when they are
+/// text. A masked non-text value this large cannot keep its length: the
+/// session ends instead (fail closed).
+pub struct StreamingRow {
+    plan: Arc<ResultPlan>,
+    /// Bytes of the message not yet consumed.
+    remaining: usize,
+    stage: Stage,
+    /// Header or length bytes gathered so far.
+    small: Vec<u8>,
+    field: usize,
+    field_left: usize,
+    /// Held-back bytes of a scanned value.
+    pending: Vec<u8>,
+}
+
+/// A streamed row that cannot be masked while keeping its length.
+#[derive(Debug)]
+pub struct CannotStream(pub String);
+
+impl StreamingRow {
+    /// Bytes of the row still to come.
+    pub fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    /// Consume `input` (the next bytes of the row) and append what may be
+    /// sent to `out`.
+    pub fn push(
+        &mut self,
+        masking: &mut Masking,
+        mut input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CannotStream> {
+        self.remaining -= input.len();
+        while !input.is_empty() {
+            match self.stage {
+                Stage::Header { need } => {
+                    let n = need.min(input.len());
+                    out.extend_from_slice(&input[..n]);
+                    input = &input[n..];
+                    if n == need {
+                        self.stage = Stage::Length;
+                    } else {
+                        self.stage = Stage::Header { need: need - n };
+                    }
+                }
+                Stage::Length => {
+                    let n = (4 - self.small.len()).min(input.len());
+                    self.small.extend_from_slice(&input[..n]);
+                    out.extend_from_slice(&input[..n]);
+                    input = &input[n..];
+                    if self.small.len() == 4 {
+                        let len = i32::from_be_bytes([
+                            self.small[0],
+                            self.small[1],
+                            self.small[2],
+                            self.small[3],
+                        ]);
+                        self.small.clear();
+                        if len <= 0 {
+                            self.next_field();
+                        } else {
+                            self.field_left = len as usize;
+                            self.check_field(masking)?;
+                            self.stage = Stage::Value;
+                        }
+                    }
+                }
+                Stage::Value => {
+                    let n = self.field_left.min(input.len());
+                    let chunk = &input[..n];
+                    input = &input[n..];
+                    self.field_left -= n;
+                    self.value_bytes(masking, chunk, out);
+                    if self.field_left == 0 {
+                        self.finish_value(masking, out);
+                        self.next_field();
+                    }
+                }
+                Stage::Done => {
+                    // Bytes past the last field: the row was malformed.
+                    return Err(CannotStream("a DataRow longer than its fields".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn column(&self) -> ColumnPlan {
+        self.plan
+            .columns
+            .get(self.field)
+            .copied()
+            .unwrap_or(ColumnPlan::Pass)
+    }
+
+    fn next_field(&mut self) {
+        self.field += 1;
+        self.stage = if self.field >= self.plan.columns.len() {
+            Stage::Done
+        } else {
+            Stage::Length
+        };
+    }
+
+    fn check_field(&self, masking: &mut Masking) -> Result<(), CannotStream> {
+        let column = self.column();
+        let binary = self.plan.formats.get(self.field).copied().unwrap_or(0) == 1;
+        let textual =
+            |vt: ValueType| matches!(vt, ValueType::Text | ValueType::Json | ValueType::Xml);
+        let ok = match column {
+            ColumnPlan::Pass => true,
+            ColumnPlan::Scan { value_type } => !binary || textual(value_type),
+            ColumnPlan::Mask { value_type, .. } => !binary || textual(value_type),
+        };
+        if let (false, Some(label)) = (ok, self.plan.labels.get(self.field)) {
+            masking.report.cannot_mask += 1;
+            return Err(CannotStream(format!(
+                "a value of column \"{label}\" is too large to mask without changing its length"
+            )));
+        }
+        Ok(())
+    }
+
+    fn value_bytes(&mut self, masking: &mut Masking, chunk: &[u8], out: &mut Vec<u8>) {
+        match self.column() {
+            ColumnPlan::Pass => out.extend_from_slice(chunk),
+            ColumnPlan::Mask { .. } => {
+                if let Some(label) = self.plan.labels.get(self.field) {
+                    masking.report.note_column(label);
+                }
+                out.extend(std::iter::repeat_n(b'*', chunk.len()));
+            }
+            ColumnPlan::Scan { .. } => {
+                self.pending.extend_from_slice(chunk);
+                if self.pending.len() >= 2 * SCAN_WINDOW {
+                    masking.redact_in_place(&mut self.pending);
+                    let keep = SCAN_WINDOW;
+                    let send = self.pending.len() - keep;
+                    out.extend_from_slice(&self.pending[..send]);
+                    self.pending.drain(..send);
+                }
+            }
+        }
+    }
+
+    fn finish_value(&mut self, masking: &mut Masking, out: &mut Vec<u8>) {
+        if !self.pending.is_empty() {
+            masking.redact_in_place(&mut self.pending);
+            out.extend_from_slice(&self.pending);
+            self.pending.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_wire::messages::row_description::Field;
+
+    fn masking() -> Masking {
+        Masking::new(
+            Arc::new(Masker::new(&[7u8; 32])),
+            Arc::new(Catalog::default()),
+        )
+    }
+
+    fn computed(name: &str, type_oid: u32) -> Field {
+        Field {
+            name: name.into(),
+            table_oid: 0,
+            column: 0,
+            type_oid,
+            type_size: -1,
+            type_modifier: -1,
+            format: 0,
+        }
+    }
+
+    #[test]
+    fn rows_of_a_plan_that_masks_are_rewritten() {
+        let mut m = masking();
+        let desc = row_description::encode(&[computed("id", 23), computed("contact", 25)]);
+        let plan = m.plan(&desc[5..]).unwrap().unwrap();
+        assert!(plan.active, "a text column is scanned");
+        let mut row = BytesMut::new();
+        let values: Vec<Option<&[u8]>> = vec![Some(b"1"), Some(b"mail alice@example.com now")];
+        data_row::encode_into(&mut row, values.into_iter());
+        let RowOutcome::Rewritten(out) = m.row(&plan, &row[5..]) else {
+            panic!("not masked");
+        };
+        let vals = data_row::decode(&out[5..]).unwrap();
+        assert_eq!(vals[0], Some(&b"1"[..]));
+        let text = String::from_utf8_lossy(vals[1].unwrap()).into_owned();
+        assert!(!text.contains("alice@"), "{text}");
+        // A row without findings goes as it is.
+        let mut plain = BytesMut::new();
+        let values: Vec<Option<&[u8]>> = vec![Some(b"2"), None];
+        data_row::encode_into(&mut plain, values.into_iter());
+        assert!(matches!(m.row(&plan, &plain[5..]), RowOutcome::Unchanged));
+    }
+
+    #[test]
+    fn streamed_rows_keep_their_length_and_hide_findings_across_chunks() {
+        let mut m = masking();
+        let desc = row_description::encode(&[computed("n", 23), computed("blob", 25)]);
+        let plan = m.plan(&desc[5..]).unwrap().unwrap();
+        let mut big = vec![b'x'; 300_000];
+        let secret = b" bob@example.org ";
+        let at = 2 * SCAN_WINDOW - 5; // straddles the first cut
+        big[at..at + secret.len()].copy_from_slice(secret);
+        let mut row = BytesMut::new();
+        let values: Vec<Option<&[u8]>> = vec![Some(b"42"), Some(&big)];
+        data_row::encode_into(&mut row, values.into_iter());
+        let mut s = m.stream(plan, row.len());
+        let mut out = Vec::new();
+        for chunk in row.chunks(7919) {
+            s.push(&mut m, chunk, &mut out).unwrap();
+        }
+        assert_eq!(s.remaining(), 0);
+        assert_eq!(out.len(), row.len());
+        let vals = data_row::decode(&out[5..]).unwrap();
+        assert_eq!(vals[0], Some(&b"42"[..]));
+        let text = vals[1].unwrap();
+        assert!(
+            !text.windows(3).any(|w| w == b"bob"),
+            "the address is redacted"
+        );
+        assert_eq!(
+            text.iter().filter(|&&b| b == b'x').count(),
+            300_000 - secret.len()
+        );
+    }
+}
+
+/// How to mask the data of one `COPY … TO STDOUT`.
+#[derive(Debug)]
+pub struct CopyPlan {
+    /// Column plans, in COPY order.
+    pub columns: Vec<ColumnPlan>,
+    /// Labels for reports.
+    pub labels: Vec<String>,
+    /// The data format.
+    pub format: sluice_sql::CopyFormat,
+    /// Text format options.
+    pub text: sluice_mask::copy::TextFormat,
+    /// CSV options.
+    pub csv: sluice_mask::copy::CsvFormat,
+    /// The first CSV line names the columns.
+    pub header: bool,
+}
+
+impl CopyPlan {
+    /// The plan for a COPY whose columns are those of `result`; `Err` when
+    /// an option is one Sluice cannot read the data with.
+    pub fn new(result: &ResultPlan, copy: &sluice_sql::CopyOut) -> Result<CopyPlan, String> {
+        let one_byte = |what: &str, v: &Option<String>, default: u8| -> Result<u8, String> {
+            match v.as_deref() {
+                None => Ok(default),
+                Some(s) if s.len() == 1 => Ok(s.as_bytes()[0]),
+                Some(_) => Err(format!("a multi-byte COPY {what} cannot be masked")),
+            }
+        };
+        if let Some(enc) = &copy.encoding {
+            let e = enc.to_ascii_uppercase().replace(['-', '_'], "");
+            if e != "UTF8" && e != "UNICODE" {
+                return Err(format!(
+                    "COPY with ENCODING '{enc}' cannot be masked; use UTF8"
+                ));
+            }
+        }
+        let mut text = sluice_mask::copy::TextFormat::default();
+        let mut csv = sluice_mask::copy::CsvFormat::default();
+        match copy.format {
+            sluice_sql::CopyFormat::Text => {
+                text.delimiter = one_byte("DELIMITER", &copy.delimiter, b'\t')?;
+                if let Some(n) = &copy.null {
+                    text.null = n.as_bytes().to_vec();
+                }
+            }
+            sluice_sql::CopyFormat::Csv => {
+                csv.delimiter = one_byte("DELIMITER", &copy.delimiter, b',')?;
+                csv.quote = one_byte("QUOTE", &copy.quote, b'"')?;
+                csv.escape = one_byte("ESCAPE", &copy.escape, csv.quote)?;
+                if let Some(n) = &copy.null {
+                    csv.null = n.as_bytes().to_vec();
+                }
+            }
+            sluice_sql::CopyFormat::Binary => {}
+        }
+        Ok(CopyPlan {
+            columns: result.columns.clone(),
+            labels: result.labels.clone(),
+            format: copy.format,
+            text,
+            csv,
+            header: copy.header,
+        })
+    }
+}
+
+/// The state of one COPY's data on its way to the client: rows are cut
+/// out of the CopyData stream, masked, and sent as CopyData again.
+pub struct CopyMasker {
+    plan: Arc<CopyPlan>,
+    splitter: sluice_mask::copy::RecordSplitter,
+    binary: Option<sluice_mask::copy::BinaryCopyRewriter>,
+    header_pending: bool,
+}
+
+impl CopyMasker {
+    /// Start masking a COPY.
+    pub fn new(plan: Arc<CopyPlan>) -> Self {
+        let splitter = match plan.format {
+            sluice_sql::CopyFormat::Csv => sluice_mask::copy::RecordSplitter::csv(&plan.csv),
+            _ => sluice_mask::copy::RecordSplitter::text(),
+        };
+        let binary = (plan.format == sluice_sql::CopyFormat::Binary).then(|| {
+            sluice_mask::copy::BinaryCopyRewriter::new(
+                plan.columns.clone(),
+                sluice_mask::copy::CannotMaskPolicy::SendNull,
+            )
+        });
+        CopyMasker {
+            header_pending: plan.header && plan.format == sluice_sql::CopyFormat::Csv,
+            plan,
+            splitter,
+            binary,
+        }
+    }
+
+    /// Mask COPY data (`chunk`: CopyData contents, possibly part of one)
+    /// and append whole CopyData messages to `out`.
+    pub fn data(
+        &mut self,
+        masking: &mut Masking,
+        chunk: &[u8],
+        out: &mut Vec<Bytes>,
+    ) -> Result<(), String> {
+        if let Some(b) = &mut self.binary {
+            let mut o = Vec::with_capacity(chunk.len() + 16);
+            b.push(&masking.masker, chunk, &mut o, &mut masking.report)
+                .map_err(|e| e.to_string())?;
+            if !o.is_empty() {
+                out.push(copy_data(&o));
+            }
+            return Ok(());
+        }
+        self.splitter.push(chunk);
+        while let Some(record) = self.splitter.next_record() {
+            out.push(self.record(masking, record)?);
+        }
+        if self.splitter_pending() > HOLD_ROW_LIMIT {
+            return Err("a COPY row is too large to mask".into());
+        }
+        Ok(())
+    }
+
+    /// The COPY's data ended: flush a last row without a newline.
+    pub fn done(&mut self, masking: &mut Masking, out: &mut Vec<Bytes>) -> Result<(), String> {
+        if let Some(record) = self.splitter.finish() {
+            out.push(self.record(masking, record)?);
+        }
+        Ok(())
+    }
+
+    fn splitter_pending(&self) -> usize {
+        self.splitter.pending()
+    }
+
+    fn record(&mut self, masking: &mut Masking, record: Vec<u8>) -> Result<Bytes, String> {
+        if std::mem::take(&mut self.header_pending) {
+            return Ok(copy_data(&record));
+        }
+        let masked = match self.plan.format {
+            sluice_sql::CopyFormat::Csv => sluice_mask::copy::mask_csv_record(
+                &masking.masker,
+                &self.plan.csv,
+                &self.plan.columns,
+                &record,
+                &mut masking.report,
+            ),
+            _ => sluice_mask::copy::mask_text_row(
+                &masking.masker,
+                &self.plan.text,
+                &self.plan.columns,
+                &record,
+                &mut masking.report,
+            ),
+        }
+        .map_err(|e| e.to_string())?;
+        Ok(match masked {
+            Some(m) => copy_data(&m),
+            None => copy_data(&record),
+        })
+    }
+}
+
+fn copy_data(payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(payload.len() + 5);
+    out.extend_from_slice(b"d");
+    out.extend_from_slice(&((payload.len() + 4) as i32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out.freeze()
+}

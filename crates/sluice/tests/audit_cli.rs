@@ -1,0 +1,287 @@
+//! `sluice audit verify|search|export` and `sluice usage` against a data
+//! directory filled through the library.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use sluice_audit::event::*;
+use sluice_audit::{AuditConfig, AuditWriter};
+
+fn sluice(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .output()
+        .expect("run sluice")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn who(name: &str, kind: &str, behalf: Option<&str>) -> Actor {
+    Actor {
+        name: name.into(),
+        kind: kind.into(),
+        on_behalf_of: behalf.map(Into::into),
+    }
+}
+
+/// 20 reads of users.email by alice (masked), one denied DROP, one
+/// INSERT … SELECT into training_set by an agent for alice.
+fn fill(dir: &Path) {
+    let cfg = AuditConfig {
+        checkpoint_every: 5,
+        ..AuditConfig::default()
+    };
+    let w = AuditWriter::start(&cfg, dir).unwrap();
+    let sink = w.sink();
+    for i in 0..20 {
+        sink.record(EventBody::Statement(Statement {
+            session: "s1".into(),
+            principal: who("alice", "human", None),
+            target: "app-prod".into(),
+            environment: "production".into(),
+            fingerprint: "fp1".into(),
+            normalized: format!("SELECT email FROM users WHERE id = $1 -- {i}"),
+            kind: "select".into(),
+            tables_read: vec!["users".into()],
+            columns_read: vec!["users.email".into()],
+            masked: vec![MaskedColumn {
+                column: "users.email".into(),
+                detector: "email".into(),
+            }],
+            rows_returned: 1,
+            bytes_to_client: 30,
+            ..Statement::default()
+        }))
+        .unwrap();
+    }
+    sink.record(EventBody::Statement(Statement {
+        principal: who("bot", "agent", Some("alice")),
+        target: "app-prod".into(),
+        environment: "production".into(),
+        normalized: "DROP TABLE users".into(),
+        kind: "drop".into(),
+        decision: Decision::Deny,
+        rule: Some("no-drop".into()),
+        tables_written: vec!["users".into()],
+        ..Statement::default()
+    }))
+    .unwrap();
+    sink.record(EventBody::Statement(Statement {
+        principal: who("bot", "agent", Some("alice")),
+        target: "ml-prod".into(),
+        environment: "production".into(),
+        fingerprint: "fp-ins".into(),
+        normalized: "INSERT INTO training_set SELECT * FROM users".into(),
+        kind: "insert".into(),
+        tables_read: vec!["users".into()],
+        tables_written: vec!["training_set".into()],
+        rows_affected: 20,
+        lineage: Some(Lineage {
+            kind: "insert_select".into(),
+            sources: vec!["users".into()],
+            destination: "training_set".into(),
+        }),
+        ..Statement::default()
+    }))
+    .unwrap();
+    sink.flush_blocking(true, Duration::from_secs(30)).unwrap();
+    w.shutdown().unwrap();
+}
+
+#[test]
+fn verify_passes_then_names_the_tampered_record() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path());
+    let d = dir.path().to_str().unwrap();
+    let o = sluice(&["audit", "verify", "--data-dir", d]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("audit trail intact: 1 chain(s)"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(stdout(&o).contains("22 records"), "{}", stdout(&o));
+
+    let o = sluice(&["audit", "verify", "--data-dir", d, "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["intact"], true);
+
+    let db = rusqlite_free_update(dir.path());
+    assert!(db);
+    let o = sluice(&["audit", "verify", "--data-dir", d]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("seq 4 ") && err.contains("ulid ") && err.contains("chain "),
+        "{err}"
+    );
+
+    // A data dir that does not exist is an error, not an empty "intact" trail.
+    let o = sluice(&["audit", "verify", "--data-dir", "/nonexistent/sluice"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+/// Tamper through the library's own SQLite handle.
+fn rusqlite_free_update(dir: &Path) -> bool {
+    let s = sluice_audit::SqliteStore::open_existing(&dir.join("audit/audit.db")).unwrap();
+    s.connection()
+        .execute_batch("DELETE FROM audit_events WHERE seq = 4")
+        .is_ok()
+}
+
+#[test]
+fn search_text_and_json_with_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path());
+    let d = dir.path().to_str().unwrap();
+    let o = sluice(&["audit", "search", "--data-dir", d, "--decision", "deny"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[0].starts_with("TIME") && lines[0].contains("PRINCIPAL"));
+    assert!(lines[1].contains("bot") && lines[1].contains("DROP TABLE users"));
+    // Aligned: the SUMMARY column starts at the same offset.
+    assert_eq!(lines[0].find("SUMMARY"), lines[1].find("DROP"));
+
+    let o = sluice(&[
+        "audit",
+        "search",
+        "--data-dir",
+        d,
+        "--principal",
+        "alice",
+        "--limit",
+        "15",
+        "--format",
+        "json",
+    ]);
+    let page: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(page["rows"].as_array().unwrap().len(), 15);
+    let cursor = page["next_cursor"].as_str().unwrap().to_owned();
+    let o = sluice(&[
+        "audit",
+        "search",
+        "--data-dir",
+        d,
+        "--principal",
+        "alice",
+        "--limit",
+        "15",
+        "--format",
+        "json",
+        "--cursor",
+        &cursor,
+    ]);
+    let page: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(page["rows"].as_array().unwrap().len(), 5);
+    assert!(page["next_cursor"].is_null());
+
+    let o = sluice(&["audit", "search", "--data-dir", d, "--since", "yesterday"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--since"));
+}
+
+#[test]
+fn export_jsonl_and_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path());
+    let d = dir.path().to_str().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let o = sluice(&[
+        "audit",
+        "export",
+        "--data-dir",
+        d,
+        "--format",
+        "jsonl",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text.lines().count(), 22);
+    for l in text.lines() {
+        serde_json::from_str::<serde_json::Value>(l).unwrap();
+    }
+    let o = sluice(&[
+        "audit",
+        "export",
+        "--data-dir",
+        d,
+        "--format",
+        "csv",
+        "--column",
+        "users.email",
+    ]);
+    assert!(o.status.success());
+    let csv = stdout(&o);
+    assert_eq!(csv.lines().count(), 21, "header + 20");
+    assert!(csv.starts_with("time,chain,seq,ulid,code"));
+}
+
+#[test]
+fn usage_and_lineage() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path());
+    let d = dir.path().to_str().unwrap();
+    let o = sluice(&[
+        "usage",
+        "--data-dir",
+        d,
+        "--column",
+        "users.email",
+        "--environment",
+        "production",
+        "--since",
+        "30d",
+        "--format",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["principal"], "alice");
+    assert_eq!(rows[0]["masked"], true);
+    assert_eq!(rows[0]["reads"], 20);
+
+    let o = sluice(&["usage", "--data-dir", d, "--table", "users"]);
+    assert!(o.status.success());
+    assert!(stdout(&o).starts_with("PRINCIPAL"), "{}", stdout(&o));
+
+    let o = sluice(&[
+        "usage",
+        "lineage",
+        "training_set",
+        "--data-dir",
+        d,
+        "--format",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let edges: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let e = &edges.as_array().unwrap()[0];
+    assert_eq!(
+        (
+            e["source"].as_str(),
+            e["principal"].as_str(),
+            e["principal_kind"].as_str(),
+            e["on_behalf_of"].as_str()
+        ),
+        (Some("users"), Some("bot"), Some("agent"), Some("alice"))
+    );
+    let o = sluice(&["usage", "lineage", "training_set", "--data-dir", d]);
+    assert!(
+        stdout(&o).contains("users") && stdout(&o).contains("bot (agent)"),
+        "{}",
+        stdout(&o)
+    );
+}

@@ -1,0 +1,323 @@
+//! Sensitive values are masked in flight with zero configuration: by column
+//! name (through aliases, via the catalog), by value detectors (computed
+//! columns, free text, JSON), in text and binary results, in every protocol
+//! path and in COPY, with deterministic tokens that keep joins working.
+
+mod common;
+
+use common::*;
+use futures_util::StreamExt;
+use tokio_postgres::SimpleQueryMessage;
+
+const CARD: &str = "4111 1111 1111 1111";
+const SSN: &str = "123-45-6789";
+const EMAIL: &str = "alice.smith@example.com";
+
+/// PostgreSQL with a customers table full of PII, Sluice in front.
+fn start_pii(extra: &str) -> (PgServer, SluiceProcess) {
+    let (pg, sluice) = start_with("", extra);
+    pg.psql(
+        "app",
+        &format!(
+            "create table customers (
+               id int primary key, full_name text, email text, phone text,
+               card_number text, ssn text, notes text, profile jsonb, plan text);
+             insert into customers values
+               (1, 'Alice Smith', '{EMAIL}', '+1 415 555 2671', '{CARD}', '{SSN}',
+                'call alice.smith@example.com about order 42', '{{\"contact\": \"{EMAIL}\", \"vip\": true}}', 'gold'),
+               (2, 'Bob Jones', 'bob@example.org', '+44 20 7946 0958', '5500 0000 0000 0004', '078-05-1120',
+                'no contact details', '{{\"vip\": false}}', 'basic'),
+               (3, 'Alice Smith', '{EMAIL}', null, null, null, null, null, 'gold');
+             alter table customers owner to {};",
+            sluice_testkit::SCRAM_USER
+        ),
+    );
+    (pg, sluice)
+}
+
+fn simple_rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pii_is_masked_with_zero_configuration() {
+    let (_pg, sluice) = start_pii("");
+    let c = connect(&sluice).await;
+    let rows = simple_rows(
+        &c.simple_query("select id, full_name, email, phone, card_number, ssn, notes, plan from customers order by id")
+            .await
+            .unwrap(),
+    );
+    let alice = &rows[0];
+    assert_eq!(alice[0].as_deref(), Some("1"), "ids pass untouched");
+    assert_eq!(alice[7].as_deref(), Some("gold"), "ordinary text passes");
+    for (i, original) in [
+        (1, "Alice Smith"),
+        (2, EMAIL),
+        (3, "+1 415 555 2671"),
+        (4, CARD),
+        (5, SSN),
+    ] {
+        let v = alice[i].clone().unwrap_or_default();
+        assert_ne!(v, original, "column {i} is masked");
+        assert!(!v.contains("alice") && !v.contains("Smith"), "{v}");
+    }
+    assert!(
+        alice[4].as_deref().unwrap().ends_with("1111"),
+        "card keeps its last four: {:?}",
+        alice[4]
+    );
+    assert!(
+        alice[5].as_deref().unwrap().ends_with("6789"),
+        "SSN keeps its last four: {:?}",
+        alice[5]
+    );
+    let notes = alice[6].as_deref().unwrap();
+    assert!(
+        notes.starts_with("call ") && notes.ends_with(" about order 42"),
+        "{notes}"
+    );
+    assert!(
+        !notes.contains("alice.smith"),
+        "an address inside free text is masked: {notes}"
+    );
+    assert_eq!(rows[1][6].as_deref(), Some("no contact details"));
+    // NULL stays NULL.
+    assert_eq!(rows[2][3], None);
+
+    // Deterministic tokens: equal values mask equally, so grouping still works.
+    assert_eq!(rows[0][2], rows[2][2]);
+    assert_eq!(rows[0][1], rows[2][1]);
+    let grouped = simple_rows(
+        &c.simple_query("select email, count(*) from customers group by email order by 2 desc")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(grouped[0][1].as_deref(), Some("2"));
+    assert_eq!(grouped[0][0], rows[0][2]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aliases_computed_columns_json_and_binary_results_are_masked() {
+    let (_pg, sluice) = start_pii("");
+    let c = connect(&sluice).await;
+    // An alias does not hide where a column comes from.
+    let r = c
+        .query_one(
+            "select ssn as x, card_number as y from customers where id = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (x, y): (String, String) = (r.get(0), r.get(1));
+    assert_ne!(x, SSN);
+    assert_ne!(y, CARD);
+    // Computed expressions have no origin: value detectors find them.
+    let r = c
+        .query_one(
+            "select email || '', lower(email), concat('mail: ', email), upper(full_name) from customers where id = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let v: String = r.get(i);
+        assert!(!v.to_lowercase().contains("alice.smith@"), "{i}: {v}");
+    }
+    // JSON stays valid JSON, with the address masked inside.
+    let rows = simple_rows(
+        &c.simple_query("select profile, profile::text from customers where id = 1")
+            .await
+            .unwrap(),
+    );
+    for v in &rows[0] {
+        let profile: serde_json::Value = serde_json::from_str(v.as_deref().unwrap()).unwrap();
+        assert_eq!(profile["vip"], true);
+        assert!(profile["contact"].is_string());
+        assert_ne!(profile["contact"], EMAIL);
+    }
+    // Prepared statements, binary format, several executions.
+    let st = c
+        .prepare("select email, card_number from customers where id = $1")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let r = c.query_one(&st, &[&1i32]).await.unwrap();
+        assert_ne!(r.get::<_, String>(0), EMAIL);
+        assert!(r.get::<_, String>(1).ends_with("1111"));
+    }
+    let (_, metrics) = sluice.http_get("/metrics");
+    assert!(metrics.contains("sluice_sessions_total"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn execute_without_describe_and_psql_are_masked() {
+    let (_pg, sluice) = start_pii("");
+    // Parse + Describe once, then Bind/Execute/Sync with no Describe (as
+    // JDBC does for a statement it has prepared): still masked.
+    let mut raw = Raw::connect(sluice.pg_port());
+    raw.login(USER, PASSWORD, TARGET);
+    let mut parse = b"s1\0select ssn from customers where id = 1\0".to_vec();
+    parse.extend_from_slice(&0i16.to_be_bytes());
+    raw.send(&message(b'P', &parse));
+    raw.send(&message(b'D', b"Ss1\0"));
+    raw.send(&message(b'S', b""));
+    while raw.recv().expect("answer").0 != b'Z' {}
+    let mut bind = b"\0s1\0".to_vec();
+    bind.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    raw.send(&message(b'B', &bind));
+    raw.send(&message(b'E', b"\0\0\0\0\0"));
+    raw.send(&message(b'S', b""));
+    let mut seen = Vec::new();
+    loop {
+        let (tag, body) = raw.recv().expect("answer");
+        seen.push(tag);
+        if tag == b'D' {
+            let len = i32::from_be_bytes([body[2], body[3], body[4], body[5]]) as usize;
+            let v = String::from_utf8_lossy(&body[6..6 + len]).into_owned();
+            assert_ne!(v, SSN);
+            assert!(v.ends_with("6789"), "{v}");
+        }
+        if tag == b'Z' {
+            break;
+        }
+    }
+    // The client sees exactly the answers to what it sent.
+    assert_eq!(seen, vec![b'2', b'D', b'C', b'Z']);
+
+    let (ok, out, err) = psql(
+        &sluice,
+        "sslmode=require",
+        &[
+            "-A",
+            "-t",
+            "-c",
+            "select email, card_number from customers where id = 1",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(!out.contains(EMAIL) && !out.contains(CARD), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_to_stdout_is_masked_in_text_csv_and_binary() {
+    let (_pg, sluice) = start_pii("");
+    let c = connect(&sluice).await;
+    for sql in [
+        "copy customers (id, email, ssn, notes) to stdout",
+        "copy (select id, email, ssn, notes from customers order by id) to stdout with (format csv, header)",
+        "copy customers to stdout with (format binary)",
+    ] {
+        let mut out = Box::pin(c.copy_out(sql).await.unwrap());
+        let mut data = Vec::new();
+        while let Some(chunk) = out.next().await {
+            data.extend_from_slice(&chunk.unwrap());
+        }
+        let text = String::from_utf8_lossy(&data);
+        assert!(!text.contains(EMAIL), "{sql}: {text}");
+        assert!(!text.contains(SSN), "{sql}: {text}");
+        assert!(!text.contains("bob@example.org"), "{sql}: {text}");
+        if sql.contains("header") {
+            assert!(text.starts_with("id,email,ssn,notes\n"), "{text}");
+            assert_eq!(text.lines().count(), 4);
+        }
+        if sql.contains("binary") {
+            assert!(data.starts_with(b"PGCOPY\n\xff\r\n\0"));
+        }
+    }
+    // psql's \copy, CSV.
+    let (ok, out, err) = psql(
+        &sluice,
+        "",
+        &[
+            "-c",
+            "\\copy customers (email, card_number) to stdout with csv",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(!out.contains(EMAIL) && !out.contains(CARD), "{out}");
+    assert_eq!(out.lines().count(), 3);
+    // Simple-protocol COPY (as psql, psycopg, JDBC's CopyManager send it).
+    let rows = c.simple_query("copy customers (email) to stdout").await;
+    // tokio-postgres' simple_query does not read COPY data; what matters is
+    // that the connection is still in step afterwards.
+    drop(rows);
+    let r = c.query_one("select 1::int4", &[]).await.unwrap();
+    assert_eq!(r.get::<_, i32>(0), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn configuration_and_policy_lift_or_change_masking() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("unmask.cedar"),
+        r#"@id("dev-group-sees-development-unmasked")
+permit (principal in Sluice::Group::"dev", action == Sluice::Action::"unmask", resource)
+when { resource.environment == "development" };"#,
+    )
+    .unwrap();
+    // The test user is in group "dev": it sees the development target unmasked.
+    let (_pg, sluice) = start_pii(&format!("[policy]\ndir = \"{}\"\n", dir.path().display()));
+    let c = connect(&sluice).await;
+    let r = c
+        .query_one("select email from customers where id = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), EMAIL);
+    drop(sluice);
+
+    // Per-column rules: notes pass, plan is redacted, phones get a token.
+    let (_pg, sluice) = start_pii(
+        "[masking]\ncolumns = { \"public.customers.notes\" = \"none\", \"customers.plan\" = \"redact\" }\n",
+    );
+    let c = connect(&sluice).await;
+    let r = c
+        .query_one("select notes, plan, email from customers where id = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        r.get::<_, String>(0),
+        "call alice.smith@example.com about order 42"
+    );
+    assert_ne!(r.get::<_, String>(1), "gold");
+    assert_ne!(r.get::<_, String>(2), EMAIL);
+    drop(sluice);
+
+    // Masking off.
+    let (_pg, sluice) = start_pii("[masking]\nenabled = false\n");
+    let c = connect(&sluice).await;
+    let r = c
+        .query_one("select ssn from customers where id = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), SSN);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn renamed_columns_are_seen_after_ddl() {
+    let (_pg, sluice) = start_pii("");
+    let c = connect(&sluice).await;
+    let before: String = c
+        .query_one("select plan from customers where id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(before, "gold");
+    // The same column, renamed to a sensitive name, through Sluice.
+    c.batch_execute("alter table customers rename column plan to password")
+        .await
+        .unwrap();
+    let after: String = c
+        .query_one("select password from customers where id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(after, "gold", "a password column is masked");
+}
