@@ -104,6 +104,7 @@ database = "shop"
 user = "shop_app"
 password_env = "SHOP_DB_PASSWORD"
 tls = "disable"
+max_rows_affected = 100       # one UPDATE/DELETE may change at most 100 rows here
 
 [[users]]
 name = "alice"
@@ -142,7 +143,7 @@ drop table customers;
 delete from customers where 1 = 1;
 \echo '-- and a schema change needs approval'
 alter table customers drop column ssn;
-\echo '-- an UPDATE that would change more rows than the production limit is rolled back'
+\echo '-- an UPDATE that would change more rows than the target allows (100) is rolled back'
 update customers set phone = null where id > 50;
 \echo '-- the session goes on, and nothing was lost'
 select count(*) as customers, (select count(*) from orders) as orders from customers;

@@ -269,6 +269,11 @@ class Gen:
             ]
         )
 
+    def iso_timestamp(self):
+        # a value PostgreSQL's timestamptz input reads as it is
+        f = self.fk()
+        return f.date_time_between(start_date=T_START, end_date=T_END).isoformat() + "+00:00"
+
     def ulid(self):
         return self.rand("0123456789ABCDEFGHJKMNPQRSTVWXYZ", 26)
 
@@ -453,7 +458,7 @@ def columns(g):
         ("encoded_text", None, False, None, "text", g.base64_text),
         ("email_verified", None, False, None, "bool", lambda: r.choice(["true", "false"])),
         ("phone_count", None, False, None, "int4", lambda: str(r.randint(0, 5))),
-        ("password_changed_at", None, False, None, "timestamptz", g.timestamp),
+        ("password_changed_at", None, False, None, "timestamptz", g.iso_timestamp),
         ("token_count", None, False, None, "int4", lambda: str(r.randint(0, 100000))),
         ("key_id", None, False, None, "text", lambda: f"key-{r.randint(1, 9999)}"),
         ("card_brand", None, False, None, "text", lambda: r.choice(["visa", "mastercard", "amex"])),

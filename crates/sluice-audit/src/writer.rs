@@ -214,6 +214,12 @@ impl AuditSink {
         Ok(())
     }
 
+    /// Count a statement or connection the proxy refused because
+    /// [`check`](Self::check) failed.
+    pub fn note_refused(&self) {
+        self.inner.counters.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The counters.
     pub fn counters(&self) -> &Arc<Counters> {
         &self.inner.counters

@@ -68,6 +68,8 @@ pub struct Config {
     pub masking: Masking,
     /// The audit trail (`[audit]`; SQLite in the data directory by default).
     pub audit: sluice_audit::AuditConfig,
+    /// Who may use the admin REST API (`[admin]`; nobody by default).
+    pub admin: AdminConfig,
 }
 
 /// `[policy]`.
@@ -389,7 +391,8 @@ fn masking_settings(
         rules.default_strategy.insert(k, s);
     }
     for (column, rule) in raw.columns {
-        if column.split('.').count() < 2 || column.split('.').any(str::is_empty) {
+        let parts = column.split('.').count();
+        if !(2..=3).contains(&parts) || column.split('.').any(str::is_empty) {
             return Err(err(
                 key(&format!("columns.\"{column}\"")),
                 "expected \"table.column\" or \"schema.table.column\"".into(),
@@ -399,6 +402,12 @@ fn masking_settings(
             err(key(&format!("columns.\"{column}\"")), e.to_string())
         })?;
         rules.columns.insert(column.to_lowercase(), r);
+    }
+    if raw.key_env.is_some() && raw.key_file.is_some() {
+        return Err(err(
+            key("key_env"),
+            "set key_env or key_file, not both".into(),
+        ));
     }
     let secret = read_secret(
         &|k: &str| key(&k.replace("password", "key")),
@@ -531,6 +540,177 @@ impl Default for Limits {
     }
 }
 
+/// A role of the admin REST API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AdminRole {
+    /// Everything: read, end sessions, reload and validate policy.
+    Admin,
+    /// Read only: audit trail, usage, sessions, targets.
+    Auditor,
+    /// Approvals (later), and reading live sessions.
+    Approver,
+}
+
+impl AdminRole {
+    /// Lower-case name as used in config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminRole::Admin => "admin",
+            AdminRole::Auditor => "auditor",
+            AdminRole::Approver => "approver",
+        }
+    }
+}
+
+impl std::str::FromStr for AdminRole {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "admin" => Ok(AdminRole::Admin),
+            "auditor" => Ok(AdminRole::Auditor),
+            "approver" => Ok(AdminRole::Approver),
+            other => Err(format!(
+                "unknown role {other:?}; expected admin, auditor or approver"
+            )),
+        }
+    }
+}
+
+/// A static bearer token of the admin API (for automation), kept as the
+/// SHA-256 of the token; `Debug` does not show the hash.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken {
+    /// Who it is, in the audit trail.
+    pub name: String,
+    /// What it may do.
+    pub role: AdminRole,
+    /// SHA-256 of the token.
+    pub token_sha256: [u8; 32],
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminToken")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `[admin]`: who may use the admin REST API. OIDC callers get roles from
+/// their groups; static tokens have one role each. Empty: nobody.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Groups whose members are admins.
+    pub admin_groups: Vec<String>,
+    /// Groups whose members are auditors.
+    pub auditor_groups: Vec<String>,
+    /// Groups whose members are approvers.
+    pub approver_groups: Vec<String>,
+    /// Static tokens.
+    pub tokens: Vec<AdminToken>,
+}
+
+impl AdminConfig {
+    /// The roles of a principal with `groups`.
+    pub fn roles_for(&self, groups: &[String]) -> Vec<AdminRole> {
+        let member = |list: &[String]| list.iter().any(|g| groups.contains(g));
+        let mut roles = Vec::new();
+        if member(&self.admin_groups) {
+            roles.push(AdminRole::Admin);
+        }
+        if member(&self.auditor_groups) {
+            roles.push(AdminRole::Auditor);
+        }
+        if member(&self.approver_groups) {
+            roles.push(AdminRole::Approver);
+        }
+        roles
+    }
+}
+
+/// `[admin]` as written.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default)]
+    admin_groups: Vec<String>,
+    #[serde(default)]
+    auditor_groups: Vec<String>,
+    #[serde(default)]
+    approver_groups: Vec<String>,
+    #[serde(default)]
+    tokens: Vec<RawAdminToken>,
+}
+
+/// `[[admin.tokens]]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdminToken {
+    name: String,
+    role: String,
+    token_sha256: String,
+}
+
+fn admin_settings(raw: RawAdmin, err: &ErrFn<'_>) -> Result<AdminConfig, ConfigError> {
+    for (list, name) in [
+        (&raw.admin_groups, "admin_groups"),
+        (&raw.auditor_groups, "auditor_groups"),
+        (&raw.approver_groups, "approver_groups"),
+    ] {
+        if list.iter().any(String::is_empty) {
+            return Err(err(
+                format!("admin.{name}"),
+                "group names must not be empty".into(),
+            ));
+        }
+    }
+    let mut tokens: Vec<AdminToken> = Vec::new();
+    for (i, t) in raw.tokens.into_iter().enumerate() {
+        let key = |k: &str| format!("admin.tokens[{i}].{k}");
+        if t.name.is_empty() {
+            return Err(err(key("name"), "must not be empty".into()));
+        }
+        if tokens.iter().any(|o| o.name == t.name) {
+            return Err(err(
+                key("name"),
+                format!("duplicate token name {:?}", t.name),
+            ));
+        }
+        let role = t.role.parse().map_err(|e| err(key("role"), e))?;
+        let hex = t.token_sha256.trim();
+        let mut hash = [0u8; 32];
+        let valid = hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+        if !valid {
+            return Err(err(
+                key("token_sha256"),
+                "expected 64 hex digits: the SHA-256 of the token (printf %s \"$TOKEN\" | sha256sum), never the token itself".into(),
+            ));
+        }
+        for (j, b) in hash.iter_mut().enumerate() {
+            // Only ASCII hex digits here, so every slice is two of them.
+            *b = u8::from_str_radix(&hex[2 * j..2 * j + 2], 16).unwrap_or(0);
+        }
+        if tokens.iter().any(|o| o.token_sha256 == hash) {
+            return Err(err(
+                key("token_sha256"),
+                "the same token is configured twice".into(),
+            ));
+        }
+        tokens.push(AdminToken {
+            name: t.name,
+            role,
+            token_sha256: hash,
+        });
+    }
+    Ok(AdminConfig {
+        admin_groups: raw.admin_groups,
+        auditor_groups: raw.auditor_groups,
+        approver_groups: raw.approver_groups,
+        tokens,
+    })
+}
+
 // ---- raw (as written) ----
 
 #[derive(Deserialize)]
@@ -554,6 +734,8 @@ struct RawConfig {
     masking: RawMasking,
     #[serde(default)]
     audit: sluice_audit::AuditConfig,
+    #[serde(default)]
+    admin: RawAdmin,
 }
 
 /// `[masking]` as written.
@@ -872,6 +1054,7 @@ impl Config {
         raw.audit
             .validate()
             .map_err(|reason| err("audit".into(), reason))?;
+        let admin = admin_settings(raw.admin, &err)?;
 
         Ok(Config {
             listen,
@@ -885,6 +1068,7 @@ impl Config {
             policy: raw.policy,
             masking,
             audit: raw.audit,
+            admin,
         })
     }
 
@@ -1055,6 +1239,53 @@ kind = "agent"
         let text = minimal() + "[tls]\ncert = \"a.pem\"\n";
         let e = Config::parse(&text, "f.toml", &env).unwrap_err();
         assert_eq!(e.key, "tls.key");
+    }
+
+    #[test]
+    fn admin_section_parses_and_is_checked() {
+        let c = Config::parse(&minimal(), "f.toml", &env).unwrap();
+        assert_eq!(c.admin, AdminConfig::default());
+        assert!(c.admin.roles_for(&["dev".into()]).is_empty());
+
+        let hash = "ab".repeat(32);
+        let text = format!(
+            "{}[admin]\nadmin_groups = [\"ops\"]\nauditor_groups = [\"audit\", \"ops\"]\ntokens = [{{ name = \"ci\", role = \"auditor\", token_sha256 = \"{hash}\" }}]\n",
+            minimal()
+        );
+        let c = Config::parse(&text, "f.toml", &env).unwrap();
+        assert_eq!(
+            c.admin.roles_for(&["ops".into()]),
+            [AdminRole::Admin, AdminRole::Auditor]
+        );
+        assert_eq!(c.admin.tokens[0].role, AdminRole::Auditor);
+        assert_eq!(c.admin.tokens[0].token_sha256, [0xab; 32]);
+        assert!(!format!("{c:?}").contains(&hash));
+
+        for (bad, key) in [
+            ("role = \"root\"", "admin.tokens[0].role"),
+            ("token_sha256 = \"abc\"", "admin.tokens[0].token_sha256"),
+            ("name = \"\"", "admin.tokens[0].name"),
+        ] {
+            let field = bad.split(' ').next().unwrap();
+            let mut entry = vec![
+                "name = \"ci\"".to_owned(),
+                "role = \"admin\"".to_owned(),
+                format!("token_sha256 = \"{hash}\""),
+            ];
+            entry.retain(|e| !e.starts_with(field));
+            entry.push(bad.to_owned());
+            let text = format!("{}[[admin.tokens]]\n{}\n", minimal(), entry.join("\n"));
+            let e = Config::parse(&text, "f.toml", &env).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+        }
+        let twice = format!(
+            "{}[admin]\ntokens = [{{ name = \"a\", role = \"admin\", token_sha256 = \"{hash}\" }}, {{ name = \"b\", role = \"admin\", token_sha256 = \"{hash}\" }}]\n",
+            minimal()
+        );
+        let e = Config::parse(&twice, "f.toml", &env).unwrap_err();
+        assert_eq!(e.key, "admin.tokens[1].token_sha256", "{e}");
+        let unknown = format!("{}[admin]\nadmins = [\"x\"]\n", minimal());
+        assert!(Config::parse(&unknown, "f.toml", &env).is_err());
     }
 
     #[test]

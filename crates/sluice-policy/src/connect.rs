@@ -89,6 +89,8 @@ impl PolicyEngine {
                 analysis: Some(&empty),
                 application_name,
                 hour_utc,
+                client_address: "",
+                search_path: &[],
             })
             .map_err(failed)?;
         let request = CedarRequest::new(

@@ -127,6 +127,16 @@ pub struct Request<'a> {
     pub application_name: &'a str,
     /// Hour of the day, UTC.
     pub hour_utc: u8,
+    /// The client's IP address (empty when unknown).
+    pub client_address: &'a str,
+    /// Every schema an unqualified table name could resolve to in this
+    /// session (its search_path, `$user` expanded, `pg_catalog` first).
+    pub search_path: &'a [String],
+}
+
+/// Schemas an unqualified name resolves through by default.
+pub fn default_schemas() -> Vec<String> {
+    vec!["pg_catalog".to_owned(), "public".to_owned()]
 }
 
 /// A session's principal and target as Cedar entities.
@@ -143,6 +153,10 @@ pub struct PolicyEngine {
     order: HashMap<String, usize>,
     schema: Schema,
     authorizer: Authorizer,
+    /// Some policy names a Table resource: tables are judged one by one.
+    table_policies: bool,
+    /// Some policy names a Column resource.
+    column_policies: bool,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -255,11 +269,17 @@ impl PolicyEngine {
             .enumerate()
             .map(|(i, id)| (id, i))
             .collect();
+        let text: String = policies.policies().map(|p| p.to_string()).collect();
+        // A Column policy is also about its Table (columns are in tables).
+        let column_policies = text.contains("Sluice::Column");
+        let table_policies = column_policies || text.contains("Sluice::Table");
         Ok(PolicyEngine {
             policies,
             order,
             schema,
             authorizer: Authorizer::new(),
+            table_policies,
+            column_policies,
         })
     }
 
@@ -303,15 +323,33 @@ impl PolicyEngine {
             Ok(c) => c,
             Err(reason) => return evaluation_failed(reason),
         };
+        let mut requests: Vec<(Kind, EntityUid)> =
+            actions.iter().map(|a| (*a, resource.clone())).collect();
+        // Table and column resources, only when some policy names them.
+        let extended;
+        let entities = if (self.table_policies || self.column_policies) && req.analysis.is_some() {
+            let (extra, more) = match self.resource_requests(req, &actions, resource) {
+                Ok(r) => r,
+                Err(reason) => return evaluation_failed(reason),
+            };
+            requests.extend(more);
+            extended = match entities.clone().add_entities(extra, Some(&self.schema)) {
+                Ok(e) => e,
+                Err(e) => return evaluation_failed(e.to_string()),
+            };
+            &extended
+        } else {
+            entities
+        };
         let mut approval = None;
-        for action in actions {
+        for (action, resource) in requests {
             let action_uid = uid("Action", action.as_str());
             // Requests are built here from typed facts, and the policies were
             // validated against the schema at load: no per-request validation.
             let request = match CedarRequest::new(
                 principal.clone(),
                 action_uid,
-                resource.clone(),
+                resource,
                 context.clone(),
                 None,
             ) {
@@ -381,6 +419,112 @@ impl PolicyEngine {
         })
     }
 
+    /// Table and column entities for a statement, and the requests on them:
+    /// `select` on every table and column it reads, its write actions on
+    /// every table and column it writes. Unqualified names are tried in
+    /// every schema of the search path.
+    #[allow(clippy::type_complexity)]
+    fn resource_requests(
+        &self,
+        req: &Request<'_>,
+        actions: &BTreeSet<Kind>,
+        target: &EntityUid,
+    ) -> Result<(Vec<Entity>, Vec<(Kind, EntityUid)>), String> {
+        let Some(a) = req.analysis else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let writes: Vec<Kind> = actions
+            .iter()
+            .copied()
+            .filter(|k| !matches!(k, Kind::Select | Kind::Other | Kind::CopyOut))
+            .collect();
+        let reads = if actions.contains(&Kind::CopyOut) {
+            vec![Kind::Select, Kind::CopyOut]
+        } else {
+            vec![Kind::Select]
+        };
+        let mut entities: HashMap<EntityUid, Entity> = HashMap::new();
+        let mut requests = Vec::new();
+        let env = RestrictedExpression::new_string(req.target.environment.to_owned());
+        let table =
+            |name: &str, entities: &mut HashMap<EntityUid, Entity>| -> Result<EntityUid, String> {
+                let id = uid("Table", name);
+                if !entities.contains_key(&id) {
+                    let (schema, table) = name.rsplit_once('.').unwrap_or(("", name));
+                    let e = Entity::new(
+                        id.clone(),
+                        HashMap::from([
+                            (
+                                "name".to_owned(),
+                                RestrictedExpression::new_string(name.to_owned()),
+                            ),
+                            (
+                                "schema".to_owned(),
+                                RestrictedExpression::new_string(schema.to_owned()),
+                            ),
+                            (
+                                "table".to_owned(),
+                                RestrictedExpression::new_string(table.to_owned()),
+                            ),
+                            ("environment".to_owned(), env.clone()),
+                        ]),
+                        HashSet::from([target.clone()]),
+                    )
+                    .map_err(|e| e.to_string())?;
+                    entities.insert(id.clone(), e);
+                }
+                Ok(id)
+            };
+        if self.table_policies {
+            for t in qualified(&a.tables_read(), req.search_path) {
+                let id = table(&t, &mut entities)?;
+                requests.extend(reads.iter().map(|k| (*k, id.clone())));
+            }
+            for t in qualified(&a.tables_written(), req.search_path) {
+                let id = table(&t, &mut entities)?;
+                requests.extend(writes.iter().map(|k| (*k, id.clone())));
+            }
+        }
+        if self.column_policies {
+            let column = |name: &str,
+                          entities: &mut HashMap<EntityUid, Entity>|
+             -> Result<EntityUid, String> {
+                let (tbl, col) = name.rsplit_once('.').unwrap_or(("", name));
+                let parent = table(tbl, entities)?;
+                let id = uid("Column", name);
+                if !entities.contains_key(&id) {
+                    let e = Entity::new(
+                        id.clone(),
+                        HashMap::from([
+                            (
+                                "name".to_owned(),
+                                RestrictedExpression::new_string(name.to_owned()),
+                            ),
+                            (
+                                "column".to_owned(),
+                                RestrictedExpression::new_string(col.to_owned()),
+                            ),
+                            ("environment".to_owned(), env.clone()),
+                        ]),
+                        HashSet::from([parent]),
+                    )
+                    .map_err(|e| e.to_string())?;
+                    entities.insert(id.clone(), e);
+                }
+                Ok(id)
+            };
+            for c in qualified_columns(&a.columns_read(), req.search_path) {
+                let id = column(&c, &mut entities)?;
+                requests.extend(reads.iter().map(|k| (*k, id.clone())));
+            }
+            for c in qualified_columns(&a.columns_written(), req.search_path) {
+                let id = column(&c, &mut entities)?;
+                requests.extend(writes.iter().map(|k| (*k, id.clone())));
+            }
+        }
+        Ok((entities.into_values().collect(), requests))
+    }
+
     fn entities(
         &self,
         who: &Principal,
@@ -390,13 +534,18 @@ impl PolicyEngine {
     ) -> Result<Entities, String> {
         let groups: HashSet<EntityUid> = who.groups.iter().map(|g| uid("Group", g)).collect();
         let mut list = vec![
-            Entity::new(
+            // Attributes (from config or token claims) are tags:
+            // `principal.hasTag("region") && principal.getTag("region") == "eu"`.
+            Entity::new_with_tags(
                 principal.clone(),
                 HashMap::from([(
                     "name".to_owned(),
                     RestrictedExpression::new_string(who.name.clone()),
                 )]),
                 groups.clone(),
+                who.attributes
+                    .iter()
+                    .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone()))),
             )
             .map_err(|e| e.to_string())?,
             Entity::new(
@@ -443,6 +592,12 @@ impl PolicyEngine {
                 0,
             ),
         };
+        let (columns_read, columns_written) = match req.analysis {
+            Some(a) => (a.columns_read(), a.columns_written()),
+            None => (BTreeSet::new(), BTreeSet::new()),
+        };
+        let relations_read = qualified(&read, req.search_path);
+        let relations_written = qualified(&written, req.search_path);
         Context::from_pairs([
             (
                 "environment".to_owned(),
@@ -451,6 +606,14 @@ impl PolicyEngine {
             ("risks".to_owned(), set(risks)),
             ("tables_read".to_owned(), set(read)),
             ("tables_written".to_owned(), set(written)),
+            ("relations_read".to_owned(), set(relations_read)),
+            ("relations_written".to_owned(), set(relations_written)),
+            ("columns_read".to_owned(), set(columns_read)),
+            ("columns_written".to_owned(), set(columns_written)),
+            (
+                "client_address".to_owned(),
+                RestrictedExpression::new_string(req.client_address.to_owned()),
+            ),
             ("functions".to_owned(), set(functions)),
             (
                 "unparseable".to_owned(),
@@ -471,6 +634,54 @@ impl PolicyEngine {
         ])
         .map_err(|e| e.to_string())
     }
+}
+
+/// Table names with their schema: a qualified name as it is, an
+/// unqualified one once for every schema of the search path it could
+/// resolve to (`pg_catalog` only for `pg_*` names: every relation there is
+/// named so).
+pub fn qualified(tables: &BTreeSet<String>, search_path: &[String]) -> BTreeSet<String> {
+    let defaults;
+    let path = if search_path.is_empty() {
+        defaults = default_schemas();
+        &defaults
+    } else {
+        search_path
+    };
+    let mut out = BTreeSet::new();
+    for t in tables {
+        if t.contains('.') || t.starts_with("database ") {
+            out.insert(t.clone());
+            continue;
+        }
+        for s in path {
+            if s == "pg_catalog" && !t.starts_with("pg_") {
+                continue;
+            }
+            out.insert(format!("{s}.{t}"));
+        }
+    }
+    out
+}
+
+/// Columns (`table.column` or `schema.table.column`) with their schema.
+fn qualified_columns(columns: &BTreeSet<String>, search_path: &[String]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for c in columns {
+        match c.matches('.').count() {
+            0 => {}
+            1 => {
+                let (t, col) = c.split_once('.').unwrap_or(("", c));
+                for q in qualified(&BTreeSet::from([t.to_owned()]), search_path) {
+                    out.insert(format!("{q}.{col}"));
+                }
+            }
+            _ => {
+                out.insert(c.clone());
+            }
+        }
+    }
+    out
 }
 
 /// The @id of every built-in guardrail, in file order.

@@ -54,6 +54,8 @@ impl PolicyEngine {
             analysis: Some(&empty),
             application_name: "",
             hour_utc: 0,
+            client_address: "",
+            search_path: &[],
         }) else {
             return false;
         };

@@ -29,6 +29,8 @@ fn decide(engine: &PolicyEngine, env: &str, sql: &str) -> Decision {
         analysis: analysis.as_ref(),
         application_name: "test",
         hour_utc: 12,
+        client_address: "",
+        search_path: &[],
     })
 }
 
@@ -286,6 +288,8 @@ unless { action == Sluice::Action::"select" };
         analysis: Some(&analysis),
         application_name: "",
         hour_utc: 0,
+        client_address: "",
+        search_path: &[],
     });
     assert_eq!(d.rule(), Some("agents-read-only"));
     assert_eq!(decide(&engine, "production", "truncate t").label(), "allow");
@@ -307,5 +311,196 @@ unless { action == Sluice::Action::"select" };
     assert!(
         err.contains("no-such-guardrail") && err.contains("no-drop-in-production"),
         "{err}"
+    );
+}
+
+fn engine_with(policies: &str) -> PolicyEngine {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.cedar"), policies).unwrap();
+    PolicyEngine::load(Some(dir.path()), &[]).unwrap()
+}
+
+fn decide_as(
+    engine: &PolicyEngine,
+    who: &Principal,
+    env: &str,
+    search_path: &[String],
+    sql: &str,
+) -> Decision {
+    let analysis = sluice_sql::analyze(sql, Dialect::default()).ok();
+    engine.decide(&Request {
+        principal: who,
+        target: TargetRef {
+            name: "app",
+            environment: env,
+        },
+        analysis: analysis.as_ref(),
+        application_name: "",
+        hour_utc: 0,
+        client_address: "10.1.2.3",
+        search_path,
+    })
+}
+
+#[test]
+fn tables_and_columns_are_resources_when_policies_name_them() {
+    // An agent may only SELECT, and only from two tables.
+    let engine = engine_with(
+        r#"
+@id("report-bot-reads-two-tables")
+@reason("report-bot may only read public.orders and public.products")
+forbid (principal == Sluice::Agent::"report-bot", action, resource is Sluice::Table)
+unless {
+  action == Sluice::Action::"select" &&
+  (resource == Sluice::Table::"public.orders" || resource == Sluice::Table::"public.products")
+};
+
+@id("report-bot-reads-only")
+@reason("report-bot may only read")
+forbid (principal == Sluice::Agent::"report-bot", action, resource)
+unless { action == Sluice::Action::"select" || action == Sluice::Action::"other" };
+
+@id("no-salary-column")
+@reason("salaries are not for people outside hr")
+forbid (principal, action, resource == Sluice::Column::"public.staff.salary")
+unless { principal in Sluice::Group::"hr" };
+"#,
+    );
+    let bot = Principal {
+        kind: PrincipalKind::Agent,
+        name: "report-bot".into(),
+        ..alice()
+    };
+    let path = vec!["pg_catalog".to_owned(), "public".to_owned()];
+    let d = |who: &Principal, sql: &str| decide_as(&engine, who, "production", &path, sql);
+    assert_eq!(
+        d(&bot, "select * from orders join products using (id)").label(),
+        "allow"
+    );
+    assert_eq!(
+        d(&bot, "select o.total from public.orders o").label(),
+        "allow"
+    );
+    assert_eq!(
+        d(&bot, "select * from customers").rule(),
+        Some("report-bot-reads-two-tables")
+    );
+    assert_eq!(
+        d(
+            &bot,
+            "select * from orders where id in (select order_id from refunds)"
+        )
+        .rule(),
+        Some("report-bot-reads-two-tables")
+    );
+    assert_eq!(
+        d(&bot, "insert into orders values (1)").rule(),
+        Some("report-bot-reads-only")
+    );
+    // Column resources: through an alias, a join, a function.
+    for sql in [
+        "select salary from staff",
+        "select s.salary as pay from staff s",
+        "select name from staff where salary > 100000",
+        "select sum(salary) from public.staff",
+    ] {
+        assert_eq!(d(&alice(), sql).rule(), Some("no-salary-column"), "{sql}");
+    }
+    assert_eq!(d(&alice(), "select name from staff").label(), "allow");
+    let hr = Principal {
+        groups: vec!["hr".into()],
+        ..alice()
+    };
+    assert_eq!(d(&hr, "select salary from staff").label(), "allow");
+}
+
+#[test]
+fn search_path_games_do_not_hide_a_table() {
+    let engine = engine_with(
+        r#"
+@id("payroll-is-read-only")
+@reason("public.payroll is read-only")
+forbid (principal, action in [Sluice::Action::"update", Sluice::Action::"delete", Sluice::Action::"insert"], resource)
+when { context.relations_written.contains("public.payroll") };
+
+@id("office-network-only")
+@reason("production only from the office network")
+forbid (principal, action, resource)
+when { resource.environment == "production" && !(context.client_address like "10.*") };
+"#,
+    );
+    // The session's search path has gained schemas over time: an unqualified
+    // name counts in every one of them.
+    let path: Vec<String> = ["pg_catalog", "sluice_app", "public", "scratch"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for sql in [
+        "delete from payroll where id = 1",
+        "delete from \"payroll\" where id = 1",
+        "delete from public.payroll where id = 1",
+        "with d as (delete from payroll where id = 1 returning *) select * from d",
+        "set search_path = scratch, public; update payroll set amount = 0 where id = 1",
+    ] {
+        let d = decide_as(&engine, &alice(), "staging", &path, sql);
+        assert_eq!(d.rule(), Some("payroll-is-read-only"), "{sql}");
+    }
+    assert_eq!(
+        decide_as(
+            &engine,
+            &alice(),
+            "staging",
+            &path,
+            "delete from scratch.payroll where id = 1"
+        )
+        .label(),
+        "allow",
+        "another schema's payroll, named explicitly"
+    );
+    // client_address is in the context.
+    let outside = engine.decide(&Request {
+        principal: &alice(),
+        target: TargetRef {
+            name: "app",
+            environment: "production",
+        },
+        analysis: sluice_sql::analyze("select 1", Dialect::default())
+            .ok()
+            .as_ref(),
+        application_name: "",
+        hour_utc: 0,
+        client_address: "192.168.1.5",
+        search_path: &path,
+    });
+    assert_eq!(outside.rule(), Some("office-network-only"));
+}
+
+#[test]
+fn principal_attributes_are_tags() {
+    let engine = engine_with(
+        r#"
+@id("eu-data-stays-with-eu-staff")
+@reason("only EU staff may read EU targets")
+forbid (principal, action, resource)
+when { resource.environment == "eu-production" }
+unless { principal.hasTag("region") && principal.getTag("region") == "eu" };
+"#,
+    );
+    let mut eu = alice();
+    eu.attributes.insert("region".into(), "eu".into());
+    let mut us = alice();
+    us.attributes.insert("region".into(), "us".into());
+    let path: Vec<String> = Vec::new();
+    assert_eq!(
+        decide_as(&engine, &eu, "eu-production", &path, "select 1").label(),
+        "allow"
+    );
+    assert_eq!(
+        decide_as(&engine, &us, "eu-production", &path, "select 1").rule(),
+        Some("eu-data-stays-with-eu-staff")
+    );
+    assert_eq!(
+        decide_as(&engine, &alice(), "eu-production", &path, "select 1").rule(),
+        Some("eu-data-stays-with-eu-staff")
     );
 }

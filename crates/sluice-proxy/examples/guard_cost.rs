@@ -293,6 +293,8 @@ impl<'a> Env<'a> {
             analysis,
             application_name: "pgbench",
             hour_utc: 12,
+            client_address: "",
+            search_path: &[],
         }
     }
 }
@@ -386,8 +388,9 @@ fn measure(env: &Env<'_>, stmt: &'static Stmt, s: &Settings) -> Row {
         }
     };
 
-    // --- miss: each call on a fresh guard (built outside the timed loop, as
-    // a session is), so nothing is cached; includes the cache inserts.
+    // --- miss on a new session: each call on a fresh guard (built outside
+    // the timed loop, as a session's is), so nothing is cached and the
+    // guard's memory is cold; includes the cache inserts.
     let n = iterations(if long { 1_000 } else { 4_000 }, s.scale);
     let mut samples = Vec::with_capacity(s.reps);
     let mut miss_wrong = None;

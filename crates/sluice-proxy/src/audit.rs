@@ -109,6 +109,8 @@ pub struct PendingAudit {
     pub info: Arc<StatementInfo>,
     /// When it was sent.
     pub started: Instant,
+    /// Its text with literals, only when `[audit] log_literals` is on.
+    pub text: Option<std::sync::Arc<str>>,
 }
 
 /// How a statement ended, as the upstream loop saw it.
@@ -202,7 +204,7 @@ impl SessionAudit {
     }
 
     /// A statement refused before it ran.
-    pub fn refused(&self, info: &StatementInfo, held: bool, rule: &str) {
+    pub fn refused(&self, info: &StatementInfo, held: bool, rule: &str, text: Option<&str>) {
         self.totals
             .refused
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -213,6 +215,7 @@ impl SessionAudit {
         };
         let mut s = self.statement(info, decision, Some(rule.to_owned()));
         s.sqlstate = Some(if held { "SL001" } else { "42501" }.to_owned());
+        s.text = text.map(str::to_owned);
         self.record(EventBody::Statement(s));
     }
 
@@ -221,6 +224,9 @@ impl SessionAudit {
         use std::sync::atomic::Ordering::Relaxed;
         self.totals.statements.fetch_add(1, Relaxed);
         self.totals.rows.fetch_add(outcome.rows_returned, Relaxed);
+        self.totals
+            .bytes_to_client
+            .fetch_add(outcome.bytes_to_client, Relaxed);
         if outcome.refused_by.is_some() {
             self.totals.refused.fetch_add(1, Relaxed);
         }
@@ -230,6 +236,7 @@ impl SessionAudit {
         };
         let info = &pending.info;
         let mut s = self.statement(info, decision, rule);
+        s.text = pending.text.as_deref().map(str::to_owned);
         s.rows_returned = outcome.rows_returned;
         s.rows_affected = outcome.rows_affected;
         s.bytes_to_client = outcome.bytes_to_client;

@@ -69,10 +69,15 @@ pub async fn run(
         send(w, &[&msg]).await?;
         return Ok(());
     }
+    let in_transaction = st.flight.status() == TransactionStatus::InTransaction;
     let probed = match &copy.probe {
         Some(sql) => probe(w, st, sql, masker, lookup).await?,
         None => None,
     };
+    // In a transaction the probe's failure has aborted it: the COPY gets
+    // "transaction aborted", so the client is told the probe's real error
+    // in its place, as if the COPY itself had failed (it would have).
+    let probe_error = st.flight.take_probe_error().filter(|_| in_transaction);
     let plan = match probed {
         Some(result) => CopyPlan::new(&result, copy).map(Some),
         // The probe failed, most likely the way the COPY will (a bad query,
@@ -85,6 +90,7 @@ pub async fn run(
             let entry = st.client_entry(Awaiting::Query);
             st.expect(Expect {
                 copy: plan.map(Arc::new),
+                replace_error: probe_error,
                 ..entry
             });
             st.commit();
@@ -117,10 +123,12 @@ pub async fn run_parse(
     masker: &Masker,
     lookup: &CatalogAccess<'_>,
 ) -> Result<(), GuardError> {
+    let in_transaction = st.flight.status() == TransactionStatus::InTransaction;
     let probed = match &copy.probe {
         Some(sql) => probe(w, st, sql, masker, lookup).await?,
         None => None,
     };
+    let probe_error = st.flight.take_probe_error().filter(|_| in_transaction);
     match probed.map(|result| CopyPlan::new(&result, copy)) {
         Some(Err(why)) => {
             st.audit_refusal(false, "masking");
@@ -135,7 +143,7 @@ pub async fn run_parse(
         }
         // Without a plan the statement's data, should it come, is not sent.
         plan => {
-            st.prepared_copy(name, plan.and_then(Result::ok).map(Arc::new));
+            st.prepared_copy(name, plan.and_then(Result::ok).map(Arc::new), probe_error);
             st.commit();
             send(w, &[&msg]).await?;
         }
@@ -151,6 +159,7 @@ async fn probe(
     masker: &Masker,
     lookup: &CatalogAccess<'_>,
 ) -> Result<Option<crate::masking::ResultPlan>, GuardError> {
+    st.flight.take_probe_error();
     let (tx, rx) = oneshot::channel();
     let quiet = |awaiting| Expect {
         quiet: true,

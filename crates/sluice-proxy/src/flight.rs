@@ -76,6 +76,8 @@ pub struct Completion {
     pub status: Option<TransactionStatus>,
     /// For a Describe: the RowDescription body (if the result has rows).
     pub row_description: Option<Bytes>,
+    /// The whole ErrorResponse the entry ended with (kept for Sluice's probes).
+    pub error_message: Option<Bytes>,
 }
 
 /// A limit on the rows one UPDATE, DELETE or MERGE may change.
@@ -112,6 +114,8 @@ pub struct Expect {
     pub quiet: bool,
     /// The statement's audit record, completed when its answer is.
     pub audit: Option<Box<PendingAudit>>,
+    /// An error to send in place of the server's first error for this entry.
+    pub replace_error: Option<Bytes>,
 }
 
 impl Expect {
@@ -128,6 +132,7 @@ impl Expect {
             copy: None,
             quiet: false,
             audit: None,
+            replace_error: None,
         }
     }
 
@@ -170,6 +175,8 @@ struct State {
     portal_plans: HashMap<String, Arc<ResultPlan>>,
     /// Statements answered whose audit records are to be written.
     finished: Vec<Finished>,
+    /// The last error of one of Sluice's probes.
+    probe_error: Option<Bytes>,
 }
 
 /// A statement whose answer is complete, for the audit trail.
@@ -198,6 +205,7 @@ impl Default for Flight {
                 idle_through: 0,
                 portal_plans: HashMap::new(),
                 finished: Vec::new(),
+                probe_error: None,
             })),
             drained: Arc::new(Notify::new()),
         }
@@ -225,6 +233,11 @@ impl Flight {
     /// reported an idle transaction (portals bound before are gone).
     pub fn idle_through(&self) -> u64 {
         self.lock().idle_through
+    }
+
+    /// The error a probe of Sluice's ended with, if any (taken).
+    pub fn take_probe_error(&self) -> Option<Bytes> {
+        self.lock().probe_error.take()
     }
 
     /// True when nothing is waiting for an answer.
@@ -532,6 +545,19 @@ impl Tracker<'_> {
             .ok()
             .and_then(|e| e.code().map(str::to_owned));
         let quiet = self.front().is_some_and(|e| e.quiet);
+        if quiet {
+            // Kept for the probe that failed: the client may need to hear it.
+            let mut whole = bytes::BytesMut::with_capacity(body.len() + 5);
+            whole.extend_from_slice(b"E");
+            whole.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+            whole.extend_from_slice(body);
+            self.state.probe_error = Some(whole.freeze());
+        }
+        let replacement = self
+            .state
+            .queue
+            .front_mut()
+            .and_then(|e| e.replace_error.take());
         match self.front().map(|e| e.awaiting) {
             // The whole simple query (or call) ends at ReadyForQuery.
             Some(Awaiting::Query | Awaiting::FunctionCall) => {
@@ -551,10 +577,10 @@ impl Tracker<'_> {
         }
         // Errors always reach the client, Sluice's own included (a COMMIT
         // that fails must be heard), except those of Sluice's probes.
-        if quiet {
-            Disposition::Swallow
-        } else {
-            Disposition::Forward
+        match (quiet, replacement) {
+            (true, _) => Disposition::Swallow,
+            (false, Some(r)) => Disposition::Replace(r),
+            (false, None) => Disposition::Forward,
         }
     }
 
@@ -569,8 +595,12 @@ impl Tracker<'_> {
             // Every portal ends with its transaction.
             self.state.portal_plans.clear();
         }
-        // Entries skipped after an error got no answer of their own.
+        // Entries skipped after an error got no answer of their own; their
+        // statements never ran, so they leave no audit record.
         while self.front().is_some_and(|e| !e.awaiting.ends_with_ready()) {
+            if let Some(e) = self.state.queue.front_mut() {
+                e.audit = None;
+            }
             self.pop(progress, Completion::default());
         }
         let Some(front) = self.state.queue.front_mut() else {
@@ -598,6 +628,7 @@ impl Tracker<'_> {
             suspended: false,
             status: Some(status),
             row_description: None,
+            error_message: None,
         };
         self.pop(progress, completion);
         match (swallow, prefix) {

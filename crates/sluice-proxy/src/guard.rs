@@ -158,6 +158,14 @@ pub struct Guard<'a> {
     cache: HashMap<Bytes, Verdict>,
     /// Verdicts that hold for every statement with the same template.
     templates: HashMap<String, Verdict>,
+    /// The client's IP address, for policy.
+    pub client_address: String,
+    /// Sluice's login on the upstream (what `$user` means in a search_path).
+    pub upstream_user: String,
+    /// Every schema an unqualified table name may resolve to in this
+    /// session: `pg_catalog`, then each schema the session's search_path
+    /// named (not `$user`), never shrinking.
+    search_path: Vec<String>,
     /// `sluice_denied_<random>_`: the marker prefix of this session.
     pub marker_prefix: String,
     next_id: u64,
@@ -195,6 +203,9 @@ impl<'a> Guard<'a> {
             cache: HashMap::new(),
             templates: HashMap::new(),
             marker_prefix: format!("sluice_denied_{salt:016x}_"),
+            client_address: String::new(),
+            upstream_user: String::new(),
+            search_path: Vec::new(),
             next_id: 0,
             refusals: Refusals::default(),
         }
@@ -213,6 +224,23 @@ impl<'a> Guard<'a> {
     /// The verdict for a query string (of a Query or a Parse).
     pub fn judge_text(&mut self, text: &[u8]) -> Verdict {
         if !self.enabled {
+            // Still read a COPY, whose data masking must plan for.
+            let copy = text
+                .iter()
+                .position(|b| !b.is_ascii_whitespace())
+                .and_then(|at| text.get(at..at + 4))
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"copy"));
+            if copy {
+                if let Some(a) = std::str::from_utf8(text)
+                    .ok()
+                    .and_then(|t| sluice_sql::analyze(t, sluice_sql::Dialect::default()).ok())
+                {
+                    return Verdict::Allow(Arc::new(Allowed::of(
+                        Some(&a),
+                        self.unjudged.info.clone(),
+                    )));
+                }
+            }
             return Verdict::Allow(self.unjudged.clone());
         }
         self.cached_or_judge(text)
@@ -227,6 +255,32 @@ impl<'a> Guard<'a> {
         self.next_id += 1;
         self.refusals.put(id, error);
         format!("{}{id}", self.marker_prefix)
+    }
+
+    /// Add the schemas of a search_path the session set (or starts with);
+    /// verdicts judged under fewer schemas no longer hold.
+    pub fn widen_search_path(&mut self, path: &[String], upstream_user: &str) {
+        if self.search_path.is_empty() {
+            self.search_path.push("pg_catalog".to_owned());
+        }
+        let mut changed = false;
+        for schema in path {
+            // `$user` is Sluice's own login, whose schema normally does not
+            // exist: counting it would make every allow list fail.
+            if schema == "$user" {
+                let _ = upstream_user;
+                continue;
+            }
+            let schema = schema.as_str();
+            if !self.search_path.iter().any(|s| s == schema) {
+                self.search_path.push(schema.to_owned());
+                changed = true;
+            }
+        }
+        if changed {
+            self.cache.clear();
+            self.templates.clear();
+        }
     }
 
     /// Who this session is.
@@ -288,12 +342,19 @@ impl<'a> Guard<'a> {
     }
 
     /// Analyse and decide; also says whether the verdict holds for the whole template.
-    fn judge(&self, text: Option<&[u8]>) -> (Verdict, bool) {
+    fn judge(&mut self, text: Option<&[u8]>) -> (Verdict, bool) {
         Metrics::inc(&self.metrics.statements_checked_total);
         let text = text.and_then(|t| std::str::from_utf8(t).ok());
         let analysis =
             text.and_then(|t| sluice_sql::analyze(t, sluice_sql::Dialect::default()).ok());
         let info = Arc::new(StatementInfo::of(text.unwrap_or(""), analysis.as_ref()));
+        // A search_path set in this very string applies to its own statements.
+        if let Some(a) = &analysis {
+            for path in a.statements.iter().filter_map(|s| s.search_path.as_ref()) {
+                let user = self.upstream_user.clone();
+                self.widen_search_path(path, &user);
+            }
+        }
         let hour_utc = ((std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -310,6 +371,8 @@ impl<'a> Guard<'a> {
             analysis: analysis.as_ref(),
             application_name: self.application_name,
             hour_utc,
+            client_address: &self.client_address,
+            search_path: &self.search_path,
         };
         let decision = match &self.entities {
             Ok(entities) => self.engine.decide_in(entities, &request),

@@ -163,24 +163,6 @@ impl Masking {
         Ok(Some(plan))
     }
 
-    /// The same plan with the result formats a Bind asked for.
-    pub fn with_formats(plan: &Arc<ResultPlan>, formats: &[i16]) -> Arc<ResultPlan> {
-        let format = |i: usize| match formats {
-            [] => 0,
-            [one] => *one,
-            many => many.get(i).copied().unwrap_or(0),
-        };
-        if (0..plan.columns.len()).all(|i| plan.formats[i] == format(i)) {
-            return plan.clone();
-        }
-        Arc::new(ResultPlan {
-            columns: plan.columns.clone(),
-            formats: (0..plan.columns.len()).map(format).collect(),
-            labels: plan.labels.clone(),
-            active: plan.active,
-        })
-    }
-
     /// Mask one whole DataRow (`body` without header).
     pub fn row(&mut self, plan: &ResultPlan, body: &[u8]) -> RowOutcome {
         if !plan.active {

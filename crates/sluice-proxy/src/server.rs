@@ -59,6 +59,55 @@ pub struct ProxyState {
     /// The audit trail's writer; stopped (flushed, checkpointed) at shutdown.
     audit_writer: std::sync::Mutex<Option<sluice_audit::AuditWriter>>,
     audit: sluice_audit::AuditSink,
+    /// Sessions relaying now, by session id (locked at session start and
+    /// end and by the admin API, never per message).
+    sessions: std::sync::Mutex<HashMap<String, LiveSession>>,
+}
+
+/// What the admin API shows of a live session.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionInfo {
+    /// Session id (as in the audit trail).
+    pub id: String,
+    /// Principal name.
+    pub principal: String,
+    /// human, service or agent.
+    pub kind: String,
+    /// Who an agent acts for.
+    pub on_behalf_of: Option<String>,
+    /// Target name.
+    pub target: String,
+    /// Its environment.
+    pub environment: String,
+    /// Client address.
+    pub client: String,
+    /// The client's application_name.
+    pub application_name: String,
+    /// Whether the client uses TLS.
+    pub tls: bool,
+    /// When it started (ms since the epoch).
+    pub started_ms: u64,
+}
+
+struct LiveSession {
+    info: SessionInfo,
+    kill: Arc<Notify>,
+}
+
+/// Removes a session from the registry when it ends.
+pub struct SessionHandle<'a> {
+    state: &'a ProxyState,
+    id: String,
+    /// Notified when an administrator ends the session.
+    pub kill: Arc<Notify>,
+}
+
+impl Drop for SessionHandle<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.state.sessions.lock() {
+            s.remove(&self.id);
+        }
+    }
 }
 
 impl ProxyState {
@@ -87,6 +136,7 @@ impl ProxyState {
         Ok(Arc::new(ProxyState {
             audit_writer: std::sync::Mutex::new(Some(writer)),
             audit,
+            sessions: std::sync::Mutex::new(HashMap::new()),
             runtime: RwLock::new(Arc::new(runtime)),
             config_path: config_path.to_owned(),
             data_dir: data_dir.to_owned(),
@@ -144,6 +194,65 @@ impl ProxyState {
                 tracing::error!(error = %e, "the audit trail did not close cleanly");
             }
         }
+    }
+
+    /// Add a session to the registry of live sessions.
+    pub fn register_session(&self, info: SessionInfo) -> SessionHandle<'_> {
+        let kill = Arc::new(Notify::new());
+        let id = info.id.clone();
+        if let Ok(mut s) = self.sessions.lock() {
+            s.insert(
+                id.clone(),
+                LiveSession {
+                    info,
+                    kill: kill.clone(),
+                },
+            );
+        }
+        SessionHandle {
+            state: self,
+            id,
+            kill,
+        }
+    }
+
+    /// The live sessions.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        let mut v: Vec<SessionInfo> = match self.sessions.lock() {
+            Ok(s) => s.values().map(|l| l.info.clone()).collect(),
+            Err(_) => Vec::new(),
+        };
+        v.sort_by(|a, b| a.started_ms.cmp(&b.started_ms).then(a.id.cmp(&b.id)));
+        v
+    }
+
+    /// End a live session (it gets FATAL 57P01); false if there is none by that id.
+    pub fn kill_session(&self, id: &str) -> bool {
+        match self.sessions.lock() {
+            Ok(s) => match s.get(id) {
+                Some(l) => {
+                    l.kill.notify_one();
+                    true
+                }
+                None => false,
+            },
+            Err(_) => false,
+        }
+    }
+
+    /// The audit trail's sink (for events of the admin API).
+    pub fn audit(&self) -> &sluice_audit::AuditSink {
+        &self.audit
+    }
+
+    /// The data directory (the default audit store lives in it).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The config file [`reload`](Self::reload) reads.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
     }
 
     /// True once shutdown started.

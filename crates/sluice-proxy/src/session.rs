@@ -147,6 +147,18 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
         upstream_key: up.key,
     });
 
+    // Under fail_closed, no session starts that the audit trail cannot record.
+    if rt.audit.check().is_err() {
+        rt.audit.note_refused();
+        let err = SessionError::fatal_hint(
+            "53000",
+            "sluice: refused because the audit trail cannot record new sessions (its spool is full or failing)",
+            "try again later; the administrator is alerted by sluice_audit_refused_total",
+        );
+        frontend::refuse(&mut stream, &err).await;
+        return;
+    }
+
     // The client's AuthenticationOk waits until the upstream accepted us, so
     // a dead upstream is a clean startup error, not a broken session.
     let mut hello = BytesMut::with_capacity(512 + up.greeting.len());
@@ -174,7 +186,7 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
             let conn = t.get_ref().1;
             Some((
                 conn.protocol_version()
-                    .map(|v| format!("{v:?}"))
+                    .map(|v| format!("{v:?}").replace('_', "."))
                     .unwrap_or_default(),
                 conn.negotiated_cipher_suite()
                     .map(|c| format!("{:?}", c.suite()))
@@ -185,6 +197,20 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
     };
     let audit = Arc::new(SessionAudit::new(rt.audit.clone(), &principal, &target));
     audit.started(&principal, peer, &application_name, tls_info);
+    let registered = state.register_session(crate::server::SessionInfo {
+        id: audit.session.clone(),
+        principal: principal.name.clone(),
+        kind: principal.kind.as_str().to_owned(),
+        on_behalf_of: principal.on_behalf_of.clone(),
+        target: target.name.clone(),
+        environment: target.environment.clone(),
+        client: peer.to_string(),
+        application_name: application_name.clone(),
+        tls: client_tls,
+        started_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    });
     let (mut client_read, client_write) = stream.split();
     let (mut up_read, mut up_write) = up.stream.split();
     let mut to_client = ClientWriter {
@@ -197,10 +223,25 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
 
     let mut guard = Guard::new(&rt.policy, &principal, &target, &application_name, metrics);
     guard.enabled = rt.config.policy.enabled;
+    guard.client_address = peer.ip().to_string();
+    guard.upstream_user = target.user.clone();
+    let start_path = upstream_params
+        .iter()
+        .find(|(k, _)| k == "search_path")
+        .map(|(_, v)| {
+            v.split(',')
+                .map(|s| s.trim().trim_matches('"').to_owned())
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_else(sluice_sql::default_search_path);
+    let upstream_user = guard.upstream_user.clone();
+    guard.widen_search_path(&start_path, &upstream_user);
     let refusals = guard.refusals.clone();
     let marker_prefix = guard.marker_prefix.clone();
     let mut statements = Statements::new(guard, target.max_rows_affected);
     statements.audit = Some(audit.clone());
+    statements.log_literals = rt.config.audit.log_literals;
     let flight = statements.flight.clone();
     // Results are masked unless masking is off or policy lets this principal see them whole.
     let unmasked = rt.policy.allows_unmask(
@@ -211,9 +252,13 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
         },
     );
     let catalog = rt.catalogs.get(&target.name).cloned().unwrap_or_default();
+    // DDL from any session makes the target's cached column names stale.
+    statements.catalog = Some(catalog.clone());
+    // Catalog lookups log in as the target's own user, not a group's login.
+    let catalog_target = rt.config.target(&target.name).unwrap_or(&target);
     let access = || CatalogAccess {
         catalog: catalog.clone(),
-        target: &target,
+        target: catalog_target,
         connector: connector.as_ref(),
         timeout,
     };
@@ -238,7 +283,9 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
         r = client_to_upstream(&mut client_read, &mut up_write, max, metrics, &mut statements, &target.environment, copy_ctx) => r,
         r = upstream_to_client(&mut up_read, up.leftover, &mut to_client, metrics, &flight, walk, lookup) => r,
         _ = force_close.wait_for(|v| *v) => End::ShuttingDown,
+        _ = registered.kill.notified() => End::Killed,
     };
+    drop(registered);
 
     // Say why, when the client is still there to hear it.
     let goodbye = match &end {
@@ -256,6 +303,11 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
             Severity::Fatal,
             "08P01",
             format!("sluice: closing the session: {why}"),
+        )),
+        End::Killed => Some(ErrorResponse::new(
+            Severity::Fatal,
+            "57P01",
+            "sluice: terminating connection: an administrator ended this session",
         )),
         End::TokenExpired => Some(
             ErrorResponse::new(Severity::Fatal, "28000", sluice_identity::EXPIRED_MESSAGE)
@@ -323,6 +375,8 @@ enum End {
     CannotMask(String),
     /// The caller's token expired.
     TokenExpired,
+    /// An administrator ended the session.
+    Killed,
     /// The client sent Terminate.
     ClientClosed,
     /// The client's socket closed or failed.
@@ -355,6 +409,7 @@ impl std::fmt::Display for End {
             End::ShuttingDown => f.write_str("shutdown"),
             End::CannotMask(e) => write!(f, "cannot mask a result: {e}"),
             End::TokenExpired => f.write_str("token expired"),
+            End::Killed => f.write_str("ended by an administrator"),
         }
     }
 }
@@ -542,6 +597,9 @@ async fn client_to_upstream(
                 return End::UpstreamGone(e.to_string());
             }
             metrics.client_bytes_total.fetch_add(ready as u64, Relaxed);
+            if let Some(a) = &st.audit {
+                a.totals.bytes_from_client.fetch_add(ready as u64, Relaxed);
+            }
         }
         if terminate {
             return End::ClientClosed;

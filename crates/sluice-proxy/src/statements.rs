@@ -50,6 +50,8 @@ pub enum Step {
 #[derive(Debug, Clone, Default)]
 struct Prepared {
     rows: RowsEffect,
+    /// Its text, kept only when the audit trail records literals.
+    text: Option<Arc<str>>,
     /// What it is, for the audit record of each execution.
     info: Arc<StatementInfo>,
     /// For a `COPY … TO STDOUT`: how to mask its data.
@@ -59,6 +61,7 @@ struct Prepared {
 #[derive(Debug, Clone)]
 struct Portal {
     rows: RowsEffect,
+    text: Option<Arc<str>>,
     info: Arc<StatementInfo>,
     copy: Option<Arc<CopyPlan>>,
     /// The client described it since it was bound (so its columns are known).
@@ -98,6 +101,10 @@ pub struct Statements<'a> {
     last_info: Arc<StatementInfo>,
     /// The portal of the guarded Execute being run.
     pub guarded_portal: String,
+    /// `[audit] log_literals`: keep statement texts for the audit trail.
+    pub log_literals: bool,
+    /// The text of the statement just judged, when literals are logged.
+    last_text: Option<Arc<str>>,
 }
 
 impl<'a> Statements<'a> {
@@ -119,6 +126,8 @@ impl<'a> Statements<'a> {
             next_audit: None,
             last_info: Arc::default(),
             guarded_portal: String::new(),
+            log_literals: false,
+            last_text: None,
         }
     }
 
@@ -138,11 +147,13 @@ impl<'a> Statements<'a> {
     /// Look at one complete client message (`msg` includes the header).
     pub fn on_message(&mut self, t: u8, msg: &[u8]) -> Step {
         let body = &msg[5..];
-        if matches!(t, tag::QUERY | tag::PARSE | tag::FUNCTION_CALL)
-            && self
-                .guard
-                .principal()
-                .must_end(std::time::SystemTime::now())
+        if matches!(
+            t,
+            tag::QUERY | tag::PARSE | tag::FUNCTION_CALL | tag::EXECUTE
+        ) && self
+            .guard
+            .principal()
+            .must_end(std::time::SystemTime::now())
         {
             return Step::Expired;
         }
@@ -152,8 +163,10 @@ impl<'a> Statements<'a> {
             tag::SYNC => false,
             _ => open,
         };
-        if matches!(t, tag::QUERY | tag::PARSE | tag::FUNCTION_CALL)
-            && self.audit.as_ref().is_some_and(|a| !a.can_record())
+        if matches!(
+            t,
+            tag::QUERY | tag::PARSE | tag::FUNCTION_CALL | tag::EXECUTE
+        ) && self.audit.as_ref().is_some_and(|a| !a.can_record())
         {
             return self.audit_unavailable(t, body);
         }
@@ -183,6 +196,7 @@ impl<'a> Statements<'a> {
                     portal,
                     Portal {
                         rows: prepared.rows,
+                        text: prepared.text,
                         info: prepared.info,
                         copy: prepared.copy,
                         described: false,
@@ -210,7 +224,7 @@ impl<'a> Statements<'a> {
             }
             tag::EXECUTE => {
                 let portal = execute::decode(body).map(|(p, _)| p).unwrap_or("");
-                let (rows, described, info) = self
+                let (rows, described, info, text) = self
                     .portals
                     .get_mut(portal)
                     .map(|p| {
@@ -218,9 +232,11 @@ impl<'a> Statements<'a> {
                             p.rows,
                             std::mem::replace(&mut p.described, true),
                             p.info.clone(),
+                            p.text.clone(),
                         )
                     })
                     .unwrap_or_default();
+                self.last_text = text;
                 self.will_run(&info);
                 // The columns of what it returns must be known to mask
                 // them: describe the portal if the client did not.
@@ -303,6 +319,7 @@ impl<'a> Statements<'a> {
             // Not a valid string: judged as unparseable.
             Err(_) => b"\xff",
         };
+        self.keep_text(text);
         let allowed = match self.guard.judge_text(text) {
             Verdict::Allow(a) => a,
             Verdict::Refuse {
@@ -364,6 +381,7 @@ impl<'a> Statements<'a> {
             }
         };
         let name = name.to_owned();
+        self.keep_text(text);
         let refuse = |this: &mut Self, marker: String| {
             this.prepared.remove(&name);
             this.pending.push(Expect::client(Awaiting::Parse));
@@ -422,6 +440,7 @@ impl<'a> Statements<'a> {
             name,
             Prepared {
                 rows: allowed.rows,
+                text: self.last_text.clone(),
                 info: allowed.info.clone(),
                 copy: None,
             },
@@ -461,19 +480,27 @@ impl<'a> Statements<'a> {
 
     fn will_run(&mut self, info: &Arc<StatementInfo>) {
         self.last_info = info.clone();
+        let text = self.last_text.clone();
         self.next_audit = self.audit.as_ref().map(|_| {
             Box::new(PendingAudit {
                 info: info.clone(),
                 started: std::time::Instant::now(),
+                text,
             })
         });
+    }
+
+    fn keep_text(&mut self, text: &[u8]) {
+        self.last_text = self
+            .log_literals
+            .then(|| Arc::from(String::from_utf8_lossy(text).as_ref()));
     }
 
     /// Record a refusal of the statement just judged in the audit trail.
     pub fn audit_refusal(&mut self, held: bool, rule: &str) {
         self.next_audit = None;
         if let Some(a) = &self.audit {
-            a.refused(&self.last_info, held, rule);
+            a.refused(&self.last_info, held, rule, self.last_text.as_deref());
         }
     }
 
@@ -505,28 +532,50 @@ impl<'a> Statements<'a> {
         )
         .hint("try again later; the administrator is alerted by sluice_audit_refused_total")
         .encode();
-        let marker = self.guard.refuse(e, false, "audit-unavailable");
-        if t == tag::PARSE {
-            let name = Reader::new(body, "Parse").cstr().unwrap_or("").to_owned();
-            self.prepared.remove(&name);
-            self.pending.push(Expect::client(Awaiting::Parse));
-            return Step::Replace(parse_message(&name, &marker));
+        if let Some(a) = &self.audit {
+            a.sink().note_refused();
         }
-        self.pending.push(Expect::client(Awaiting::Query));
-        Step::Replace(query_message(&marker))
+        let marker = self.guard.refuse(e, false, "audit-unavailable");
+        match t {
+            tag::PARSE => {
+                let name = Reader::new(body, "Parse").cstr().unwrap_or("").to_owned();
+                self.prepared.remove(&name);
+                self.pending.push(Expect::client(Awaiting::Parse));
+                Step::Replace(parse_message(&name, &marker))
+            }
+            // In place of the Execute: a failing Parse of a name of Sluice's,
+            // so the pipeline fails there and skips to its Sync.
+            tag::EXECUTE => {
+                self.pending.push(Expect::client(Awaiting::Parse));
+                Step::Replace(parse_message("sluice_refused", &marker))
+            }
+            _ => {
+                self.pending.push(Expect::client(Awaiting::Query));
+                Step::Replace(query_message(&marker))
+            }
+        }
     }
 
     /// Record a probed COPY statement (its Parse is about to be sent).
-    pub fn prepared_copy(&mut self, name: String, copy: Option<Arc<CopyPlan>>) {
+    pub fn prepared_copy(
+        &mut self,
+        name: String,
+        copy: Option<Arc<CopyPlan>>,
+        replace_error: Option<Bytes>,
+    ) {
         self.prepared.insert(
             name,
             Prepared {
                 rows: RowsEffect::None,
+                text: self.last_text.clone(),
                 info: self.last_info.clone(),
                 copy,
             },
         );
-        self.pending.push(Expect::client(Awaiting::Parse));
+        self.pending.push(Expect {
+            replace_error,
+            ..Expect::client(Awaiting::Parse)
+        });
     }
 
     /// The Describe to send before a guarded Execute, if one is needed.
@@ -553,6 +602,7 @@ impl<'a> Statements<'a> {
                     name.clone(),
                     Prepared {
                         rows: *rows,
+                        text: None,
                         info: allowed.info.clone(),
                         copy: None,
                     },

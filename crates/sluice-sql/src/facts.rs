@@ -196,6 +196,9 @@ pub struct StatementFacts {
     pub explain_only: bool,
     /// `COPY … TO STDOUT`: what the client will receive.
     pub copy_out: Option<CopyOut>,
+    /// `SET search_path`, `set_config('search_path', …)` or `RESET`: the
+    /// schemas it names (`RESET`/`DEFAULT`: `"$user", public`).
+    pub search_path: Option<Vec<String>>,
     /// True when a fact depends on a literal's value (`WHERE 1 = 1` versus
     /// `WHERE 1 = 2`, `set_config('role', …)`): such a statement's verdict
     /// must not be reused for another statement with the same template.

@@ -17,6 +17,7 @@ mod walk;
 
 pub use facts::{Analysis, CopyFormat, CopyOut, Kind, Risk, RowsEffect, StatementFacts};
 pub use template::template;
+pub use walk::default_search_path;
 
 /// A statement the parser refused.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -206,5 +207,41 @@ mod copy_tests {
         );
         let a = analyze("copy t to '/tmp/x'", Dialect::default()).unwrap();
         assert!(a.statements[0].copy_out.is_none());
+    }
+}
+
+#[cfg(test)]
+mod search_path_tests {
+    use super::*;
+
+    fn path(sql: &str) -> Option<Vec<String>> {
+        analyze(sql, Dialect::default()).unwrap().statements[0]
+            .search_path
+            .clone()
+    }
+
+    #[test]
+    fn search_path_changes_are_seen() {
+        assert_eq!(
+            path("set search_path to app, \"Sales\", public").unwrap(),
+            ["app", "Sales", "public"]
+        );
+        assert_eq!(
+            path("set local search_path = '$user', x").unwrap(),
+            ["$user", "x"]
+        );
+        assert_eq!(path("reset search_path").unwrap(), ["$user", "public"]);
+        assert_eq!(
+            path("select set_config('search_path', 'evil, \"Public\"', false)").unwrap(),
+            ["evil", "Public"]
+        );
+        assert_eq!(path("reset all").unwrap(), ["$user", "public"]);
+        assert!(path("set statement_timeout = 5").is_none());
+        let a = analyze(
+            "select set_config('search_path', current_user, false)",
+            Dialect::default(),
+        )
+        .unwrap();
+        assert!(a.risks().contains(&Risk::DynamicCode));
     }
 }

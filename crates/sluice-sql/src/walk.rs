@@ -221,7 +221,14 @@ fn visit_one(n: NodeRef<'_>, facts: &mut StatementFacts) {
         NodeRef::AlterSystemStmt(_) => {
             facts.risks.insert(Risk::AlterSystem);
         }
-        NodeRef::VariableSetStmt(s) => setting(&s.name, !is_reset(s.kind), facts),
+        NodeRef::VariableSetStmt(s) => {
+            if s.name.eq_ignore_ascii_case("search_path") {
+                facts.search_path = Some(search_path_of(s));
+            } else if s.kind == protobuf::VariableSetKind::VarResetAll as i32 {
+                facts.search_path = Some(default_search_path());
+            }
+            setting(&s.name, !is_reset(s.kind), facts)
+        }
         NodeRef::GrantStmt(_)
         | NodeRef::GrantRoleStmt(_)
         | NodeRef::AlterDefaultPrivilegesStmt(_) => {
@@ -363,6 +370,45 @@ fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
+/// PostgreSQL's default `search_path`.
+pub fn default_search_path() -> Vec<String> {
+    vec!["$user".to_owned(), "public".to_owned()]
+}
+
+/// The schemas a `SET search_path` names.
+fn search_path_of(s: &protobuf::VariableSetStmt) -> Vec<String> {
+    let set_value = s.kind == protobuf::VariableSetKind::VarSetValue as i32;
+    if !set_value {
+        // RESET, DEFAULT, FROM CURRENT (the current path: no change).
+        return default_search_path();
+    }
+    s.args
+        .iter()
+        .filter_map(|a| match a.node.as_ref() {
+            Some(NodeEnum::AConst(c)) => match &c.val {
+                Some(a_const::Val::Sval(v)) => Some(v.sval.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+/// A search_path value as text (`a, "B", public`).
+fn split_search_path(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(
+            |s| match s.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+                Some(quoted) => quoted.replace("\"\"", "\""),
+                None => s.to_ascii_lowercase(),
+            },
+        )
+        .collect()
+}
+
 /// True for EXPLAIN (ANALYZE [true]) and EXPLAIN ANALYZE: the statement runs.
 fn explain_analyzes(e: &protobuf::ExplainStmt) -> bool {
     e.options.iter().any(|o| match o.node.as_ref() {
@@ -461,13 +507,28 @@ fn function(f: &protobuf::FuncCall, facts: &mut StatementFacts) {
     facts.functions.insert(parts.join("."));
     if base == "set_config" {
         facts.literal_sensitive = true;
-        let first = f.args.first().and_then(|a| match a.node.as_ref() {
-            Some(NodeEnum::AConst(c)) => match &c.val {
-                Some(a_const::Val::Sval(s)) => Some(s.sval.clone()),
+        let literal = |i: usize| {
+            f.args.get(i).and_then(|a| match a.node.as_ref() {
+                Some(NodeEnum::AConst(c)) => match &c.val {
+                    Some(a_const::Val::Sval(s)) => Some(s.sval.clone()),
+                    _ => None,
+                },
                 _ => None,
-            },
-            _ => None,
-        });
+            })
+        };
+        let first = literal(0);
+        if first
+            .as_deref()
+            .is_some_and(|n| n.eq_ignore_ascii_case("search_path"))
+        {
+            match literal(1) {
+                Some(value) => facts.search_path = Some(split_search_path(&value)),
+                // A computed path could name any schema.
+                None => {
+                    facts.risks.insert(Risk::DynamicCode);
+                }
+            }
+        }
         match first {
             Some(name) => setting(&name, true, facts),
             // A computed setting name could be anything.

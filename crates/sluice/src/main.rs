@@ -312,6 +312,8 @@ fn policy(cmd: PolicyCommand) -> ExitCode {
                 analysis: analysis.as_ref().ok(),
                 application_name: "sluice policy test",
                 hour_utc: 12,
+                client_address: "",
+                search_path: &[],
             });
             print_decision(&decision, &analysis, &sql, format);
             // Exit status tells CI pipelines whether the statement may run.

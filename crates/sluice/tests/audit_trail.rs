@@ -229,3 +229,37 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn full_text_is_kept_only_when_log_literals_is_on() {
+    let (pg, mut sluice) = start_with("", "[audit]\nlog_literals = true\n");
+    pg.psql(
+        "app",
+        "create table t (v text); alter table t owner to sluice_scram;",
+    );
+    let c = connect(&sluice).await;
+    c.batch_execute("insert into t values ('kept-literal-99')")
+        .await
+        .unwrap();
+    drop(c);
+    sluice.signal("TERM");
+    assert!(sluice.wait_exit(Duration::from_secs(30)).is_some());
+    let d = sluice.data_dir();
+    let o = sluice_cli(&[
+        "audit",
+        "search",
+        "--data-dir",
+        d.to_str().unwrap(),
+        "--table",
+        "t",
+        "--format",
+        "json",
+    ]);
+    let page: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ev = &page["rows"][0]["event"];
+    assert_eq!(
+        ev["text"], "insert into t values ('kept-literal-99')",
+        "{page:#}"
+    );
+    assert_eq!(ev["normalized"], "insert into t values ($1)");
+}

@@ -339,3 +339,68 @@ fn mask_classify_previews_masking_of_a_csv_offline() {
     assert!(kind("id").is_null());
     assert!(kind("comment").is_null());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_search_path_does_not_hide_a_protected_table() {
+    let pg = PgServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("payroll.cedar"),
+        r#"@id("payroll-is-read-only")
+@reason("public.payroll is read-only through Sluice")
+forbid (principal, action in [Sluice::Action::"update", Sluice::Action::"delete", Sluice::Action::"insert", Sluice::Action::"truncate"], resource)
+when { context.relations_written.contains("public.payroll") };"#,
+    )
+    .unwrap();
+    let config = format!(
+        "{}{}{}[policy]\ndir = \"{}\"\n",
+        listen(""),
+        target(TARGET, &pg.addr(), sluice_testkit::SCRAM_USER, "disable"),
+        user(USER, PASSWORD),
+        dir.path().display()
+    );
+    pg.psql(
+        "app",
+        "create schema scratch authorization sluice_scram;
+         create table payroll (id int, amount int); insert into payroll values (1, 100);
+         alter table payroll owner to sluice_scram;
+         create table scratch.notes (id int); alter table scratch.notes owner to sluice_scram;",
+    );
+    let sluice = SluiceProcess::builder(bin(), &config)
+        .env("TARGET_PW", sluice_testkit::SCRAM_PASSWORD)
+        .start();
+    let c = connect(&sluice).await;
+    for sql in [
+        "update payroll set amount = 0 where id = 1",
+        "set search_path = scratch, public; update payroll set amount = 0 where id = 1",
+        "select set_config('search_path', 'scratch, public', false)",
+    ] {
+        let r = c.batch_execute(sql).await;
+        if sql.starts_with("select") {
+            r.unwrap();
+            continue;
+        }
+        let e = r.unwrap_err();
+        assert!(
+            e.as_db_error()
+                .is_some_and(|d| d.message().contains("payroll-is-read-only")),
+            "{sql}: {e}"
+        );
+    }
+    // After the path changed in another statement, the unqualified name is
+    // still counted in public.
+    let e = c
+        .batch_execute("delete from payroll where id = 1")
+        .await
+        .unwrap_err();
+    assert!(
+        e.as_db_error()
+            .is_some_and(|d| d.message().contains("payroll-is-read-only")),
+        "{e}"
+    );
+    // Tables of other schemas are not affected.
+    c.batch_execute("insert into notes values (1)")
+        .await
+        .unwrap();
+    assert_eq!(pg.psql("app", "select amount from payroll"), "100");
+}
