@@ -424,7 +424,21 @@ fn masking_settings(
             ));
         }
     }
-    Ok(Masking { rules, key: secret })
+    let refuse_unmaskable = match raw.unmaskable.as_deref() {
+        None | Some("null") => false,
+        Some("refuse") => true,
+        Some(other) => {
+            return Err(err(
+                key("unmaskable"),
+                format!("{other:?}: expected \"null\" or \"refuse\""),
+            ))
+        }
+    };
+    Ok(Masking {
+        rules,
+        key: secret,
+        refuse_unmaskable,
+    })
 }
 
 fn check_attributes(
@@ -750,6 +764,7 @@ struct RawMasking {
     columns: BTreeMap<String, String>,
     key_env: Option<String>,
     key_file: Option<PathBuf>,
+    unmaskable: Option<String>,
 }
 
 /// `[masking]`: masking of sensitive values in results (on by default).
@@ -760,6 +775,11 @@ pub struct Masking {
     /// The key for deterministic tokens (hex or any text of at least 32
     /// bytes); `None`: a key generated once in the data directory.
     pub key: Option<Secret>,
+    /// A value that must be masked but cannot be in its format (binary
+    /// values of types that cannot hold a mask): `false` (`"null"`, the
+    /// default) sends NULL in its place, `true` (`"refuse"`) fails the
+    /// statement with an error instead.
+    pub refuse_unmaskable: bool,
 }
 
 #[derive(Deserialize)]

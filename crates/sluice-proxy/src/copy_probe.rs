@@ -79,7 +79,10 @@ pub async fn run(
     // in its place, as if the COPY itself had failed (it would have).
     let probe_error = st.flight.take_probe_error().filter(|_| in_transaction);
     let plan = match probed {
-        Some(result) => CopyPlan::new(&result, copy).map(Some),
+        Some(result) => CopyPlan::new(&result, copy).map(|mut p| {
+            p.refuse_unmaskable = st.refuse_unmaskable;
+            Some(p)
+        }),
         // The probe failed, most likely the way the COPY will (a bad query,
         // no permission): the server says why. Should the COPY succeed
         // after all, its data arrives without a plan and is not sent.
@@ -129,7 +132,13 @@ pub async fn run_parse(
         None => None,
     };
     let probe_error = st.flight.take_probe_error().filter(|_| in_transaction);
-    match probed.map(|result| CopyPlan::new(&result, copy)) {
+    let refuse = st.refuse_unmaskable;
+    match probed.map(|result| {
+        CopyPlan::new(&result, copy).map(|mut p| {
+            p.refuse_unmaskable = refuse;
+            p
+        })
+    }) {
         Some(Err(why)) => {
             st.audit_refusal(false, "masking");
             let marker = st.guard.refuse_with(

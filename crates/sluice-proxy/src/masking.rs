@@ -116,6 +116,8 @@ pub struct Masking {
     findings: Vec<Finding>,
     /// What was masked since the report was last taken.
     pub report: MaskReport,
+    /// Fail the statement instead of sending NULL for a value that cannot be masked.
+    pub refuse_unmaskable: bool,
 }
 
 /// What a DataRow became.
@@ -124,6 +126,9 @@ pub enum RowOutcome {
     Unchanged,
     /// Forward these bytes (a whole DataRow message) instead.
     Rewritten(Bytes),
+    /// A value of this column cannot be masked and `unmaskable = "refuse"`:
+    /// the statement fails.
+    Refuse(String),
 }
 
 impl Masking {
@@ -136,6 +141,7 @@ impl Masking {
             plans: HashMap::new(),
             findings: Vec::new(),
             report: MaskReport::default(),
+            refuse_unmaskable: false,
         }
     }
 
@@ -195,6 +201,24 @@ impl Masking {
             let new = match outcome {
                 Outcome::Unchanged => None,
                 Outcome::Masked(m) => Some(Some(m)),
+                // A type that cannot carry a mask gets NULL, or with
+                // `unmaskable = "refuse"` fails the statement.
+                Outcome::CannotMask | Outcome::Null
+                    if self.refuse_unmaskable
+                        && (matches!(outcome, Outcome::CannotMask)
+                            || matches!(
+                                column,
+                                ColumnPlan::Mask {
+                                    value_type: ValueType::Other
+                                        | ValueType::TextArray
+                                        | ValueType::Xml,
+                                    ..
+                                }
+                            )) =>
+                {
+                    let label = plan.labels.get(i).cloned().unwrap_or_default();
+                    return RowOutcome::Refuse(label);
+                }
                 // Fail closed: a value that cannot be masked is not sent.
                 Outcome::Null | Outcome::CannotMask => Some(None),
             };
@@ -518,6 +542,8 @@ pub struct CopyPlan {
     pub csv: sluice_mask::copy::CsvFormat,
     /// The first CSV line names the columns.
     pub header: bool,
+    /// A binary value that cannot be masked ends the COPY instead of being NULL.
+    pub refuse_unmaskable: bool,
 }
 
 impl CopyPlan {
@@ -565,6 +591,7 @@ impl CopyPlan {
             text,
             csv,
             header: copy.header,
+            refuse_unmaskable: false,
         })
     }
 }
@@ -588,7 +615,11 @@ impl CopyMasker {
         let binary = (plan.format == sluice_sql::CopyFormat::Binary).then(|| {
             sluice_mask::copy::BinaryCopyRewriter::new(
                 plan.columns.clone(),
-                sluice_mask::copy::CannotMaskPolicy::SendNull,
+                if plan.refuse_unmaskable {
+                    sluice_mask::copy::CannotMaskPolicy::Fail
+                } else {
+                    sluice_mask::copy::CannotMaskPolicy::SendNull
+                },
             )
         });
         CopyMasker {

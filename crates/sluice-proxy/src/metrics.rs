@@ -174,6 +174,18 @@ impl Metrics {
                     "Errors writing to the audit store.",
                     &a.store_errors,
                 ),
+                (
+                    "sluice_audit_spooled_seq",
+                    "gauge",
+                    "Sequence number of the last audit event in the durable spool.",
+                    &a.spooled_seq,
+                ),
+                (
+                    "sluice_audit_stored_seq",
+                    "gauge",
+                    "Sequence number of the last audit event in the store.",
+                    &a.stored_seq,
+                ),
             ] {
                 put(name, kind, help, v.load(Relaxed));
             }

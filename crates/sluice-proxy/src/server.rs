@@ -121,8 +121,19 @@ impl ProxyState {
         let cancels = CancelRegistry::default();
         // The audit trail outlives reloads: its settings take effect on restart.
         let audit_config = Config::load(config_path).map_err(|e| e.to_string())?.audit;
-        let writer = sluice_audit::AuditWriter::start(&audit_config, data_dir)
-            .map_err(|e| format!("{}: [audit]: {e}", config_path.display()))?;
+        // Opening a PostgreSQL store blocks on a runtime of its own, which
+        // must not happen on a thread of ours: start it on a plain thread.
+        let dir = data_dir.to_owned();
+        let writer =
+            std::thread::spawn(move || sluice_audit::AuditWriter::start(&audit_config, &dir))
+                .join()
+                .map_err(|_| {
+                    format!(
+                        "{}: [audit]: the audit writer failed to start",
+                        config_path.display()
+                    )
+                })?
+                .map_err(|e| format!("{}: [audit]: {e}", config_path.display()))?;
         let audit = writer.sink();
         metrics.set_audit(writer.counters());
         let runtime = build_runtime(

@@ -242,6 +242,7 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
     let mut statements = Statements::new(guard, target.max_rows_affected);
     statements.audit = Some(audit.clone());
     statements.log_literals = rt.config.audit.log_literals;
+    statements.refuse_unmaskable = rt.config.masking.refuse_unmaskable;
     let flight = statements.flight.clone();
     // Results are masked unless masking is off or policy lets this principal see them whole.
     let unmasked = rt.policy.allows_unmask(
@@ -270,7 +271,9 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
         (Some(masker), false) => {
             statements.masking = true;
             statements.catalog = Some(catalog.clone());
-            Some((Masking::new(masker.clone(), catalog.clone()), access()))
+            let mut m = Masking::new(masker.clone(), catalog.clone());
+            m.refuse_unmaskable = rt.config.masking.refuse_unmaskable;
+            Some((m, access()))
         }
         _ => None,
     };
@@ -645,6 +648,9 @@ struct UpstreamWalk<'a> {
     audit: Arc<SessionAudit>,
     /// Bytes of a CopyData too large to hold still to feed the COPY masker.
     copy_left: usize,
+    /// A result is being refused (a value could not be masked): its rows
+    /// are dropped and this error replaces its completion.
+    refusing: Option<Bytes>,
 }
 
 impl<'a> UpstreamWalk<'a> {
@@ -666,6 +672,7 @@ impl<'a> UpstreamWalk<'a> {
             copy: None,
             copy_left: 0,
             audit,
+            refusing: None,
         }
     }
 
@@ -866,8 +873,34 @@ impl<'a> UpstreamWalk<'a> {
             if let (Some(plan), Some(masking), Disposition::Forward) =
                 (&row_plan, self.masking.as_mut(), &disposition)
             {
-                if let RowOutcome::Rewritten(row) = masking.row(plan, body) {
-                    disposition = Disposition::Replace(row);
+                match masking.row(plan, body) {
+                    RowOutcome::Unchanged => {}
+                    RowOutcome::Rewritten(row) => disposition = Disposition::Replace(row),
+                    RowOutcome::Refuse(column) => {
+                        self.refusing = Some(
+                            ErrorResponse::new(
+                                Severity::Error,
+                                "42501",
+                                format!("sluice: blocked by masking: a value of \"{column}\" cannot be masked in the format asked for, so the result is not sent"),
+                            )
+                            .hint("ask for this column in text format, or leave it out")
+                            .encode(),
+                        );
+                    }
+                }
+            }
+            if self.refusing.is_some() {
+                match header.tag {
+                    backend::DATA_ROW => disposition = Disposition::Swallow,
+                    backend::COMMAND_COMPLETE
+                    | backend::PORTAL_SUSPENDED
+                    | backend::EMPTY_QUERY_RESPONSE => {
+                        if let Some(e) = self.refusing.take() {
+                            disposition = Disposition::Replace(e);
+                        }
+                    }
+                    backend::ERROR_RESPONSE | backend::READY_FOR_QUERY => self.refusing = None,
+                    _ => {}
                 }
             }
             match header.tag {

@@ -103,6 +103,8 @@ pub struct Statements<'a> {
     pub guarded_portal: String,
     /// `[audit] log_literals`: keep statement texts for the audit trail.
     pub log_literals: bool,
+    /// `[masking] unmaskable = "refuse"`.
+    pub refuse_unmaskable: bool,
     /// The text of the statement just judged, when literals are logged.
     last_text: Option<Arc<str>>,
 }
@@ -127,6 +129,7 @@ impl<'a> Statements<'a> {
             last_info: Arc::default(),
             guarded_portal: String::new(),
             log_literals: false,
+            refuse_unmaskable: false,
             last_text: None,
         }
     }

@@ -553,6 +553,7 @@ pub struct SluiceBuilder {
     config: String,
     env: Vec<(String, String)>,
     args: Vec<String>,
+    data_dir: Option<PathBuf>,
 }
 
 impl SluiceProcess {
@@ -564,6 +565,7 @@ impl SluiceProcess {
             config: config.to_owned(),
             env: Vec::new(),
             args: Vec::new(),
+            data_dir: None,
         }
     }
 
@@ -690,6 +692,12 @@ impl SluiceBuilder {
         self
     }
 
+    /// Use this data directory (kept across restarts) instead of a fresh one.
+    pub fn data_dir(mut self, dir: &Path) -> Self {
+        self.data_dir = Some(dir.to_owned());
+        self
+    }
+
     /// Add a command-line argument after `serve`.
     pub fn arg(mut self, a: &str) -> Self {
         self.args.push(a.to_owned());
@@ -720,7 +728,11 @@ impl SluiceBuilder {
                 .arg("--config")
                 .arg(&config_path)
                 .arg("--data-dir")
-                .arg(dir.path().join("data"))
+                .arg(
+                    self.data_dir
+                        .clone()
+                        .unwrap_or_else(|| dir.path().join("data")),
+                )
                 .args(&self.args)
                 .env("SLUICE_LOG_FORMAT", "pretty")
                 .env("NO_COLOR", "1")

@@ -263,3 +263,113 @@ async fn full_text_is_kept_only_when_log_literals_is_on() {
     );
     assert_eq!(ev["normalized"], "insert into t values ($1)");
 }
+
+fn metric(sluice: &SluiceProcess, name: &str) -> u64 {
+    let (_, text) = sluice.http_get("/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_sluice_loses_nothing_spooled_and_its_chain_goes_on_in_a_postgres_store() {
+    let pg = PgServer::start();
+    let store = format!(
+        "postgres://{}@127.0.0.1:{}/app",
+        sluice_testkit::SCRAM_USER,
+        pg.port()
+    );
+    let config = format!(
+        "{}{}{}[audit]\nstore = \"{store}\"\npassword_env = \"TARGET_PW\"\n",
+        listen(""),
+        target(TARGET, &pg.addr(), sluice_testkit::SCRAM_USER, "disable"),
+        user(USER, PASSWORD),
+    );
+    pg.psql(
+        "app",
+        "create table t (id int); alter table t owner to sluice_scram;",
+    );
+    let data = tempfile::tempdir().unwrap();
+    let start = || {
+        SluiceProcess::builder(bin(), &config)
+            .env("TARGET_PW", sluice_testkit::SCRAM_PASSWORD)
+            .data_dir(data.path())
+            .start()
+    };
+    let sluice = start();
+    let c = connect(&sluice).await;
+    for i in 0..100 {
+        c.batch_execute(&format!("insert into t values ({i})"))
+            .await
+            .unwrap();
+    }
+    // Everything so far is in the durable spool.
+    let recorded = metric(&sluice, "sluice_audit_events_total");
+    sluice_testkit::wait_until(Duration::from_secs(30), "the spool to catch up", || {
+        metric(&sluice, "sluice_audit_spooled_seq") >= recorded
+    });
+    // Kill it in the middle of more work.
+    let load = tokio::spawn(async move {
+        for i in 100..100_000 {
+            if c.batch_execute(&format!("insert into t values ({i})"))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sluice.signal("KILL");
+    let _ = load.await;
+    drop(sluice);
+
+    // It comes back on the same data directory and goes on with its chain.
+    let mut sluice = start();
+    let c = connect(&sluice).await;
+    c.batch_execute("insert into t values (-1)").await.unwrap();
+    drop(c);
+    sluice.signal("TERM");
+    assert!(sluice.wait_exit(Duration::from_secs(30)).is_some());
+
+    let key = data.path().join("audit").join("initial.key");
+    let o = std::process::Command::new(bin())
+        .args([
+            "audit",
+            "verify",
+            "--store",
+            &store,
+            "--password-env",
+            "TARGET_PW",
+        ])
+        .args(["--key-file", key.to_str().unwrap(), "--format", "json"])
+        .env("TARGET_PW", sluice_testkit::SCRAM_PASSWORD)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = std::process::Command::new(bin())
+        .args([
+            "audit",
+            "search",
+            "--store",
+            &store,
+            "--password-env",
+            "TARGET_PW",
+        ])
+        .args(["--table", "t", "--limit", "100000", "--format", "json"])
+        .env("TARGET_PW", sluice_testkit::SCRAM_PASSWORD)
+        .output()
+        .unwrap();
+    let page: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let n = page["rows"].as_array().unwrap().len();
+    assert!(
+        n >= 101,
+        "the 100 spooled inserts and the one after the restart: {n}"
+    );
+}

@@ -321,3 +321,45 @@ async fn renamed_columns_are_seen_after_ddl() {
         .get(0);
     assert_ne!(after, "gold", "a password column is masked");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn values_a_type_cannot_mask_are_null_or_refused() {
+    let (pg, sluice) = start_with("", "");
+    pg.psql(
+        "app",
+        "create table vault (id int, api_key bytea); insert into vault values (1, '\\x0102');
+         alter table vault owner to sluice_scram;",
+    );
+    let c = connect(&sluice).await;
+    let r = c
+        .query_one("select id, api_key from vault", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, i32>(0), 1);
+    assert_eq!(
+        r.get::<_, Option<Vec<u8>>>(1),
+        None,
+        "sent as NULL by default"
+    );
+    drop(sluice);
+
+    let (pg, sluice) = start_with("", "[masking]\nunmaskable = \"refuse\"\n");
+    pg.psql(
+        "app",
+        "create table vault (id int, api_key bytea); insert into vault values (1, '\\x0102');
+         alter table vault owner to sluice_scram;",
+    );
+    let c = connect(&sluice).await;
+    let e = c
+        .query_one("select id, api_key from vault", &[])
+        .await
+        .unwrap_err();
+    assert!(
+        e.as_db_error()
+            .is_some_and(|d| d.message().contains("cannot be masked")),
+        "{e}"
+    );
+    // The session goes on.
+    let r = c.query_one("select id from vault", &[]).await.unwrap();
+    assert_eq!(r.get::<_, i32>(0), 1);
+}

@@ -29,11 +29,9 @@ const RECALL_99: &[&str] = &[
 fn rows(msgs: Vec<SimpleQueryMessage>) -> Vec<Vec<Option<String>>> {
     msgs.into_iter()
         .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(
-                (0..r.len())
-                    .map(|i| r.get(i).map(str::to_owned))
-                    .collect(),
-            ),
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+            }
             _ => None,
         })
         .collect()
@@ -42,10 +40,18 @@ fn rows(msgs: Vec<SimpleQueryMessage>) -> Vec<Vec<Option<String>>> {
 #[tokio::test(flavor = "multi_thread")]
 async fn corpus_read_through_sluice_meets_the_recall_and_false_positive_targets() {
     let dir = tempfile::tempdir().unwrap();
-    let generator = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/masking/generate.py");
+    let generator = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/masking/generate.py"
+    );
     let out = std::process::Command::new("python3")
         .arg(generator)
-        .args(["--out", dir.path().to_str().unwrap(), "--rows", &ROWS.to_string()])
+        .args([
+            "--out",
+            dir.path().to_str().unwrap(),
+            "--rows",
+            &ROWS.to_string(),
+        ])
         .output()
         .expect("run python3");
     assert!(
@@ -61,7 +67,13 @@ async fn corpus_read_through_sluice_meets_the_recall_and_false_positive_targets(
     let quote = |n: &str| format!("\"{}\"", n.replace('"', "\"\""));
     let defs: Vec<String> = columns
         .iter()
-        .map(|c| format!("{} {}", quote(c["name"].as_str().unwrap()), c["pg_type"].as_str().unwrap()))
+        .map(|c| {
+            format!(
+                "{} {}",
+                quote(c["name"].as_str().unwrap()),
+                c["pg_type"].as_str().unwrap()
+            )
+        })
         .collect();
     let names: Vec<String> = columns
         .iter()
@@ -85,10 +97,21 @@ async fn corpus_read_through_sluice_meets_the_recall_and_false_positive_targets(
     std::fs::write(&script, &body).unwrap();
     let out = std::process::Command::new(sluice_testkit::pg_bin_dir().join("psql"))
         .arg(pg.direct_url())
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", script.to_str().unwrap()])
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-f",
+            script.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "load failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "load failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let select = format!("select {} from corpus order by row_no", names.join(", "));
     let direct = {
@@ -135,9 +158,15 @@ async fn corpus_read_through_sluice_meets_the_recall_and_false_positive_targets(
         }
     }
     println!("masking through Sluice, {ROWS} rows:");
-    println!("{:<16} {:>8} {:>8} {:>8}", "kind", "values", "masked", "recall");
+    println!(
+        "{:<16} {:>8} {:>8} {:>8}",
+        "kind", "values", "masked", "recall"
+    );
     for (k, (n, m)) in &by_kind {
-        println!("{k:<16} {n:>8} {m:>8} {:>7.2}%", 100.0 * *m as f64 / *n as f64);
+        println!(
+            "{k:<16} {n:>8} {m:>8} {:>7.2}%",
+            100.0 * *m as f64 / *n as f64
+        );
     }
     let fp = changed as f64 / clean.max(1) as f64;
     println!(
@@ -152,5 +181,8 @@ async fn corpus_read_through_sluice_meets_the_recall_and_false_positive_targets(
             "recall for {k}: {m} of {n} masked"
         );
     }
-    assert!(fp <= 0.01, "false-positive rate {fp:.4} on non-PII columns: {fp_columns:?}");
+    assert!(
+        fp <= 0.01,
+        "false-positive rate {fp:.4} on non-PII columns: {fp_columns:?}"
+    );
 }
