@@ -106,6 +106,9 @@ password_env = "SHOP_DB_PASSWORD"
 tls = "disable"
 max_rows_affected = 100       # one UPDATE/DELETE may change at most 100 rows here
 
+[approvals]
+mode = "refuse"               # a statement that needs approval is refused with a request id
+
 [[users]]
 name = "alice"
 kind = "human"

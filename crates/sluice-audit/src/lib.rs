@@ -11,6 +11,7 @@
 
 use std::path::Path;
 
+pub mod approvals;
 pub mod chain;
 pub mod config;
 pub mod event;
@@ -24,6 +25,7 @@ pub mod util;
 pub mod verify;
 pub mod writer;
 
+pub use approvals::ApprovalStore;
 pub use chain::{ChainKeys, Checkpoint};
 pub use config::{AuditConfig, FsyncPolicy, OnSpoolFull, StoreLocation};
 pub use event::{

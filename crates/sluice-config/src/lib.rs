@@ -68,8 +68,56 @@ pub struct Config {
     pub masking: Masking,
     /// The audit trail (`[audit]`; SQLite in the data directory by default).
     pub audit: sluice_audit::AuditConfig,
+    /// Approval requests (`[approvals]`).
+    pub approvals: Approvals,
     /// Who may use the admin REST API (`[admin]`; nobody by default).
     pub admin: AdminConfig,
+}
+
+/// What a statement that needs approval does while it waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApprovalMode {
+    /// The statement waits in the session until approved, denied or timed
+    /// out; the client is told the request id and where to approve it.
+    #[default]
+    Hold,
+    /// The statement is refused at once (SQLSTATE SL001) with the request
+    /// id; sent again after approval, it runs once.
+    Refuse,
+}
+
+/// `[approvals]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Approvals {
+    /// hold (default) or refuse; a policy's `@approval_mode` overrides it.
+    pub mode: ApprovalMode,
+    /// Seconds a request stays open (and a held statement waits).
+    pub timeout_secs: u64,
+    /// Distinct approvers needed (a policy's `@approvals("N")` overrides it).
+    pub required_approvals: u32,
+    /// Approvers must give a justification.
+    pub require_justification: bool,
+    /// Where approvers act, shown to the client as `<url>/<id>`.
+    pub url: Option<String>,
+    /// Members of these groups may run a statement that needs approval by
+    /// giving a justification in the statement (`/* sluice:break-glass
+    /// reason */`); it runs at once and is flagged in the audit trail.
+    pub break_glass_groups: Vec<String>,
+}
+
+impl Default for Approvals {
+    fn default() -> Self {
+        Approvals {
+            mode: ApprovalMode::Hold,
+            timeout_secs: 300,
+            required_approvals: 1,
+            require_justification: false,
+            url: None,
+            break_glass_groups: Vec::new(),
+        }
+    }
 }
 
 /// `[policy]`.
@@ -749,6 +797,8 @@ struct RawConfig {
     #[serde(default)]
     audit: sluice_audit::AuditConfig,
     #[serde(default)]
+    approvals: Approvals,
+    #[serde(default)]
     admin: RawAdmin,
 }
 
@@ -1088,6 +1138,22 @@ impl Config {
             policy: raw.policy,
             masking,
             audit: raw.audit,
+            approvals: {
+                let a = raw.approvals;
+                if a.required_approvals == 0 {
+                    return Err(err(
+                        "approvals.required_approvals".into(),
+                        "must be at least 1".into(),
+                    ));
+                }
+                if a.timeout_secs == 0 {
+                    return Err(err(
+                        "approvals.timeout_secs".into(),
+                        "must be at least 1".into(),
+                    ));
+                }
+                a
+            },
             admin,
         })
     }

@@ -83,6 +83,10 @@ pub enum Decision {
         reason: String,
         /// The group whose approval is needed.
         approvers: String,
+        /// `@approval_mode("hold" | "refuse")`: overrides `[approvals] mode`.
+        mode: Option<String>,
+        /// `@approvals("2")`: distinct approvers needed (else the config's).
+        required: Option<u32>,
     },
 }
 
@@ -341,7 +345,7 @@ impl PolicyEngine {
         } else {
             entities
         };
-        let mut approval = None;
+        let mut approval: Option<Decision> = None;
         for (action, resource) in requests {
             let action_uid = uid("Action", action.as_str());
             // Requests are built here from typed facts, and the policies were
@@ -386,7 +390,15 @@ impl PolicyEngine {
                     .unwrap_or("a policy forbids it")
                     .to_owned();
                 match p.annotation("approval") {
-                    Some(group) => soft = soft.or(Some((id.to_string(), reason, group.to_owned()))),
+                    Some(group) => {
+                        soft = soft.or(Some((
+                            id.to_string(),
+                            reason,
+                            group.to_owned(),
+                            p.annotation("approval_mode").map(str::to_owned),
+                            p.annotation("approvals").and_then(|n| n.parse().ok()),
+                        )))
+                    }
                     None => {
                         hard = hard.or(Some((
                             id.to_string(),
@@ -398,11 +410,13 @@ impl PolicyEngine {
             }
             match (hard, soft) {
                 (Some((rule, reason, hint)), _) => return Decision::Deny { rule, reason, hint },
-                (None, Some((rule, reason, approvers))) => {
+                (None, Some((rule, reason, approvers, mode, required))) => {
                     approval = approval.or(Some(Decision::Approval {
                         rule,
                         reason,
                         approvers,
+                        mode,
+                        required,
                     }))
                 }
                 (None, None) => {

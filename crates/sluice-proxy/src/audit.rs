@@ -111,6 +111,8 @@ pub struct PendingAudit {
     pub started: Instant,
     /// Its text with literals, only when `[audit] log_literals` is on.
     pub text: Option<std::sync::Arc<str>>,
+    /// The approval request it runs under.
+    pub approval_id: Option<String>,
 }
 
 /// How a statement ended, as the upstream loop saw it.
@@ -219,6 +221,36 @@ impl SessionAudit {
         self.record(EventBody::Statement(s));
     }
 
+    /// A statement held for (or refused pending) approval.
+    pub fn refused_approval(
+        &self,
+        info: &StatementInfo,
+        rule: &str,
+        text: Option<&str>,
+        id: Option<&str>,
+    ) {
+        self.totals
+            .refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut s = self.statement(info, Decision::Approval, Some(rule.to_owned()));
+        s.sqlstate = Some("SL001".to_owned());
+        s.text = text.map(str::to_owned);
+        s.approval_id = id.map(str::to_owned);
+        self.record(EventBody::Statement(s));
+    }
+
+    /// An administrative step (approval requests and decisions, break-glass).
+    pub fn admin(&self, action: &str, object: &str, outcome: &str, detail: Option<String>) {
+        self.record(EventBody::Admin(sluice_audit::AdminAction {
+            actor: self.actor.clone(),
+            action: action.to_owned(),
+            object: object.to_owned(),
+            outcome: outcome.to_owned(),
+            detail,
+            environment: Some(self.environment.clone()),
+        }));
+    }
+
     /// A statement that ran (or was refused after running).
     pub fn finished(&self, pending: &PendingAudit, outcome: Outcome, masked: &MaskReport) {
         use std::sync::atomic::Ordering::Relaxed;
@@ -237,6 +269,7 @@ impl SessionAudit {
         let info = &pending.info;
         let mut s = self.statement(info, decision, rule);
         s.text = pending.text.as_deref().map(str::to_owned);
+        s.approval_id = pending.approval_id.clone();
         s.rows_returned = outcome.rows_returned;
         s.rows_affected = outcome.rows_affected;
         s.bytes_to_client = outcome.bytes_to_client;

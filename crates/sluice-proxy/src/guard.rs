@@ -70,7 +70,26 @@ pub enum Verdict {
         rule: String,
         /// What the statement is, for the audit trail.
         info: Arc<StatementInfo>,
+        /// For a statement that needs approval: what approval it needs.
+        approval: Option<Arc<ApprovalNeed>>,
     },
+}
+
+/// The approval a statement needs before it may run.
+#[derive(Debug)]
+pub struct ApprovalNeed {
+    /// The policy (@id) that asks for it.
+    pub rule: String,
+    /// Why.
+    pub reason: String,
+    /// The group whose members may approve.
+    pub group: String,
+    /// `@approval_mode` of the policy, if any (`hold` or `refuse`).
+    pub mode: Option<String>,
+    /// `@approvals("N")` of the policy, if any.
+    pub required: Option<u32>,
+    /// How the statement runs once approved.
+    pub allowed: Arc<Allowed>,
 }
 
 /// What the session must know about an allowed string.
@@ -397,12 +416,15 @@ impl<'a> Guard<'a> {
                     held: false,
                     rule,
                     info,
+                    approval: None,
                 }
             }
             Decision::Approval {
                 rule,
                 reason,
                 approvers,
+                mode,
+                required,
             } => {
                 let e = ErrorResponse::new(
                     Severity::Error,
@@ -410,13 +432,22 @@ impl<'a> Guard<'a> {
                     format!("sluice: approval required by {rule}: {reason}"),
                 )
                 .hint(format!(
-                    "a member of the \"{approvers}\" group must approve this statement; approval requests are not available in this version of Sluice yet, so ask them to run it"
+                    "a member of the \"{approvers}\" group must approve this statement"
                 ));
+                let need = ApprovalNeed {
+                    rule: rule.clone(),
+                    reason,
+                    group: approvers,
+                    mode,
+                    required,
+                    allowed: Arc::new(Allowed::of(analysis.as_ref(), info.clone())),
+                };
                 Verdict::Refuse {
                     error: e.encode(),
                     held: true,
                     rule,
                     info,
+                    approval: Some(Arc::new(need)),
                 }
             }
         };

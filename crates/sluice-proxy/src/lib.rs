@@ -12,6 +12,7 @@
 //! - [`cancel`]: mapping a client's cancel key to the upstream backend.
 #![warn(missing_docs)]
 
+pub mod approval;
 pub mod audit;
 pub mod backend;
 pub mod cancel;

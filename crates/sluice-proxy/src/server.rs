@@ -40,6 +40,8 @@ pub struct Runtime {
     pub catalogs: HashMap<String, Arc<crate::catalog::Catalog>>,
     /// The audit trail (shared with every runtime).
     pub audit: sluice_audit::AuditSink,
+    /// Approval requests (shared with every runtime and replica).
+    pub approvals: sluice_audit::ApprovalStore,
 }
 
 /// State shared by every session of one process.
@@ -59,6 +61,7 @@ pub struct ProxyState {
     /// The audit trail's writer; stopped (flushed, checkpointed) at shutdown.
     audit_writer: std::sync::Mutex<Option<sluice_audit::AuditWriter>>,
     audit: sluice_audit::AuditSink,
+    approvals: sluice_audit::ApprovalStore,
     /// Sessions relaying now, by session id (locked at session start and
     /// end and by the admin API, never per message).
     sessions: std::sync::Mutex<HashMap<String, LiveSession>>,
@@ -124,16 +127,19 @@ impl ProxyState {
         // Opening a PostgreSQL store blocks on a runtime of its own, which
         // must not happen on a thread of ours: start it on a plain thread.
         let dir = data_dir.to_owned();
-        let writer =
-            std::thread::spawn(move || sluice_audit::AuditWriter::start(&audit_config, &dir))
-                .join()
-                .map_err(|_| {
-                    format!(
-                        "{}: [audit]: the audit writer failed to start",
-                        config_path.display()
-                    )
-                })?
-                .map_err(|e| format!("{}: [audit]: {e}", config_path.display()))?;
+        let (writer, approvals) = std::thread::spawn(move || {
+            let writer = sluice_audit::AuditWriter::start(&audit_config, &dir)?;
+            let approvals = sluice_audit::ApprovalStore::open(&audit_config, &dir)?;
+            Ok::<_, sluice_audit::AuditError>((writer, approvals))
+        })
+        .join()
+        .map_err(|_| {
+            format!(
+                "{}: [audit]: the audit writer failed to start",
+                config_path.display()
+            )
+        })?
+        .map_err(|e| format!("{}: [audit]: {e}", config_path.display()))?;
         let audit = writer.sink();
         metrics.set_audit(writer.counters());
         let runtime = build_runtime(
@@ -143,10 +149,12 @@ impl ProxyState {
             &cancels,
             &metrics,
             &audit,
+            &approvals,
         )?;
         Ok(Arc::new(ProxyState {
             audit_writer: std::sync::Mutex::new(Some(writer)),
             audit,
+            approvals,
             sessions: std::sync::Mutex::new(HashMap::new()),
             runtime: RwLock::new(Arc::new(runtime)),
             config_path: config_path.to_owned(),
@@ -178,6 +186,7 @@ impl ProxyState {
             &self.cancels,
             &self.metrics,
             &self.audit,
+            &self.approvals,
         )?;
         let new_listen = runtime.config.listen.clone();
         let old = self.runtime();
@@ -254,6 +263,11 @@ impl ProxyState {
     /// The audit trail's sink (for events of the admin API).
     pub fn audit(&self) -> &sluice_audit::AuditSink {
         &self.audit
+    }
+
+    /// The approval request store (for the admin API).
+    pub fn approvals(&self) -> &sluice_audit::ApprovalStore {
+        &self.approvals
     }
 
     /// The data directory (the default audit store lives in it).
@@ -397,6 +411,7 @@ fn build_runtime(
     cancels: &CancelRegistry,
     metrics: &Arc<Metrics>,
     audit: &sluice_audit::AuditSink,
+    approvals: &sluice_audit::ApprovalStore,
 ) -> Result<Runtime, String> {
     let config = Config::load(config_path).map_err(|e| e.to_string())?;
     let server_tls = tls::server_tls(config.tls.as_ref(), config.client_ca.as_deref(), data_dir)?;
@@ -424,6 +439,7 @@ fn build_runtime(
         .collect();
     Ok(Runtime {
         audit: audit.clone(),
+        approvals: approvals.clone(),
         masker,
         catalogs,
         config: Arc::new(config),

@@ -281,9 +281,24 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
         Some((m, l)) => (Some(m), Some(l)),
         None => (None, None),
     };
-    let walk = UpstreamWalk::new(&refusals, &marker_prefix, masking, audit.clone());
+    let (notice_tx, notice_rx) = tokio::sync::mpsc::channel(8);
+    let mut walk = UpstreamWalk::new(&refusals, &marker_prefix, masking, audit.clone());
+    walk.notices = Some(notice_rx);
+    statements.approvals = true;
+    let client_context = ClientContext {
+        environment: &target.environment,
+        copy: copy_ctx,
+        approvals: crate::approval::ApprovalContext {
+            store: rt.approvals.clone(),
+            config: &rt.config.approvals,
+            principal: &principal,
+            target: &target.name,
+            environment: &target.environment,
+            notices: notice_tx,
+        },
+    };
     let end = tokio::select! {
-        r = client_to_upstream(&mut client_read, &mut up_write, max, metrics, &mut statements, &target.environment, copy_ctx) => r,
+        r = client_to_upstream(&mut client_read, &mut up_write, max, metrics, &mut statements, &client_context) => r,
         r = upstream_to_client(&mut up_read, up.leftover, &mut to_client, metrics, &flight, walk, lookup) => r,
         _ = force_close.wait_for(|v| *v) => End::ShuttingDown,
         _ = registered.kill.notified() => End::Killed,
@@ -357,6 +372,14 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
         "session ended"
     );
     audit.ended(end.to_string(), started.elapsed().as_millis() as u64);
+}
+
+/// What the client-to-upstream loop needs besides its sockets.
+struct ClientContext<'a> {
+    environment: &'a str,
+    /// Masking of COPY data (masker and catalog), when this session masks.
+    copy: Option<(Arc<sluice_mask::Masker>, CatalogAccess<'a>)>,
+    approvals: crate::approval::ApprovalContext<'a>,
 }
 
 /// Where to look up the columns of a result.
@@ -435,9 +458,9 @@ async fn client_to_upstream(
     max: usize,
     metrics: &Metrics,
     st: &mut Statements<'_>,
-    environment: &str,
-    copy_ctx: Option<(Arc<sluice_mask::Masker>, CatalogAccess<'_>)>,
+    cx: &ClientContext<'_>,
 ) -> End {
+    let (environment, copy_ctx, approvals) = (cx.environment, &cx.copy, &cx.approvals);
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     // Bytes of a CopyData message still to stream through.
     let mut streaming = 0usize;
@@ -505,6 +528,24 @@ async fn client_to_upstream(
                             return End::UpstreamGone(e.to_string());
                         }
                         continue;
+                    }
+                    Step::Approval(step) => {
+                        let before = buf.split_to(ready);
+                        let msg = buf.split_to(header.total_len).freeze();
+                        ready = 0;
+                        st.commit();
+                        if !before.is_empty() {
+                            if let Err(e) = write_flush(w, &before).await {
+                                return End::UpstreamGone(e.to_string());
+                            }
+                        }
+                        match crate::approval::run(w, st, msg, step, approvals).await {
+                            Ok(()) => continue,
+                            Err(GuardError::Upstream(e)) => {
+                                return End::UpstreamGone(e.to_string())
+                            }
+                            Err(GuardError::Gone) => return End::UpstreamGone("closed".into()),
+                        }
                     }
                     Step::CopyOutParse(name, copy) => {
                         let before = buf.split_to(ready);
@@ -651,6 +692,8 @@ struct UpstreamWalk<'a> {
     /// A result is being refused (a value could not be masked): its rows
     /// are dropped and this error replaces its completion.
     refusing: Option<Bytes>,
+    /// Notices Sluice sends the client itself (approval requests).
+    notices: Option<tokio::sync::mpsc::Receiver<Bytes>>,
 }
 
 impl<'a> UpstreamWalk<'a> {
@@ -673,6 +716,7 @@ impl<'a> UpstreamWalk<'a> {
             copy_left: 0,
             audit,
             refusing: None,
+            notices: None,
         }
     }
 
@@ -1014,7 +1058,23 @@ async fn upstream_to_client(
                 continue;
             }
         }
-        match read_some(r, &mut buf).await {
+        // Between messages, a notice of Sluice's own may go to the client.
+        let between = state.streaming == 0 && state.masked_row.is_none();
+        let read = match state.notices.as_mut() {
+            Some(notices) if between => tokio::select! {
+                r = read_some(r, &mut buf) => r,
+                Some(notice) = notices.recv() => {
+                    to_client.mid_write = true;
+                    if let Err(e) = write_flush(&mut to_client.w, &notice).await {
+                        return End::ClientGone(e.to_string());
+                    }
+                    to_client.mid_write = false;
+                    continue;
+                }
+            },
+            _ => read_some(r, &mut buf).await,
+        };
+        match read {
             Ok(0) if state.saw_fatal && buf.is_empty() => return End::UpstreamClosedAfterFatal,
             Ok(0) => return End::UpstreamGone("closed".into()),
             Ok(_) => {}

@@ -44,6 +44,18 @@ pub enum Step {
     CopyOutParse(String, sluice_sql::CopyOut),
     /// The caller's token has expired: the session ends.
     Expired,
+    /// It needs approval before it runs.
+    Approval(ApprovalStep),
+}
+
+/// A statement waiting for approval.
+pub struct ApprovalStep {
+    /// What approval it needs.
+    pub need: Arc<crate::guard::ApprovalNeed>,
+    /// Its full text (approvers see it).
+    pub text: String,
+    /// For a Parse: the statement name.
+    pub parse: Option<String>,
 }
 
 /// What Sluice knows of a prepared statement.
@@ -105,6 +117,9 @@ pub struct Statements<'a> {
     pub log_literals: bool,
     /// `[masking] unmaskable = "refuse"`.
     pub refuse_unmaskable: bool,
+    /// Statements that need approval become approval requests (else they
+    /// are refused with SL001).
+    pub approvals: bool,
     /// The text of the statement just judged, when literals are logged.
     last_text: Option<Arc<str>>,
 }
@@ -130,6 +145,7 @@ impl<'a> Statements<'a> {
             guarded_portal: String::new(),
             log_literals: false,
             refuse_unmaskable: false,
+            approvals: false,
             last_text: None,
         }
     }
@@ -300,6 +316,7 @@ impl<'a> Statements<'a> {
                         held,
                         rule,
                         info,
+                        ..
                     } => {
                         let marker = self.refused(info, error, held, &rule);
                         self.pending.push(Expect::client(Awaiting::Query));
@@ -326,10 +343,23 @@ impl<'a> Statements<'a> {
         let allowed = match self.guard.judge_text(text) {
             Verdict::Allow(a) => a,
             Verdict::Refuse {
+                info,
+                approval: Some(need),
+                ..
+            } if self.approvals => {
+                self.last_info = info;
+                return Step::Approval(ApprovalStep {
+                    need,
+                    text: String::from_utf8_lossy(text).into_owned(),
+                    parse: None,
+                });
+            }
+            Verdict::Refuse {
                 error,
                 held,
                 rule,
                 info,
+                ..
             } => {
                 let marker = self.refused(info, error, held, &rule);
                 self.pending.push(Expect::client(Awaiting::Query));
@@ -393,10 +423,23 @@ impl<'a> Statements<'a> {
         let allowed = match self.guard.judge_text(text) {
             Verdict::Allow(a) => a,
             Verdict::Refuse {
+                info,
+                approval: Some(need),
+                ..
+            } if self.approvals => {
+                self.last_info = info;
+                return Step::Approval(ApprovalStep {
+                    need,
+                    text: String::from_utf8_lossy(text).into_owned(),
+                    parse: Some(name),
+                });
+            }
+            Verdict::Refuse {
                 error,
                 held,
                 rule,
                 info,
+                ..
             } => {
                 let marker = self.refused(info, error, held, &rule);
                 return refuse(self, marker);
@@ -489,6 +532,7 @@ impl<'a> Statements<'a> {
                 info: info.clone(),
                 started: std::time::Instant::now(),
                 text,
+                approval_id: None,
             })
         });
     }
@@ -555,6 +599,63 @@ impl<'a> Statements<'a> {
             _ => {
                 self.pending.push(Expect::client(Awaiting::Query));
                 Step::Replace(query_message(&marker))
+            }
+        }
+    }
+
+    /// The statement of `step` was approved (request `id`): queue what its
+    /// message expects, as for an allowed statement, and audit it with the id.
+    pub fn approved(&mut self, step: &ApprovalStep, id: &str) {
+        let allowed = step.need.allowed.clone();
+        self.will_run(&allowed.info);
+        if let Some(a) = self.next_audit.as_mut() {
+            a.approval_id = Some(id.to_owned());
+        }
+        match &step.parse {
+            Some(name) => {
+                self.prepared.insert(
+                    name.clone(),
+                    Prepared {
+                        rows: allowed.rows,
+                        text: self.last_text.clone(),
+                        info: allowed.info.clone(),
+                        copy: None,
+                    },
+                );
+                // Each execution is audited, not the Parse.
+                self.next_audit = None;
+                self.pending.push(Expect::client(Awaiting::Parse));
+            }
+            None => {
+                self.remember(&allowed);
+                let e = self.client_entry(Awaiting::Query);
+                self.pending.push(e);
+            }
+        }
+    }
+
+    /// The statement of `step` may not run: refuse it with `error` (an
+    /// ErrorResponse) and audit that.
+    pub fn not_approved(&mut self, step: &ApprovalStep, error: Bytes, id: Option<&str>) -> Bytes {
+        self.next_audit = None;
+        if let Some(a) = &self.audit {
+            a.refused_approval(
+                &self.last_info,
+                &step.need.rule,
+                self.last_text.as_deref(),
+                id,
+            );
+        }
+        let marker = self.guard.refuse(error, true, &step.need.rule);
+        match &step.parse {
+            Some(name) => {
+                self.prepared.remove(name);
+                self.pending.push(Expect::client(Awaiting::Parse));
+                parse_message(name, &marker)
+            }
+            None => {
+                self.pending.push(Expect::client(Awaiting::Query));
+                query_message(&marker)
             }
         }
     }

@@ -12,7 +12,7 @@ const PROD: &str = "app-prod";
 fn start_prod() -> (PgServer, SluiceProcess) {
     let pg = PgServer::start();
     let config = format!(
-        "{}{}{}{}",
+        "{}{}{}{}[approvals]\nmode = \"refuse\"\n",
         listen(""),
         target_in(
             "production",

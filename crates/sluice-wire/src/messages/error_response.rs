@@ -13,6 +13,8 @@ pub enum Severity {
     Error,
     /// The session ends.
     Fatal,
+    /// Information for the client (NoticeResponse).
+    Notice,
 }
 
 impl Severity {
@@ -20,6 +22,7 @@ impl Severity {
         match self {
             Severity::Error => "ERROR",
             Severity::Fatal => "FATAL",
+            Severity::Notice => "NOTICE",
         }
     }
 }
