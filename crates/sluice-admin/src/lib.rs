@@ -1,6 +1,11 @@
-//! The HTTP admin surface: `/healthz`, `/readyz` and `/metrics`.
+//! The HTTP admin surface: `/healthz`, `/readyz` and `/metrics` (no
+//! authentication), and the REST API under `/api/` (bearer tokens and
+//! roles; see [`api`] and this crate's README).
 #![warn(missing_docs)]
 
+pub mod api;
+
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -13,16 +18,22 @@ use tokio::net::TcpListener;
 
 /// The admin routes.
 pub fn router(state: Arc<ProxyState>) -> Router {
+    let api = api::router(state.clone());
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
+        .nest("/api", api)
 }
 
 /// Serve the admin routes until the process ends.
 pub async fn serve(listener: TcpListener, state: Arc<ProxyState>) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).await
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
 }
 
 /// Ready while accepting sessions; 503 once draining so a load balancer

@@ -48,9 +48,11 @@ pub fn ulid_time(ulid: &str) -> Option<i64> {
 
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push_str(&format!("{b:02x}"));
+    for &b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
     s
 }
@@ -61,9 +63,17 @@ pub fn unhex(s: &str) -> Option<Vec<u8>> {
     if s.len() & 1 == 1 {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    s.as_bytes()
+        .chunks_exact(2)
+        .map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?))
         .collect()
 }
 
@@ -140,7 +150,9 @@ pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
 pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, String> {
     let s = s.trim();
     if let Ok(d) = parse_duration_ms(s) {
-        return Ok(now_ms - d);
+        return now_ms
+            .checked_sub(d)
+            .ok_or_else(|| format!("{s:?}: too large"));
     }
     let bad = || {
         format!(
@@ -153,7 +165,8 @@ pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, String> {
             .and_then(|x| x.parse().ok())
             .ok_or_else(bad)
     };
-    if s.len() < 10 || s.as_bytes()[4] != b'-' || s.as_bytes()[7] != b'-' {
+    // Everything below slices by byte offset: only ASCII can be valid.
+    if !s.is_ascii() || s.len() < 10 || s.as_bytes()[4] != b'-' || s.as_bytes()[7] != b'-' {
         return Err(bad());
     }
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
@@ -234,6 +247,9 @@ mod tests {
         );
         assert_eq!(parse_time("30d", 31 * 86_400_000).unwrap(), 86_400_000);
         assert!(parse_time("yesterday", 0).is_err());
+        assert!(parse_time("2024-02-29T13:45:07+0é:00", 0).is_err());
+        assert!(parse_time("2024-02-29T13:45:07é", 0).is_err());
+        assert!(parse_time("9223372036854775807ms", -10).is_err());
         assert_eq!(parse_duration_ms("400d").unwrap(), 400 * 86_400_000);
         assert!(parse_duration_ms("5").is_err());
     }
