@@ -112,6 +112,8 @@ struct SinkShared {
     log_literals: bool,
     spool_max: u64,
     on_full: OnSpoolFull,
+    /// Events the queue holds.
+    capacity: u64,
 }
 
 /// Handle the proxy records events with. Cheap to clone.
@@ -141,6 +143,7 @@ impl AuditSink {
                 log_literals: false,
                 spool_max: u64::MAX,
                 on_full: OnSpoolFull::FailOpen,
+                capacity: 1,
             }),
         }
     }
@@ -211,7 +214,19 @@ impl AuditSink {
         if s.counters.spool_bytes.load(Ordering::Relaxed) >= s.spool_max {
             return Err(RecordError::SpoolFull);
         }
+        if s.counters.queue_depth.load(Ordering::Relaxed) >= s.capacity {
+            return Err(RecordError::QueueFull);
+        }
         Ok(())
+    }
+
+    /// Whether the queue to the writer is nearly full: the proxy slows new
+    /// statements down (backpressure) rather than lose or refuse events
+    /// while the writer catches up. Always false under `fail_open`.
+    pub fn congested(&self) -> bool {
+        let s = &self.inner;
+        s.on_full == OnSpoolFull::FailClosed
+            && s.counters.queue_depth.load(Ordering::Relaxed) * 10 >= s.capacity * 9
     }
 
     /// Count a statement or connection the proxy refused because
@@ -456,6 +471,7 @@ impl AuditWriter {
                 log_literals: config.log_literals,
                 spool_max: config.spool_max_bytes,
                 on_full: config.on_spool_full,
+                capacity: config.queue_capacity as u64,
             }),
         };
         let public = w.signer.public();

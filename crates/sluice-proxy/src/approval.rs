@@ -49,6 +49,8 @@ pub struct ApprovalContext<'a> {
     pub environment: &'a str,
     /// Notices for the client (written by the upstream loop between messages).
     pub notices: mpsc::Sender<Bytes>,
+    /// Process metrics.
+    pub metrics: &'a crate::Metrics,
 }
 
 fn now_ms() -> i64 {
@@ -231,6 +233,9 @@ pub async fn run(
             return Ok(());
         }
     };
+    cx.metrics
+        .approval_requests_total
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     admin(
         "approval.request",
         &req.id,
@@ -282,7 +287,13 @@ pub async fn run(
     )
     .encode_notice();
     let _ = cx.notices.send(notice).await;
+    cx.metrics
+        .approvals_waiting
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let decided = cx.store.wait_decided(&req.id, req.expires_at_ms).await;
+    cx.metrics
+        .approvals_waiting
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     enum After {
         Run,
         Refuse(Bytes),

@@ -140,6 +140,8 @@ pub struct SessionAudit {
     environment: String,
     /// Totals for the session-end event.
     pub totals: Totals,
+    /// Process metrics (statements by kind and decision, latency).
+    pub metrics: Option<std::sync::Arc<crate::Metrics>>,
 }
 
 impl SessionAudit {
@@ -153,6 +155,7 @@ impl SessionAudit {
             target: target.name.clone(),
             environment: target.environment.clone(),
             totals: Totals::default(),
+            metrics: None,
         }
     }
 
@@ -169,8 +172,33 @@ impl SessionAudit {
 
     fn record(&self, body: EventBody) {
         if let Err(e) = self.sink.record(body) {
-            tracing::warn!(session = %self.session, error = %e, "audit event not recorded");
+            // One line per second at most: an overloaded writer must not
+            // also flood the log.
+            static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            if LAST.swap(now, std::sync::atomic::Ordering::Relaxed) != now {
+                tracing::warn!(session = %self.session, error = %e, "audit events not recorded (counted in sluice_audit_refused_total / sluice_audit_dropped_total)");
+            }
         }
+    }
+
+    /// Under `fail_closed`, wait while the audit writer is behind (up to
+    /// `limit`), so statements slow down instead of running unrecorded.
+    /// False when it is still behind after `limit`.
+    pub async fn wait_for_room(&self, limit: std::time::Duration) -> bool {
+        if !self.sink.congested() {
+            return true;
+        }
+        let deadline = Instant::now() + limit;
+        while self.sink.congested() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        true
     }
 
     fn statement(
@@ -207,6 +235,9 @@ impl SessionAudit {
 
     /// A statement refused before it ran.
     pub fn refused(&self, info: &StatementInfo, held: bool, rule: &str, text: Option<&str>) {
+        if let Some(m) = &self.metrics {
+            m.statement(&info.kind, if held { "approval" } else { "deny" });
+        }
         self.totals
             .refused
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -229,6 +260,9 @@ impl SessionAudit {
         text: Option<&str>,
         id: Option<&str>,
     ) {
+        if let Some(m) = &self.metrics {
+            m.statement(&info.kind, "approval");
+        }
         self.totals
             .refused
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -253,6 +287,21 @@ impl SessionAudit {
 
     /// A statement that ran (or was refused after running).
     pub fn finished(&self, pending: &PendingAudit, outcome: Outcome, masked: &MaskReport) {
+        if let Some(m) = &self.metrics {
+            m.statement(
+                &pending.info.kind,
+                if outcome.refused_by.is_some() {
+                    "deny"
+                } else {
+                    "allow"
+                },
+            );
+            m.statement_seconds.observe(pending.started.elapsed());
+            m.masked_values_total.fetch_add(
+                masked.values_masked + masked.values_nulled,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         use std::sync::atomic::Ordering::Relaxed;
         self.totals.statements.fetch_add(1, Relaxed);
         self.totals.rows.fetch_add(outcome.rows_returned, Relaxed);

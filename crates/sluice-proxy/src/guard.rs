@@ -242,6 +242,13 @@ impl<'a> Guard<'a> {
 
     /// The verdict for a query string (of a Query or a Parse).
     pub fn judge_text(&mut self, text: &[u8]) -> Verdict {
+        let started = std::time::Instant::now();
+        let verdict = self.judge_text_untimed(text);
+        self.metrics.policy_seconds.observe(started.elapsed());
+        verdict
+    }
+
+    fn judge_text_untimed(&mut self, text: &[u8]) -> Verdict {
         if !self.enabled {
             // Still read a COPY, whose data masking must plan for.
             let copy = text

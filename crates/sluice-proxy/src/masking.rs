@@ -174,8 +174,14 @@ impl Masking {
         if !plan.active {
             return RowOutcome::Unchanged;
         }
-        let Ok(values) = data_row::decode(body) else {
+        // Most rows have nothing to mask: look before decoding into vectors.
+        match self.row_needs_rewrite(plan, body) {
+            Some(false) => return RowOutcome::Unchanged,
+            Some(true) => {}
             // Malformed: the client will reject it; never forward it unmasked.
+            None => return RowOutcome::Rewritten(empty_row()),
+        }
+        let Ok(values) = data_row::decode(body) else {
             return RowOutcome::Rewritten(empty_row());
         };
         let mut replaced: Vec<Option<Option<Vec<u8>>>> = Vec::with_capacity(values.len());
@@ -243,6 +249,40 @@ impl Masking {
             }),
         );
         RowOutcome::Rewritten(out.freeze())
+    }
+
+    /// Whether any field of a DataRow would change, walking it without
+    /// allocating (`None`: malformed). Scanned text that finds nothing and
+    /// NULLs are the common case.
+    fn row_needs_rewrite(&mut self, plan: &ResultPlan, body: &[u8]) -> Option<bool> {
+        let count = u16::from_be_bytes([*body.first()?, *body.get(1)?]) as usize;
+        let mut at = 2usize;
+        for i in 0..count {
+            let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
+            at += 4;
+            if len < 0 {
+                continue;
+            }
+            let value = body.get(at..at + len as usize)?;
+            at += len as usize;
+            let column = plan.columns.get(i).copied().unwrap_or(ColumnPlan::Pass);
+            match column {
+                ColumnPlan::Pass => {}
+                ColumnPlan::Scan { value_type }
+                    if value_type.is_textual()
+                        && !(value_type == ValueType::Jsonb
+                            && plan.formats.get(i).copied().unwrap_or(0) == 1) =>
+                {
+                    sluice_mask::scan_into(value, &mut self.findings);
+                    if !self.findings.is_empty() {
+                        return Some(true);
+                    }
+                }
+                _ => return Some(true),
+            }
+        }
+        // Bytes after the last field: let the full decode refuse it.
+        Some(at != body.len())
     }
 
     /// Start streaming a DataRow too large to hold (`total_len` includes the header).

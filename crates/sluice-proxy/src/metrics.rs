@@ -36,12 +36,96 @@ pub struct Metrics {
     pub statements_held_total: AtomicU64,
     /// The audit writer's counters, once it runs.
     audit: std::sync::OnceLock<std::sync::Arc<sluice_audit::Counters>>,
+    /// Statements by kind and decision.
+    statements: [[AtomicU64; DECISIONS.len()]; KINDS.len()],
+    /// Seconds Sluice spent judging a statement (analysis and policy, or a cache hit).
+    pub policy_seconds: Histogram,
+    /// Seconds from a statement leaving Sluice to its last answer.
+    pub statement_seconds: Histogram,
+    /// Values masked (replaced or nulled) in results.
+    pub masked_values_total: AtomicU64,
+    /// Approval requests made.
+    pub approval_requests_total: AtomicU64,
+    /// Statements held now, waiting for approval.
+    pub approvals_waiting: AtomicU64,
+}
+
+/// Statement kinds, as labels.
+pub const KINDS: [&str; 13] = [
+    "select",
+    "insert",
+    "update",
+    "delete",
+    "ddl",
+    "drop",
+    "truncate",
+    "grant",
+    "copy_out",
+    "copy_in",
+    "admin",
+    "other",
+    "unparseable",
+];
+/// Decisions, as labels.
+pub const DECISIONS: [&str; 3] = ["allow", "deny", "approval"];
+
+/// Histogram bucket bounds, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.000_001, 0.000_005, 0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5,
+    1.0, 5.0,
+];
+
+/// A Prometheus histogram on atomics (no lock; a few adds per observation).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    /// Sum in nanoseconds.
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    /// Record one duration.
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.buckets[i].fetch_add(1, Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_ns
+            .fetch_add(d.as_nanos().min(u128::from(u64::MAX)) as u64, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{bound}\"}} {}",
+                self.buckets[i].load(Relaxed)
+            );
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_ns.load(Relaxed) as f64 / 1e9);
+        let _ = writeln!(out, "{name}_count {count}");
+    }
 }
 
 impl Metrics {
     /// Add one.
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
+    }
+
+    /// Count a statement by its kind (first kind of a `kind,kind` list) and decision.
+    pub fn statement(&self, kind: &str, decision: &str) {
+        let first = kind.split(',').next().unwrap_or("other");
+        let k = KINDS.iter().position(|x| *x == first).unwrap_or(11);
+        let d = DECISIONS.iter().position(|x| *x == decision).unwrap_or(0);
+        self.statements[k][d].fetch_add(1, Relaxed);
     }
 
     /// Export the audit writer's counters too.
@@ -191,10 +275,53 @@ impl Metrics {
             }
         }
         put(
+            "sluice_masked_values_total",
+            "counter",
+            "Result values masked (replaced or sent as NULL).",
+            self.masked_values_total.load(Relaxed),
+        );
+        put(
+            "sluice_approval_requests_total",
+            "counter",
+            "Approval requests made by this process.",
+            self.approval_requests_total.load(Relaxed),
+        );
+        put(
+            "sluice_approvals_waiting",
+            "gauge",
+            "Statements held now, waiting for approval.",
+            self.approvals_waiting.load(Relaxed),
+        );
+        put(
             "sluice_draining",
             "gauge",
             "1 while shutting down.",
             u64::from(draining),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sluice_statements_total Statements by kind and decision.\n# TYPE sluice_statements_total counter"
+        );
+        for (k, kind) in KINDS.iter().enumerate() {
+            for (d, decision) in DECISIONS.iter().enumerate() {
+                let v = self.statements[k][d].load(Relaxed);
+                if v > 0 {
+                    let _ = writeln!(
+                        out,
+                        "sluice_statements_total{{kind=\"{kind}\",decision=\"{decision}\"}} {v}"
+                    );
+                }
+            }
+        }
+        self.policy_seconds.render(
+            &mut out,
+            "sluice_policy_seconds",
+            "Time Sluice adds to judge a statement (analysis and policy, or a cached verdict).",
+        );
+        self.statement_seconds.render(
+            &mut out,
+            "sluice_statement_seconds",
+            "Time from a statement leaving Sluice to its last answer from the database.",
         );
         out
     }

@@ -195,7 +195,11 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
         }
         crate::stream::MaybeTls::Plain(_) => None,
     };
-    let audit = Arc::new(SessionAudit::new(rt.audit.clone(), &principal, &target));
+    let audit = Arc::new({
+        let mut a = SessionAudit::new(rt.audit.clone(), &principal, &target);
+        a.metrics = Some(rt.metrics.clone());
+        a
+    });
     audit.started(&principal, peer, &application_name, tls_info);
     let registered = state.register_session(crate::server::SessionInfo {
         id: audit.session.clone(),
@@ -295,6 +299,7 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
             target: &target.name,
             environment: &target.environment,
             notices: notice_tx,
+            metrics: &rt.metrics,
         },
     };
     let end = tokio::select! {
@@ -647,6 +652,14 @@ async fn client_to_upstream(
         }
         if terminate {
             return End::ClientClosed;
+        }
+        // Backpressure: while the audit writer is behind, new statements wait.
+        if let Some(a) = &st.audit {
+            if !a.wait_for_room(Duration::from_secs(10)).await {
+                tracing::warn!(
+                    "the audit writer is behind; statements will be refused until it catches up"
+                );
+            }
         }
         match read_some(r, &mut buf).await {
             Ok(0) if buf.is_empty() && streaming == 0 => return End::ClientGone("closed".into()),
@@ -1083,9 +1096,20 @@ async fn upstream_to_client(
     }
 }
 
+/// Write the parts with as few writes as possible: many small parts (masked
+/// rows, COPY rows) are gathered into one buffer, one syscall.
 async fn write_parts(w: &mut WriteHalf, parts: &[Bytes]) -> std::io::Result<()> {
-    for p in parts {
-        w.write_all(p).await?;
+    match parts {
+        [] => {}
+        [one] => w.write_all(one).await?,
+        many => {
+            let total: usize = many.iter().map(Bytes::len).sum();
+            let mut all = BytesMut::with_capacity(total);
+            for p in many {
+                all.extend_from_slice(p);
+            }
+            w.write_all(&all).await?;
+        }
     }
     w.flush().await
 }

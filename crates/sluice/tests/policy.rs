@@ -92,6 +92,22 @@ async fn drop_in_production_is_blocked_with_a_clear_error() {
         metrics.contains("sluice_statements_denied_total 2"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("sluice_statements_total{kind=\"drop\",decision=\"deny\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_statements_total{kind=\"select\",decision=\"allow\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_policy_seconds_bucket{le=\"+Inf\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_statement_seconds_count"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
