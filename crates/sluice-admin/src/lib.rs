@@ -47,8 +47,30 @@ async fn readyz(State(state): State<Arc<ProxyState>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<Arc<ProxyState>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(state.is_draining()),
-    )
+    let mut text = state.metrics.render(state.is_draining());
+    if let Some(t) = &state.tracer {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (name, help, value) in [
+            (
+                "sluice_otlp_spans_exported_total",
+                "Spans accepted by the OTLP collector.",
+                t.exported.load(Relaxed),
+            ),
+            (
+                "sluice_otlp_spans_dropped_total",
+                "Spans dropped because the export queue was full.",
+                t.dropped.load(Relaxed),
+            ),
+            (
+                "sluice_otlp_export_failures_total",
+                "OTLP export requests that failed (their spans are lost).",
+                t.failed.load(Relaxed),
+            ),
+        ] {
+            text.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+            ));
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -72,6 +72,35 @@ pub struct Config {
     pub approvals: Approvals,
     /// Who may use the admin REST API (`[admin]`; nobody by default).
     pub admin: AdminConfig,
+    /// OpenTelemetry traces (`[telemetry]`; off by default).
+    pub telemetry: Option<Telemetry>,
+}
+
+/// `[telemetry]`: a span per statement, exported over OTLP/HTTP (JSON).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Telemetry {
+    /// The collector's OTLP/HTTP base URL (`http://127.0.0.1:4318`); spans
+    /// go to `<endpoint>/v1/traces`.
+    pub otlp_endpoint: String,
+    /// `service.name` of the spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Share of statements traced when the client sent no sampled
+    /// `traceparent` (0.0–1.0).
+    #[serde(default = "one")]
+    pub sample_ratio: f64,
+    /// Extra HTTP headers for the collector (an API key, a tenant).
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+}
+
+fn default_service_name() -> String {
+    "sluice".into()
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// What a statement that needs approval does while it waits.
@@ -105,6 +134,56 @@ pub struct Approvals {
     /// giving a justification in the statement (`/* sluice:break-glass
     /// reason */`); it runs at once and is flagged in the audit trail.
     pub break_glass_groups: Vec<String>,
+    /// Chat notifications and chat approvals (`[approvals.webhook]`).
+    pub webhook: Option<Webhook>,
+}
+
+/// `[approvals.webhook]`: every new approval request (and every break-glass
+/// run) is posted as a Slack-compatible message whose approve and deny
+/// buttons carry signed, expiring links; the chat's interactive callbacks
+/// come back to `POST /api/approvals/callback`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// Where messages are posted (a Slack incoming-webhook URL or any
+    /// endpoint taking the same JSON). None: links and callbacks only.
+    pub url: Option<String>,
+    /// Sluice's HTTP address as approvers reach it (the links point there).
+    pub public_url: String,
+    /// HMAC key of the links, from an environment variable…
+    pub link_secret_env: Option<String>,
+    /// …or a file.
+    pub link_secret_file: Option<PathBuf>,
+    /// How long a link stays valid (default: the request's lifetime).
+    pub link_ttl_secs: Option<u64>,
+    /// The chat's signing secret (Slack "Signing Secret"), which signs its
+    /// interactive callbacks, from an environment variable…
+    pub signing_secret_env: Option<String>,
+    /// …or a file. Without one, callbacks are refused.
+    pub signing_secret_file: Option<PathBuf>,
+    /// Chat users who may decide from the chat, and who they are here.
+    #[serde(default)]
+    pub chat_users: Vec<ChatUser>,
+    /// The link key (read at load).
+    #[serde(skip)]
+    pub link_secret: Option<Secret>,
+    /// The signing secret (read at load).
+    #[serde(skip)]
+    pub signing_secret: Option<Secret>,
+}
+
+/// `[[approvals.webhook.chat_users]]`: a chat account and the principal it
+/// decides as (its groups are checked against the approver group).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ChatUser {
+    /// The chat's user id (Slack `U024BE7LH`).
+    pub chat_id: String,
+    /// The principal name recorded as the approver.
+    pub name: String,
+    /// The principal's groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 impl Default for Approvals {
@@ -116,8 +195,133 @@ impl Default for Approvals {
             require_justification: false,
             url: None,
             break_glass_groups: Vec::new(),
+            webhook: None,
         }
     }
+}
+
+/// `[telemetry]` as written (`headers` as a table).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    otlp_endpoint: String,
+    #[serde(default = "default_service_name")]
+    service_name: String,
+    #[serde(default = "one")]
+    sample_ratio: f64,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+}
+
+fn telemetry_settings(t: RawTelemetry, err: &ErrFn<'_>) -> Result<Telemetry, ConfigError> {
+    if !(t.otlp_endpoint.starts_with("http://") || t.otlp_endpoint.starts_with("https://")) {
+        return Err(err(
+            "telemetry.otlp_endpoint".into(),
+            "expected an http:// or https:// URL (OTLP/HTTP, usually port 4318)".into(),
+        ));
+    }
+    if !(0.0..=1.0).contains(&t.sample_ratio) {
+        return Err(err(
+            "telemetry.sample_ratio".into(),
+            "expected a number from 0.0 to 1.0".into(),
+        ));
+    }
+    if t.service_name.is_empty() {
+        return Err(err(
+            "telemetry.service_name".into(),
+            "must not be empty".into(),
+        ));
+    }
+    Ok(Telemetry {
+        otlp_endpoint: t.otlp_endpoint,
+        service_name: t.service_name,
+        sample_ratio: t.sample_ratio,
+        headers: t.headers.into_iter().collect(),
+    })
+}
+
+/// Read `{name}_env` or `{name}_file` (not both) for `[approvals.webhook]`.
+fn webhook_secret(
+    name: &str,
+    var: Option<&str>,
+    file: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+    err: &ErrFn<'_>,
+) -> Result<Option<Secret>, ConfigError> {
+    let key = |suffix: &str| format!("approvals.webhook.{name}_{suffix}");
+    let value = match (var, file) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                key("env"),
+                format!("set {name}_env or {name}_file, not both"),
+            ))
+        }
+        (Some(var), None) => env(var)
+            .ok_or_else(|| err(key("env"), format!("environment variable {var} is not set")))?,
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map(|v| v.trim_end_matches(['\r', '\n']).to_owned())
+            .map_err(|e| err(key("file"), format!("cannot read {}: {e}", path.display())))?,
+        (None, None) => return Ok(None),
+    };
+    if value.len() < 16 {
+        return Err(err(
+            key(if var.is_some() { "env" } else { "file" }),
+            "the secret must be at least 16 characters".into(),
+        ));
+    }
+    Ok(Some(Secret(value)))
+}
+
+fn webhook_settings(
+    mut w: Webhook,
+    env: &dyn Fn(&str) -> Option<String>,
+    err: &ErrFn<'_>,
+) -> Result<Webhook, ConfigError> {
+    let http = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+    if !http(&w.public_url) {
+        return Err(err(
+            "approvals.webhook.public_url".into(),
+            "expected an http:// or https:// URL".into(),
+        ));
+    }
+    if let Some(u) = &w.url {
+        sluice_identity::http::check_url(u).map_err(|e| err("approvals.webhook.url".into(), e))?;
+    }
+    if w.link_ttl_secs == Some(0) {
+        return Err(err(
+            "approvals.webhook.link_ttl_secs".into(),
+            "must be at least 1".into(),
+        ));
+    }
+    w.link_secret = webhook_secret(
+        "link_secret",
+        w.link_secret_env.as_deref(),
+        w.link_secret_file.as_deref(),
+        env,
+        err,
+    )?;
+    if w.link_secret.is_none() {
+        return Err(err(
+            "approvals.webhook.link_secret_env".into(),
+            "the links are signed: set link_secret_env or link_secret_file".into(),
+        ));
+    }
+    w.signing_secret = webhook_secret(
+        "signing_secret",
+        w.signing_secret_env.as_deref(),
+        w.signing_secret_file.as_deref(),
+        env,
+        err,
+    )?;
+    for (i, u) in w.chat_users.iter().enumerate() {
+        if u.chat_id.is_empty() || u.name.is_empty() {
+            return Err(err(
+                format!("approvals.webhook.chat_users[{i}]"),
+                "chat_id and name must not be empty".into(),
+            ));
+        }
+    }
+    Ok(w)
 }
 
 /// `[policy]`.
@@ -648,6 +852,9 @@ pub struct AdminToken {
     pub role: AdminRole,
     /// SHA-256 of the token.
     pub token_sha256: [u8; 32],
+    /// Groups the token's holder is in (an approver token needs the
+    /// approver group of the requests it decides).
+    pub groups: Vec<String>,
 }
 
 impl fmt::Debug for AdminToken {
@@ -712,6 +919,8 @@ struct RawAdminToken {
     name: String,
     role: String,
     token_sha256: String,
+    #[serde(default)]
+    groups: Vec<String>,
 }
 
 fn admin_settings(raw: RawAdmin, err: &ErrFn<'_>) -> Result<AdminConfig, ConfigError> {
@@ -763,6 +972,7 @@ fn admin_settings(raw: RawAdmin, err: &ErrFn<'_>) -> Result<AdminConfig, ConfigE
             name: t.name,
             role,
             token_sha256: hash,
+            groups: t.groups,
         });
     }
     Ok(AdminConfig {
@@ -798,6 +1008,7 @@ struct RawConfig {
     audit: sluice_audit::AuditConfig,
     #[serde(default)]
     approvals: Approvals,
+    telemetry: Option<RawTelemetry>,
     #[serde(default)]
     admin: RawAdmin,
 }
@@ -1152,9 +1363,18 @@ impl Config {
                         "must be at least 1".into(),
                     ));
                 }
+                let mut a = a;
+                a.webhook = match a.webhook.take() {
+                    Some(w) => Some(webhook_settings(w, env, &err)?),
+                    None => None,
+                };
                 a
             },
             admin,
+            telemetry: match raw.telemetry {
+                Some(t) => Some(telemetry_settings(t, &err)?),
+                None => None,
+            },
         })
     }
 

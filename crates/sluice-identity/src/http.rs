@@ -104,6 +104,22 @@ pub fn post_form(url: &str, form: &[(&str, &str)]) -> Result<JsonResponse, Strin
     read(resp, url)
 }
 
+/// POST a JSON document (a webhook); returns the status. A non-2xx status
+/// is an error naming it.
+pub fn post_json(url: &str, body: &Value) -> Result<u16, String> {
+    check_url(url)?;
+    let resp = agent()
+        .post(url)
+        .header("content-type", "application/json")
+        .send(body.to_string())
+        .map_err(|e| format!("{url}: {e}"))?;
+    let status = resp.status().as_u16();
+    if !(200..300).contains(&status) {
+        return Err(format!("{url}: HTTP status {status}"));
+    }
+    Ok(status)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

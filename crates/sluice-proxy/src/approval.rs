@@ -50,7 +50,21 @@ pub struct ApprovalContext<'a> {
     /// Notices for the client (written by the upstream loop between messages).
     pub notices: mpsc::Sender<Bytes>,
     /// Process metrics.
-    pub metrics: &'a crate::Metrics,
+    pub metrics: std::sync::Arc<crate::Metrics>,
+}
+
+/// Post a chat message about `req`, if `[approvals.webhook]` has a URL.
+fn notify(cx: &ApprovalContext<'_>, req: &sluice_audit::approvals::Request) {
+    let Some(w) = &cx.config.webhook else { return };
+    let (Some(url), Some(key)) = (&w.url, &w.link_secret) else {
+        return;
+    };
+    let message = if req.break_glass.is_some() {
+        crate::webhook::break_glass_message(req)
+    } else {
+        crate::webhook::request_message(w, key.expose().as_bytes(), req)
+    };
+    crate::webhook::post(url.clone(), message, cx.metrics.clone());
 }
 
 fn now_ms() -> i64 {
@@ -189,6 +203,7 @@ pub async fn run(
             Ok(req) => {
                 tracing::warn!(user = %cx.principal.name, target = cx.target, request = %req.id, "BREAK-GLASS: statement run without approval");
                 admin("approval.break_glass", &req.id, "ran", Some(why));
+                notify(cx, &req);
                 st.approved(&step, &req.id);
                 st.commit();
                 send(w, &msg).await?;
@@ -236,6 +251,7 @@ pub async fn run(
     cx.metrics
         .approval_requests_total
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    notify(cx, &req);
     admin(
         "approval.request",
         &req.id,

@@ -113,6 +113,8 @@ pub struct PendingAudit {
     pub text: Option<std::sync::Arc<str>>,
     /// The approval request it runs under.
     pub approval_id: Option<String>,
+    /// The application's trace context, from a sqlcommenter comment.
+    pub traceparent: Option<crate::telemetry::TraceParent>,
 }
 
 /// How a statement ended, as the upstream loop saw it.
@@ -142,6 +144,8 @@ pub struct SessionAudit {
     pub totals: Totals,
     /// Process metrics (statements by kind and decision, latency).
     pub metrics: Option<std::sync::Arc<crate::Metrics>>,
+    /// Span exporter (`[telemetry]`).
+    pub tracer: Option<std::sync::Arc<crate::telemetry::Tracer>>,
 }
 
 impl SessionAudit {
@@ -156,7 +160,63 @@ impl SessionAudit {
             environment: target.environment.clone(),
             totals: Totals::default(),
             metrics: None,
+            tracer: None,
         }
+    }
+
+    /// Send a span for a statement, if tracing is on and it is sampled.
+    fn trace(
+        &self,
+        s: &Statement,
+        started: Instant,
+        parent: Option<&crate::telemetry::TraceParent>,
+    ) {
+        let Some(tracer) = &self.tracer else { return };
+        if !tracer.sampled(parent) {
+            return;
+        }
+        let mut span = tracer.span(parent, format!("{} {}", s.kind, s.target), started);
+        let decision = match s.decision {
+            Decision::Allow => "allow",
+            Decision::Deny => "deny",
+            Decision::Approval => "approval",
+        };
+        span.attributes = vec![
+            ("db.system", "postgresql".into()),
+            ("db.name", s.target.clone().into()),
+            ("db.operation", s.kind.clone().into()),
+            ("db.statement", s.normalized.clone().into()),
+            ("enduser.id", s.principal.name.clone().into()),
+            ("sluice.principal.kind", s.principal.kind.clone().into()),
+            ("sluice.session", s.session.clone().into()),
+            ("sluice.environment", s.environment.clone().into()),
+            ("sluice.decision", decision.into()),
+            ("sluice.fingerprint", s.fingerprint.clone().into()),
+            ("sluice.rows_returned", s.rows_returned.into()),
+            ("sluice.rows_affected", s.rows_affected.into()),
+            ("sluice.bytes_to_client", s.bytes_to_client.into()),
+            ("sluice.masked_columns", (s.masked.len() as u64).into()),
+        ];
+        if let Some(p) = &s.principal.on_behalf_of {
+            span.attributes
+                .push(("sluice.on_behalf_of", p.clone().into()));
+        }
+        if let Some(r) = &s.rule {
+            span.attributes.push(("sluice.rule", r.clone().into()));
+        }
+        if let Some(a) = &s.approval_id {
+            span.attributes
+                .push(("sluice.approval_id", a.clone().into()));
+        }
+        if let Some(code) = &s.sqlstate {
+            span.attributes
+                .push(("db.response.status_code", code.clone().into()));
+            span.error = Some(match &s.rule {
+                Some(r) => format!("{code}: refused by {r}"),
+                None => code.clone(),
+            });
+        }
+        tracer.record(span);
     }
 
     /// The sink.
@@ -234,7 +294,14 @@ impl SessionAudit {
     }
 
     /// A statement refused before it ran.
-    pub fn refused(&self, info: &StatementInfo, held: bool, rule: &str, text: Option<&str>) {
+    pub fn refused(
+        &self,
+        info: &StatementInfo,
+        held: bool,
+        rule: &str,
+        text: Option<&str>,
+        trace: Option<&crate::telemetry::TraceParent>,
+    ) {
         if let Some(m) = &self.metrics {
             m.statement(&info.kind, if held { "approval" } else { "deny" });
         }
@@ -249,6 +316,7 @@ impl SessionAudit {
         let mut s = self.statement(info, decision, Some(rule.to_owned()));
         s.sqlstate = Some(if held { "SL001" } else { "42501" }.to_owned());
         s.text = text.map(str::to_owned);
+        self.trace(&s, Instant::now(), trace);
         self.record(EventBody::Statement(s));
     }
 
@@ -259,6 +327,7 @@ impl SessionAudit {
         rule: &str,
         text: Option<&str>,
         id: Option<&str>,
+        trace: Option<&crate::telemetry::TraceParent>,
     ) {
         if let Some(m) = &self.metrics {
             m.statement(&info.kind, "approval");
@@ -270,6 +339,7 @@ impl SessionAudit {
         s.sqlstate = Some("SL001".to_owned());
         s.text = text.map(str::to_owned);
         s.approval_id = id.map(str::to_owned);
+        self.trace(&s, Instant::now(), trace);
         self.record(EventBody::Statement(s));
     }
 
@@ -348,6 +418,7 @@ impl SessionAudit {
                     .unwrap_or_else(|| format!("client:{}", self.actor.name)),
             });
         }
+        self.trace(&s, pending.started, pending.traceparent.as_ref());
         self.record(EventBody::Statement(s));
     }
 

@@ -9,7 +9,9 @@
 //!   is, whether policy lets it run, and the rows-affected limit;
 //! - [`flight`]: which statement each upstream answer belongs to;
 //! - [`masking`], [`catalog`]: masking result values in flight;
-//! - [`cancel`]: mapping a client's cancel key to the upstream backend.
+//! - [`cancel`]: mapping a client's cancel key to the upstream backend;
+//! - [`approval`], [`webhook`]: statements held for approval, chat messages;
+//! - [`audit`], [`telemetry`]: what each statement did, as audit events and spans.
 #![warn(missing_docs)]
 
 pub mod approval;
@@ -30,7 +32,9 @@ pub mod server;
 pub mod session;
 pub mod statements;
 pub mod stream;
+pub mod telemetry;
 pub mod tls;
+pub mod webhook;
 
 pub use metrics::Metrics;
 pub use server::{ProxyState, Runtime};

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub approval_requests_total: AtomicU64,
     /// Statements held now, waiting for approval.
     pub approvals_waiting: AtomicU64,
+    /// Approval webhook messages that could not be delivered.
+    pub webhook_failures_total: AtomicU64,
 }
 
 /// Statement kinds, as labels.
@@ -291,6 +293,12 @@ impl Metrics {
             "gauge",
             "Statements held now, waiting for approval.",
             self.approvals_waiting.load(Relaxed),
+        );
+        put(
+            "sluice_approval_webhook_failures_total",
+            "counter",
+            "Approval webhook messages not delivered after three tries.",
+            self.webhook_failures_total.load(Relaxed),
         );
         put(
             "sluice_draining",

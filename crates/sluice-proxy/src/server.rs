@@ -62,6 +62,8 @@ pub struct ProxyState {
     audit_writer: std::sync::Mutex<Option<sluice_audit::AuditWriter>>,
     audit: sluice_audit::AuditSink,
     approvals: sluice_audit::ApprovalStore,
+    /// OpenTelemetry span exporter (`[telemetry]`, read at start).
+    pub tracer: Option<Arc<crate::telemetry::Tracer>>,
     /// Sessions relaying now, by session id (locked at session start and
     /// end and by the admin API, never per message).
     sessions: std::sync::Mutex<HashMap<String, LiveSession>>,
@@ -123,7 +125,16 @@ impl ProxyState {
         let metrics = Arc::new(Metrics::default());
         let cancels = CancelRegistry::default();
         // The audit trail outlives reloads: its settings take effect on restart.
-        let audit_config = Config::load(config_path).map_err(|e| e.to_string())?.audit;
+        let first = Config::load(config_path).map_err(|e| e.to_string())?;
+        let audit_config = first.audit;
+        // Traces, like the audit trail, take their settings at start.
+        let tracer = match &first.telemetry {
+            Some(t) => Some(
+                crate::telemetry::Tracer::start(t, format!("{:016x}", rand::random::<u64>()))
+                    .map_err(|e| format!("{}: [telemetry]: {e}", config_path.display()))?,
+            ),
+            None => None,
+        };
         // Opening a PostgreSQL store blocks on a runtime of its own, which
         // must not happen on a thread of ours: start it on a plain thread.
         let dir = data_dir.to_owned();
@@ -155,6 +166,7 @@ impl ProxyState {
             audit_writer: std::sync::Mutex::new(Some(writer)),
             audit,
             approvals,
+            tracer,
             sessions: std::sync::Mutex::new(HashMap::new()),
             runtime: RwLock::new(Arc::new(runtime)),
             config_path: config_path.to_owned(),

@@ -198,6 +198,7 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
     let audit = Arc::new({
         let mut a = SessionAudit::new(rt.audit.clone(), &principal, &target);
         a.metrics = Some(rt.metrics.clone());
+        a.tracer = state.tracer.clone();
         a
     });
     audit.started(&principal, peer, &application_name, tls_info);
@@ -246,6 +247,7 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
     let mut statements = Statements::new(guard, target.max_rows_affected);
     statements.audit = Some(audit.clone());
     statements.log_literals = rt.config.audit.log_literals;
+    statements.tracing = state.tracer.is_some();
     statements.refuse_unmaskable = rt.config.masking.refuse_unmaskable;
     let flight = statements.flight.clone();
     // Results are masked unless masking is off or policy lets this principal see them whole.
@@ -299,7 +301,7 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
             target: &target.name,
             environment: &target.environment,
             notices: notice_tx,
-            metrics: &rt.metrics,
+            metrics: rt.metrics.clone(),
         },
     };
     let end = tokio::select! {

@@ -115,6 +115,10 @@ pub struct Statements<'a> {
     pub guarded_portal: String,
     /// `[audit] log_literals`: keep statement texts for the audit trail.
     pub log_literals: bool,
+    /// `[telemetry]` is on: look for a `traceparent` in statements.
+    pub tracing: bool,
+    /// The `traceparent` of the last statement text seen.
+    last_traceparent: Option<crate::telemetry::TraceParent>,
     /// `[masking] unmaskable = "refuse"`.
     pub refuse_unmaskable: bool,
     /// Statements that need approval become approval requests (else they
@@ -144,6 +148,8 @@ impl<'a> Statements<'a> {
             last_info: Arc::default(),
             guarded_portal: String::new(),
             log_literals: false,
+            tracing: false,
+            last_traceparent: None,
             refuse_unmaskable: false,
             approvals: false,
             last_text: None,
@@ -533,11 +539,15 @@ impl<'a> Statements<'a> {
                 started: std::time::Instant::now(),
                 text,
                 approval_id: None,
+                traceparent: self.last_traceparent,
             })
         });
     }
 
     fn keep_text(&mut self, text: &[u8]) {
+        if self.tracing {
+            self.last_traceparent = crate::telemetry::traceparent(text);
+        }
         self.last_text = self
             .log_literals
             .then(|| Arc::from(String::from_utf8_lossy(text).as_ref()));
@@ -547,7 +557,13 @@ impl<'a> Statements<'a> {
     pub fn audit_refusal(&mut self, held: bool, rule: &str) {
         self.next_audit = None;
         if let Some(a) = &self.audit {
-            a.refused(&self.last_info, held, rule, self.last_text.as_deref());
+            a.refused(
+                &self.last_info,
+                held,
+                rule,
+                self.last_text.as_deref(),
+                self.last_traceparent.as_ref(),
+            );
         }
     }
 
@@ -644,6 +660,7 @@ impl<'a> Statements<'a> {
                 &step.need.rule,
                 self.last_text.as_deref(),
                 id,
+                self.last_traceparent.as_ref(),
             );
         }
         let marker = self.guard.refuse(error, true, &step.need.rule);

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod approvals_cmd;
 mod audit_cmd;
 mod login;
 use tokio::net::TcpListener;
@@ -51,6 +52,8 @@ enum Command {
     Audit(audit_cmd::AuditCommand),
     /// Who used which tables and columns; `usage lineage TABLE` for data flow.
     Usage(audit_cmd::UsageArgs),
+    /// List, show, approve and deny approval requests (admin API).
+    Approvals(approvals_cmd::ApprovalsArgs),
     /// Sign in with your identity provider (OIDC device flow) and cache the
     /// tokens for `sluice connect`.
     Login {
@@ -169,6 +172,7 @@ fn main() -> ExitCode {
         Command::Mask(MaskCommand::Classify { format }) => mask_classify(format),
         Command::Audit(cmd) => audit_cmd::audit(cmd),
         Command::Usage(args) => audit_cmd::usage(args),
+        Command::Approvals(args) => approvals_cmd::run(args),
         Command::Login {
             issuer,
             client_id,

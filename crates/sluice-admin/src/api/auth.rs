@@ -25,9 +25,11 @@ pub struct Caller {
     pub kind: String,
     /// For an agent or service acting for a person: that person.
     pub on_behalf_of: Option<String>,
+    /// Groups (an approver must be in a request's approver group).
+    pub groups: Vec<String>,
     /// Roles, from groups or the static token.
     pub roles: Vec<AdminRole>,
-    /// `static-token` or `oidc`.
+    /// `static-token`, `oidc` or `chat`.
     pub via: &'static str,
 }
 
@@ -104,6 +106,7 @@ pub async fn authenticate(config: Arc<Config>, headers: &HeaderMap) -> Result<Ca
             name: t.name.clone(),
             kind: "service".into(),
             on_behalf_of: None,
+            groups: t.groups.clone(),
             roles: vec![t.role],
             via: "static-token",
         });
@@ -132,6 +135,7 @@ pub async fn authenticate(config: Arc<Config>, headers: &HeaderMap) -> Result<Ca
             Ok(Caller {
                 roles: config.admin.roles_for(&p.groups),
                 name: p.name,
+                groups: p.groups,
                 kind: p.kind.as_str().to_owned(),
                 on_behalf_of: p.on_behalf_of,
                 via: "oidc",

@@ -31,6 +31,15 @@ impl ApiError {
         }
     }
 
+    /// Any status with its own code (409 `not_pending`, 403 `self_approval`, …).
+    pub fn with_status(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
+        Self::new(status, code, message)
+    }
+
     /// 400: a parameter or body is not acceptable.
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)

@@ -9,12 +9,16 @@
 //! | `GET /api/openapi.json`, `GET /api/sessions` | admin, auditor, approver |
 //! | `GET /api/audit`, `/api/usage`, `/api/usage/lineage/{table}`, `/api/targets` | admin, auditor |
 //! | `DELETE /api/sessions/{id}`, `POST /api/policy/reload`, `POST /api/policy/validate` | admin |
+//! | `GET /api/approvals`, `GET /api/approvals/{id}` | admin, auditor, approver |
+//! | `POST /api/approvals/{id}/approve`, `…/deny` | approver, admin (and the request's approver group) |
+//! | `GET /api/approvals/link?t=…`, `POST /api/approvals/callback` | a signed link / a signed chat callback |
 //!
 //! Every call that changes something records an `admin.action` audit event
 //! (actor, action, object, outcome), also when it is refused for lack of a
 //! role or fails. Under `[audit] on_spool_full = "fail_closed"` nothing is
 //! changed while the audit trail cannot record (503 `audit_unavailable`).
 
+pub mod approvals;
 pub mod auth;
 pub mod error;
 pub mod openapi;
@@ -94,6 +98,15 @@ pub fn router(proxy: Arc<ProxyState>) -> Router {
         .route("/usage", get(usage))
         .route("/usage/lineage/{table}", get(lineage))
         .route("/targets", get(list_targets))
+        .route("/approvals", get(approvals::list))
+        .route("/approvals/link", get(approvals::link_page))
+        .route(
+            "/approvals/callback",
+            post(approvals::callback).layer(DefaultBodyLimit::max(approvals::MAX_CALLBACK_BYTES)),
+        )
+        .route("/approvals/{id}", get(approvals::get))
+        .route("/approvals/{id}/approve", post(approvals::approve))
+        .route("/approvals/{id}/deny", post(approvals::deny))
         .route("/policy/reload", post(reload))
         .route(
             "/policy/validate",
@@ -129,8 +142,8 @@ impl Api {
         Ok(caller)
     }
 
-    /// Authenticate for an action that changes something; a caller without
-    /// the role is refused and the attempt recorded.
+    /// Authenticate for an admin action that changes something; a caller
+    /// without the role is refused and the attempt recorded.
     async fn actor(
         &self,
         headers: &HeaderMap,
@@ -139,8 +152,22 @@ impl Api {
         object: &str,
         what: &str,
     ) -> Result<Caller, ApiError> {
+        self.actor_with(headers, peer, action, object, what, ADMINS)
+            .await
+    }
+
+    /// [`actor`](Self::actor) for one of `roles`.
+    async fn actor_with(
+        &self,
+        headers: &HeaderMap,
+        peer: &Peer,
+        action: &str,
+        object: &str,
+        what: &str,
+        roles: &[AdminRole],
+    ) -> Result<Caller, ApiError> {
         let caller = authenticate(self.proxy.runtime().config.clone(), headers).await?;
-        if let Err(e) = require(&caller, ADMINS, what) {
+        if let Err(e) = require(&caller, roles, what) {
             self.record(&caller, peer, action, object, "denied", None, None);
             return Err(e);
         }

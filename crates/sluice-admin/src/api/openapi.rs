@@ -142,7 +142,7 @@ fn schemas() -> Value {
             "required": ["error", "code"],
             "properties": {
                 "error": { "type": "string", "description": "what went wrong" },
-                "code": { "type": "string", "description": "stable code: bad_request, unauthenticated, forbidden, not_found, method_not_allowed, payload_too_large, policy_invalid, reload_failed, audit_unavailable, store_unavailable, idp_unavailable, policy_dir_unavailable, internal" },
+                "code": { "type": "string", "description": "stable code: bad_request, unauthenticated, forbidden, not_found, method_not_allowed, payload_too_large, policy_invalid, reload_failed, audit_unavailable, not_pending, expired, already_voted, self_approval, not_in_group, justification_required, store_unavailable, idp_unavailable, policy_dir_unavailable, internal" },
                 "line": { "type": "integer", "description": "policy_invalid: 1-based line in the submitted text" },
                 "column": { "type": "integer" },
                 "hint": { "type": "string" },
@@ -378,7 +378,167 @@ fn schemas() -> Value {
             }),
         ),
     );
+    s.insert(
+        "Vote".into(),
+        obj(
+            &["approver", "approve", "at_ms"],
+            json!({
+                "approver": { "type": "string" },
+                "approve": { "type": "boolean" },
+                "justification": nullable_string(),
+                "at_ms": { "type": "integer", "format": "int64" }
+            }),
+        ),
+    );
+    s.insert(
+        "Approval".into(),
+        obj(
+            &["id", "status", "created_ms", "expires_at_ms", "decisions", "binding", "principal_kind",
+              "groups", "environment", "session", "normalized", "statement", "facts", "rule", "reason",
+              "approver_group", "required_approvals", "require_justification", "mode"],
+            json!({
+                "id": { "type": "string" },
+                "status": { "type": "string", "enum": ["pending", "approved", "denied", "expired", "used", "break_glass"] },
+                "created_ms": { "type": "integer", "format": "int64" },
+                "decided_ms": { "type": "integer", "format": "int64", "nullable": true },
+                "used_ms": { "type": "integer", "format": "int64", "nullable": true },
+                "expires_at_ms": { "type": "integer", "format": "int64" },
+                "decisions": { "type": "array", "items": schema_ref("Vote") },
+                "binding": obj(&["principal", "target", "fingerprint", "params_hash"], json!({
+                    "principal": { "type": "string" },
+                    "target": { "type": "string" },
+                    "fingerprint": { "type": "string" },
+                    "params_hash": { "type": "string" }
+                })),
+                "principal_kind": { "type": "string" },
+                "on_behalf_of": nullable_string(),
+                "groups": { "type": "array", "items": { "type": "string" } },
+                "environment": { "type": "string" },
+                "session": { "type": "string" },
+                "normalized": { "type": "string" },
+                "statement": { "type": "string", "description": "the full statement: approvers see what they approve" },
+                "facts": { "type": "object" },
+                "rule": { "type": "string" },
+                "reason": { "type": "string" },
+                "approver_group": { "type": "string" },
+                "required_approvals": { "type": "integer" },
+                "require_justification": { "type": "boolean" },
+                "mode": { "type": "string", "enum": ["hold", "refuse"] },
+                "break_glass": nullable_string()
+            }),
+        ),
+    );
+    s.insert(
+        "Approvals".into(),
+        obj(
+            &["approvals"],
+            json!({
+                "approvals": { "type": "array", "items": schema_ref("Approval") },
+                "next_before": nullable_string()
+            }),
+        ),
+    );
+    s.insert(
+        "Decision".into(),
+        json!({
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {
+                "justification": { "type": "string", "maxLength": 1000, "pattern": PRINTABLE, "nullable": true }
+            }
+        }),
+    );
     Value::Object(s)
+}
+
+fn approval_paths(p: &mut Map<String, Value>) {
+    let id = json!({ "name": "id", "in": "path", "required": true, "description": "approval request id",
+                     "schema": { "type": "string", "pattern": "^[A-Za-z0-9]{1,64}$" } });
+    p.insert(
+        "/api/approvals".into(),
+        json!({ "get": {
+            "operationId": "listApprovals",
+            "summary": "approval requests, newest first (admin, auditor, approver)",
+            "parameters": [
+                query("status", "only this status", json!({ "type": "string",
+                    "enum": ["pending", "approved", "denied", "expired", "used", "break_glass"] })),
+                query("principal", "only this principal", string(256)),
+                query("target", "only this target", string(256)),
+                query("environment", "only this environment", string(256)),
+                query("approver_group", "only requests this group decides", string(256)),
+                query("limit", "page size (default 100)", json!({ "type": "integer", "minimum": 1, "maximum": 1000 })),
+                query("before", "`next_before` of the previous page",
+                      json!({ "type": "string", "pattern": "^[0-9A-HJKMNP-TV-Z]{26}$" }))
+            ],
+            "responses": responses(json_body("approval requests", schema_ref("Approvals")), &[])
+        } }),
+    );
+    p.insert(
+        "/api/approvals/{id}".into(),
+        json!({ "get": {
+            "operationId": "getApproval",
+            "summary": "one approval request, with the full statement and the votes (admin, auditor, approver)",
+            "parameters": [id.clone()],
+            "responses": responses(json_body("the request", schema_ref("Approval")),
+                                   &[("404", "no request has this id")])
+        } }),
+    );
+    for (verb, summary) in [
+        ("approve", "approve a pending request as the caller (approver or admin role, and a member of the request's approver group; never the requester)"),
+        ("deny", "deny a pending request as the caller (approver or admin role, and a member of the request's approver group)"),
+    ] {
+        p.insert(
+            format!("/api/approvals/{{id}}/{verb}"),
+            json!({ "post": {
+                "operationId": format!("{verb}Approval"),
+                "summary": format!("{summary}; recorded as admin.action approval.{verb}"),
+                "parameters": [id.clone()],
+                "requestBody": { "required": false, "content": { "application/json": { "schema": schema_ref("Decision") } } },
+                "responses": responses(json_body("the request as it now stands", schema_ref("Approval")),
+                    &[("404", "no request has this id"),
+                      ("409", "not pending (not_pending), expired, or the caller already voted (already_voted)"),
+                      ("422", "a justification is required (justification_required)")])
+            } }),
+        );
+    }
+    p.insert(
+        "/api/approvals/link".into(),
+        json!({ "get": {
+            "operationId": "approvalLink",
+            "summary": "the page a signed chat link opens: the request in full; viewing decides nothing",
+            "security": [],
+            "parameters": [{ "name": "t", "in": "query", "required": true, "description": "the signed token",
+                             "schema": { "type": "string", "maxLength": 512 } }],
+            "responses": {
+                "200": { "description": "the request", "content": { "text/html": { "schema": { "type": "string" } } } },
+                "400": { "description": "no token", "content": { "text/html": { "schema": { "type": "string" } } } },
+                "403": { "description": "a tampered or expired link", "content": { "text/html": { "schema": { "type": "string" } } } },
+                "404": { "description": "links are not enabled, or no such request", "content": { "text/html": { "schema": { "type": "string" } } } },
+                "503": { "description": "the approval store is not available", "content": { "text/html": { "schema": { "type": "string" } } } }
+            }
+        } }),
+    );
+    p.insert(
+        "/api/approvals/callback".into(),
+        json!({ "post": {
+            "operationId": "approvalCallback",
+            "summary": "a chat's interactive callback (Slack block_actions), signed with the chat's signing secret; the clicking chat user decides as the principal `chat_users` maps it to",
+            "security": [],
+            "requestBody": { "required": true, "content": {
+                "application/x-www-form-urlencoded": { "schema": { "type": "object", "properties": { "payload": { "type": "string" } } } },
+                "application/json": { "schema": { "type": "object" } }
+            } },
+            "responses": {
+                "200": json_body("an ephemeral chat message saying what happened", json!({ "type": "object" })),
+                "400": error("the payload is not a callback"),
+                "401": error("the signature is missing, wrong or older than 5 minutes"),
+                "403": error("the button's token is tampered or expired"),
+                "404": error("callbacks are not enabled"),
+                "413": error("the body is larger than 64 KiB"),
+                "503": error("the audit trail or the approval store is not available")
+            }
+        } }),
+    );
 }
 
 fn paths() -> Value {
@@ -500,6 +660,7 @@ fn paths() -> Value {
                                      ("422", "not valid: code policy_invalid, with line and column when known")])
         } }),
     );
+    approval_paths(&mut p);
     Value::Object(p)
 }
 
