@@ -2,19 +2,24 @@
 //!
 //! ```text
 //! cargo run --release -p sluice-audit --example writer_bench -- [--events N] [--dir DIR]
-//!     [--fsync batch|always|interval] [--sessions K] [--verify]
+//!     [--fsync batch|always|interval] [--sessions K] [--select-only] [--verify]
 //! ```
 //!
 //! One producer thread records `db.statement` events like those of
-//! `pgbench -S` through the proxy (`SELECT abalance FROM pgbench_accounts
-//! WHERE aid = $1`: fingerprint, normalized text, one table, two columns,
-//! nothing masked, one row) as fast as the queue takes them (retrying while
+//! pgbench's default script through the proxy (`BEGIN`, updates of
+//! `pgbench_accounts`, `_tellers`, `_branches`, the `SELECT abalance`, the
+//! `INSERT INTO pgbench_history`, `END`: fingerprint, normalized text, a
+//! table, a few columns, nothing masked; `--select-only` records only the
+//! select, like `pgbench -S`), spread over `--sessions` sessions and four
+//! principals, as fast as the queue takes them (retrying while
 //! it is full, as the proxy's backpressure does), with the default config
 //! (SQLite store, `fsync = "batch"`). It then waits until everything is in
 //! the store. Reported: events/s (wall clock, first record to last event
 //! stored), and CPU µs per event of the writer thread alone and of the
 //! whole process (CPU time from `/proc`, not wall clock). The writer is one
 //! thread, so its events/s on one core is `1e6 / writer µs per event`.
+//! `--verify` then runs `verify` on the trail and checks that text search
+//! and the usage aggregates match what was recorded, exactly.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -28,6 +33,7 @@ struct Args {
     fsync: FsyncPolicy,
     sessions: usize,
     verify: bool,
+    select_only: bool,
 }
 
 fn args() -> Args {
@@ -37,6 +43,7 @@ fn args() -> Args {
         fsync: FsyncPolicy::Batch,
         sessions: 10,
         verify: false,
+        select_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -54,10 +61,11 @@ fn args() -> Args {
                 }
             }
             "--verify" => a.verify = true,
+            "--select-only" | "-S" => a.select_only = true,
             "--help" | "-h" => {
                 eprintln!(
                     "writer_bench [--events N] [--dir DIR] [--fsync batch|always|interval] \
-                     [--sessions K] [--verify]"
+                     [--sessions K] [--select-only] [--verify]"
                 );
                 std::process::exit(0);
             }
@@ -102,34 +110,153 @@ fn thread_cpu(name: &str) -> f64 {
     total as f64 / clock_ticks_per_sec()
 }
 
-fn event(i: usize, sessions: usize) -> EventBody {
+/// Statements of one pgbench transaction: the TPC-B-like default script
+/// (`BEGIN`, 3 updates, a select, an insert, `END`), or `-S` (the select).
+struct Shape {
+    fingerprint: &'static str,
+    normalized: &'static str,
+    kind: &'static str,
+    tables_read: &'static [&'static str],
+    tables_written: &'static [&'static str],
+    columns_read: &'static [&'static str],
+    columns_written: &'static [&'static str],
+    rows_returned: u64,
+    rows_affected: u64,
+    bytes: u64,
+}
+
+const SELECT: Shape = Shape {
+    fingerprint: "5f1b2e7a9c3d4e60",
+    normalized: "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+    kind: "select",
+    tables_read: &["pgbench_accounts"],
+    tables_written: &[],
+    columns_read: &["pgbench_accounts.abalance", "pgbench_accounts.aid"],
+    columns_written: &[],
+    rows_returned: 1,
+    rows_affected: 0,
+    bytes: 11,
+};
+
+const TPCB: &[Shape] = &[
+    Shape {
+        fingerprint: "a0e1c5d4b3f29871",
+        normalized: "BEGIN",
+        kind: "transaction",
+        tables_read: &[],
+        tables_written: &[],
+        columns_read: &[],
+        columns_written: &[],
+        rows_returned: 0,
+        rows_affected: 0,
+        bytes: 0,
+    },
+    Shape {
+        fingerprint: "3c9d0f6e2b7a1845",
+        normalized: "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2",
+        kind: "update",
+        tables_read: &[],
+        tables_written: &["pgbench_accounts"],
+        columns_read: &["pgbench_accounts.abalance", "pgbench_accounts.aid"],
+        columns_written: &["pgbench_accounts.abalance"],
+        rows_returned: 0,
+        rows_affected: 1,
+        bytes: 0,
+    },
+    SELECT,
+    Shape {
+        fingerprint: "7b2f4a9e0c1d3856",
+        normalized: "UPDATE pgbench_tellers SET tbalance = tbalance + $1 WHERE tid = $2",
+        kind: "update",
+        tables_read: &[],
+        tables_written: &["pgbench_tellers"],
+        columns_read: &["pgbench_tellers.tbalance", "pgbench_tellers.tid"],
+        columns_written: &["pgbench_tellers.tbalance"],
+        rows_returned: 0,
+        rows_affected: 1,
+        bytes: 0,
+    },
+    Shape {
+        fingerprint: "e4d8a1c6f0b25937",
+        normalized: "UPDATE pgbench_branches SET bbalance = bbalance + $1 WHERE bid = $2",
+        kind: "update",
+        tables_read: &[],
+        tables_written: &["pgbench_branches"],
+        columns_read: &["pgbench_branches.bbalance", "pgbench_branches.bid"],
+        columns_written: &["pgbench_branches.bbalance"],
+        rows_returned: 0,
+        rows_affected: 1,
+        bytes: 0,
+    },
+    Shape {
+        fingerprint: "1f6c3b8d2e9a4070",
+        normalized: "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ($1, $2, $3, $4, CURRENT_TIMESTAMP)",
+        kind: "insert",
+        tables_read: &[],
+        tables_written: &["pgbench_history"],
+        columns_read: &[],
+        columns_written: &[
+            "pgbench_history.tid",
+            "pgbench_history.bid",
+            "pgbench_history.aid",
+            "pgbench_history.delta",
+            "pgbench_history.mtime",
+        ],
+        rows_returned: 0,
+        rows_affected: 1,
+        bytes: 0,
+    },
+    Shape {
+        fingerprint: "c2a7e9f1d3b60584",
+        normalized: "END",
+        kind: "transaction",
+        tables_read: &[],
+        tables_written: &[],
+        columns_read: &[],
+        columns_written: &[],
+        rows_returned: 0,
+        rows_affected: 0,
+        bytes: 0,
+    },
+];
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// Event `i`: session `i % sessions`, principal one of four, statement `i`
+/// of the script.
+fn event(i: usize, sessions: usize, select_only: bool) -> EventBody {
+    let shape = if select_only {
+        &SELECT
+    } else {
+        &TPCB[i % TPCB.len()]
+    };
+    let session = i % sessions;
     EventBody::Statement(Statement {
-        session: format!("01JBENCHSESSION{:04}", i % sessions),
+        session: format!("{:016x}", 0x5eed_0000_0000_0000u64 + session as u64),
         principal: Actor {
-            name: "bench".into(),
+            name: format!("bench{}@example.com", session % 4),
             kind: "human".into(),
             on_behalf_of: None,
         },
         target: "pgbench".into(),
         environment: "production".into(),
-        fingerprint: "5f1b2e7a9c3d4e60".into(),
-        normalized: "SELECT abalance FROM pgbench_accounts WHERE aid = $1".into(),
+        fingerprint: shape.fingerprint.into(),
+        normalized: shape.normalized.into(),
         text: None,
-        kind: "select".into(),
+        kind: shape.kind.into(),
         decision: Decision::Allow,
         rule: None,
         approval_id: None,
-        tables_read: vec!["pgbench_accounts".into()],
-        tables_written: Vec::new(),
-        columns_read: vec![
-            "pgbench_accounts.abalance".into(),
-            "pgbench_accounts.aid".into(),
-        ],
-        columns_written: Vec::new(),
+        tables_read: strings(shape.tables_read),
+        tables_written: strings(shape.tables_written),
+        columns_read: strings(shape.columns_read),
+        columns_written: strings(shape.columns_written),
         masked: Vec::new(),
-        rows_returned: 1,
-        rows_affected: 0,
-        bytes_to_client: 11,
+        rows_returned: shape.rows_returned,
+        rows_affected: shape.rows_affected,
+        bytes_to_client: shape.bytes,
         duration_us: 90 + (i % 61) as u64,
         sqlstate: None,
         lineage: None,
@@ -158,6 +285,7 @@ fn main() {
     // Events are built by the producer, as the proxy's sessions do.
     let events = a.events;
     let sessions = a.sessions;
+    let select_only = a.select_only;
 
     let cpu0 = process_cpu();
     let wcpu0 = thread_cpu("sluice-audit");
@@ -169,7 +297,7 @@ fn main() {
             .spawn(move || {
                 let mut full_waits = 0u64;
                 for i in 0..events {
-                    let mut ev = event(i, sessions);
+                    let mut ev = event(i, sessions, select_only);
                     loop {
                         // The proxy waits while the queue is congested
                         // rather than have a statement refused.
@@ -178,7 +306,7 @@ fn main() {
                             Err(RecordError::QueueFull) => {
                                 full_waits += 1;
                                 std::thread::sleep(Duration::from_micros(200));
-                                ev = event(i, sessions);
+                                ev = event(i, sessions, select_only);
                             }
                             Err(e) => panic!("record: {e}"),
                         }
@@ -249,5 +377,83 @@ fn main() {
                 std::process::exit(1);
             }
         }
+        check_search_and_usage(&mut s, events, sessions, select_only);
     }
+}
+
+/// Search and usage must agree with what was recorded, exactly.
+fn check_search_and_usage(
+    s: &mut sluice_audit::SqliteStore,
+    events: usize,
+    sessions: usize,
+    select_only: bool,
+) {
+    use sluice_audit::{Query, Store, UsageQuery};
+    use std::collections::BTreeMap;
+    let t = Instant::now();
+    type Key = (String, String, String, bool);
+    let mut want: BTreeMap<Key, (i64, i64, i64, i64)> = BTreeMap::new();
+    let mut tellers = 0u64;
+    for i in 0..events {
+        let EventBody::Statement(st) = event(i, sessions, select_only) else {
+            continue;
+        };
+        if st.normalized.contains("pgbench_tellers") {
+            tellers += 1;
+        }
+        for d in sluice_audit::usage::usage_deltas(&st, 0) {
+            let w = want
+                .entry((d.principal, d.table, d.column, d.masked))
+                .or_default();
+            w.0 += d.reads;
+            w.1 += d.writes;
+            w.2 += d.rows;
+            w.3 += d.bytes;
+        }
+    }
+    let found = s
+        .count(&Query {
+            text: Some("pgbench_tellers".into()),
+            ..Query::default()
+        })
+        .unwrap_or_else(|e| fail(&format!("search: {e}")));
+    if found != tellers {
+        fail(&format!(
+            "search: {found} events mention pgbench_tellers, expected {tellers}"
+        ));
+    }
+    let mut got: BTreeMap<Key, (i64, i64, i64, i64)> = BTreeMap::new();
+    let tables: std::collections::BTreeSet<(String, String)> = want
+        .keys()
+        .map(|(_, t, c, _)| (t.clone(), c.clone()))
+        .collect();
+    for (table, column) in &tables {
+        let q = UsageQuery {
+            table: Some(table.clone()),
+            column: (!column.is_empty()).then(|| format!("{table}.{column}")),
+            ..UsageQuery::default()
+        };
+        for r in s.usage(&q).unwrap_or_else(|e| fail(&format!("usage: {e}"))) {
+            let g = got
+                .entry((r.principal, r.table, r.column, r.masked))
+                .or_default();
+            g.0 += r.reads;
+            g.1 += r.writes;
+            g.2 += r.rows;
+            g.3 += r.bytes;
+        }
+    }
+    if got != want {
+        fail(&format!("usage differs:\n got  {got:?}\n want {want:?}"));
+    }
+    println!(
+        "search and usage: exact ({} usage rows, {tellers} text hits; {:.1}s)",
+        want.len(),
+        t.elapsed().as_secs_f64()
+    );
+}
+
+fn fail(msg: &str) -> ! {
+    println!("check FAILED: {msg}");
+    std::process::exit(1);
 }

@@ -4,6 +4,8 @@
 //! Bodies are serialized with serde in field declaration order and contain
 //! no maps, so the same event always gives the same bytes.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 /// Code of a session start.
@@ -304,43 +306,64 @@ impl EventBody {
 
     /// The searchable columns of the event.
     pub fn index(&self) -> IndexFields {
-        let mut f = IndexFields {
+        let r = self.index_ref();
+        IndexFields {
             code: self.code().to_owned(),
             environment: self.environment().to_owned(),
-            ..IndexFields::default()
-        };
-        match self {
-            EventBody::SessionStart(e) => {
-                f.principal = e.principal.name.clone();
-                f.target = e.target.clone();
-                f.session = e.session.clone();
-            }
-            EventBody::SessionEnd(e) => {
-                f.principal = e.principal.name.clone();
-                f.target = e.target.clone();
-                f.session = e.session.clone();
-            }
-            EventBody::AuthFailure(e) => {
-                f.principal = e.user.clone();
-                f.target = e.target.clone().unwrap_or_default();
-            }
-            EventBody::Statement(e) => {
-                f.principal = e.principal.name.clone();
-                f.target = e.target.clone();
-                f.session = e.session.clone();
-                f.decision = e.decision.as_str().to_owned();
-                f.fingerprint = e.fingerprint.clone();
-            }
-            EventBody::Admin(e) => {
-                f.principal = e.actor.name.clone();
-            }
+            principal: r.principal.to_owned(),
+            target: r.target.to_owned(),
+            session: r.session.to_owned(),
+            decision: r.decision.to_owned(),
+            fingerprint: r.fingerprint.to_owned(),
         }
-        f
+    }
+
+    /// [`index`](Self::index) without copies (the code and environment are
+    /// [`code`](Self::code) and [`environment`](Self::environment)).
+    pub(crate) fn index_ref(&self) -> IndexRef<'_> {
+        match self {
+            EventBody::SessionStart(e) => IndexRef {
+                principal: &e.principal.name,
+                target: &e.target,
+                session: &e.session,
+                ..IndexRef::default()
+            },
+            EventBody::SessionEnd(e) => IndexRef {
+                principal: &e.principal.name,
+                target: &e.target,
+                session: &e.session,
+                ..IndexRef::default()
+            },
+            EventBody::AuthFailure(e) => IndexRef {
+                principal: &e.user,
+                target: e.target.as_deref().unwrap_or(""),
+                ..IndexRef::default()
+            },
+            EventBody::Statement(e) => IndexRef {
+                principal: &e.principal.name,
+                target: &e.target,
+                session: &e.session,
+                decision: e.decision.as_str(),
+                fingerprint: &e.fingerprint,
+            },
+            EventBody::Admin(e) => IndexRef {
+                principal: &e.actor.name,
+                ..IndexRef::default()
+            },
+        }
     }
 
     /// Lower-case `(table, column)` pairs the event touched (`column` is
     /// `""` for a table), for the table/column filters.
     pub fn objects(&self) -> Vec<(String, String)> {
+        self.objects_ref()
+            .into_iter()
+            .map(|(t, c)| (t.into_owned(), c.into_owned()))
+            .collect()
+    }
+
+    /// [`objects`](Self::objects), borrowing what is already lower case.
+    pub(crate) fn objects_ref(&self) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
         let EventBody::Statement(s) = self else {
             return Vec::new();
         };
@@ -348,18 +371,17 @@ impl EventBody {
             .tables_read
             .iter()
             .chain(&s.tables_written)
-            .map(|t| (t.to_lowercase(), String::new()));
+            .map(|t| (lower(t), Cow::Borrowed("")));
         let columns = s
             .columns_read
             .iter()
             .chain(&s.columns_written)
             .chain(s.masked.iter().map(|m| &m.column))
             .map(|c| {
-                let c = c.to_lowercase();
-                let (t, col) = crate::search::split_column(&c);
-                (t.unwrap_or("").to_owned(), col.to_owned())
+                let (t, col) = split_lower(c);
+                (t.unwrap_or(Cow::Borrowed("")), col)
             });
-        let mut v: Vec<(String, String)> = tables.chain(columns).collect();
+        let mut v: Vec<(Cow<'_, str>, Cow<'_, str>)> = tables.chain(columns).collect();
         v.sort();
         v.dedup();
         v
@@ -439,6 +461,51 @@ impl EventBody {
     }
 }
 
+/// [`IndexFields`] borrowed from an event.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct IndexRef<'a> {
+    pub principal: &'a str,
+    pub target: &'a str,
+    pub session: &'a str,
+    pub decision: &'a str,
+    pub fingerprint: &'a str,
+}
+
+/// `s.to_lowercase()`, borrowed when that changes nothing (the common case:
+/// analysis already gives lower-case names).
+pub(crate) fn lower(s: &str) -> Cow<'_, str> {
+    let unchanged = if s.is_ascii() {
+        !s.bytes().any(|b| b.is_ascii_uppercase())
+    } else {
+        s.chars().all(|c| {
+            let mut l = c.to_lowercase();
+            l.next() == Some(c) && l.next().is_none()
+        })
+    };
+    if unchanged {
+        Cow::Borrowed(s)
+    } else {
+        Cow::Owned(s.to_lowercase())
+    }
+}
+
+/// [`crate::search::split_column`] of `lower(c)`.
+pub(crate) fn split_lower(c: &str) -> (Option<Cow<'_, str>>, Cow<'_, str>) {
+    match lower(c) {
+        Cow::Borrowed(b) => {
+            let (t, col) = crate::search::split_column(b);
+            (t.map(Cow::Borrowed), Cow::Borrowed(col))
+        }
+        Cow::Owned(o) => {
+            let (t, col) = crate::search::split_column(&o);
+            (
+                t.map(|t| Cow::Owned(t.to_owned())),
+                Cow::Owned(col.to_owned()),
+            )
+        }
+    }
+}
+
 /// Searchable columns stored next to each event. `verify` checks that they
 /// agree with the event body, so a changed column is a detected tampering.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -501,5 +568,46 @@ pub(crate) mod hex_bytes {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let s = String::deserialize(d)?;
         crate::util::unhex(&s).ok_or_else(|| serde::de::Error::custom("bad hex"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lower_borrows_only_what_is_already_lower_case() {
+        for s in [
+            "users",
+            "app.users",
+            "",
+            "ünïcode",
+            "Users",
+            "ÜSERS",
+            "ΟΔΟΣ",
+            "a_B",
+        ] {
+            assert_eq!(lower(s), s.to_lowercase(), "{s}");
+            assert_eq!(
+                matches!(lower(s), Cow::Borrowed(_)),
+                s == s.to_lowercase(),
+                "{s}"
+            );
+        }
+        let (t, c) = split_lower("App.Users.EMAIL");
+        assert_eq!((t.as_deref(), c.as_ref()), (Some("app.users"), "email"));
+        let st = EventBody::Statement(Statement {
+            tables_read: vec!["Users".into()],
+            columns_read: vec!["users.ID".into(), "Users.id".into(), "name".into()],
+            ..Statement::default()
+        });
+        assert_eq!(
+            st.objects(),
+            vec![
+                (String::new(), "name".to_owned()),
+                ("users".to_owned(), String::new()),
+                ("users".to_owned(), "id".to_owned()),
+            ]
+        );
     }
 }

@@ -253,17 +253,34 @@ fn filters(sql: &mut Sql, q: &Query, dialect: Dialect) {
             let p = sql.bind(Param::Text(c));
             conds.push(format!("o.col = {p}"));
         }
-        sql.and(&format!(
+        let per_event = format!(
             "EXISTS (SELECT 1 FROM audit_event_objects o WHERE {})",
             conds.join(" AND ")
-        ));
+        );
+        match dialect {
+            // Statements share their objects through their shape (see the
+            // SQLite store); the placeholders are numbered, so reusable.
+            Dialect::Sqlite => {
+                conds[0] = "es.event_id = e.id".to_owned();
+                sql.and(&format!(
+                    "({per_event} OR EXISTS (SELECT 1 FROM audit_event_shapes es \
+                     JOIN audit_shape_objects o ON o.shape = es.shape WHERE {}))",
+                    conds.join(" AND ")
+                ));
+            }
+            Dialect::Postgres => sql.and(&per_event),
+        }
     }
     if let Some(text) = q.text.as_deref().filter(|t| !t.trim().is_empty()) {
         match dialect {
             Dialect::Sqlite => {
                 let p = sql.bind(Param::Text(fts5_query(text)));
+                // FTS rows are events (rowid = id) or statement shapes
+                // (rowid = -shape).
                 sql.and(&format!(
-                    "e.id IN (SELECT rowid FROM audit_events_fts WHERE audit_events_fts MATCH {p})"
+                    "(e.id IN (SELECT rowid FROM audit_events_fts WHERE audit_events_fts MATCH {p}) \
+                     OR e.id IN (SELECT es.event_id FROM audit_event_shapes es WHERE es.shape IN \
+                     (SELECT -rowid FROM audit_events_fts WHERE audit_events_fts MATCH {p})))"
                 ));
             }
             Dialect::Postgres => {

@@ -41,12 +41,25 @@ pub struct Spool {
 
 /// Encode one entry.
 pub fn encode(e: &Entry) -> Result<Vec<u8>, AuditError> {
-    let payload = serde_json::to_vec(e)?;
-    let mut out = Vec::with_capacity(payload.len() + 8);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&sha256(&payload)[..4]);
-    out.extend_from_slice(&payload);
+    let mut out = Vec::new();
+    encode_into(e, &mut out)?;
     Ok(out)
+}
+
+/// Append the encoding of one entry to `out` (the same bytes as
+/// [`encode`], without a buffer per entry). On error `out` is unchanged.
+pub fn encode_into(e: &Entry, out: &mut Vec<u8>) -> Result<(), AuditError> {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; 8]);
+    if let Err(err) = serde_json::to_writer(&mut *out, e) {
+        out.truncate(start);
+        return Err(err.into());
+    }
+    let len = (out.len() - start - 8) as u32;
+    let sum = sha256(&out[start + 8..]);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&sum[..4]);
+    Ok(())
 }
 
 fn seg_name(index: u64) -> String {

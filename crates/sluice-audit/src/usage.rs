@@ -2,9 +2,12 @@
 //! lineage edges (where a table's data came from), derived from statement
 //! events by the store as it inserts them.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Decision, Record, Statement};
+use crate::event::{lower, Decision, Record, Statement};
 use crate::search::{split_column, table_cond, Dialect, Param, Sql};
 use crate::store::Store;
 use crate::util::{day_of, format_time};
@@ -49,82 +52,104 @@ fn sat(v: u64) -> i64 {
 /// `allow`, no SQLSTATE) count. Table rows (`column = ""`) carry rows and
 /// bytes; column rows carry rows and whether the column was masked.
 pub fn usage_deltas(s: &Statement, time_ms: i64) -> Vec<UsageDelta> {
+    let mut parts = Vec::new();
+    statement_parts(s, &mut parts);
+    parts
+        .into_iter()
+        .map(|p| UsageDelta {
+            day: day_of(time_ms),
+            principal: s.principal.name.clone(),
+            on_behalf_of: s.principal.on_behalf_of.clone().unwrap_or_default(),
+            target: s.target.clone(),
+            environment: s.environment.clone(),
+            table: p.table.into_owned(),
+            column: p.column.into_owned(),
+            masked: p.masked,
+            reads: p.reads,
+            writes: p.writes,
+            rows: p.rows,
+            bytes: p.bytes,
+            time_ms,
+        })
+        .collect()
+}
+
+/// The per-table/column part of a statement's usage increments.
+#[derive(Debug)]
+struct Part<'a> {
+    table: Cow<'a, str>,
+    column: Cow<'a, str>,
+    masked: bool,
+    reads: i64,
+    writes: i64,
+    rows: i64,
+    bytes: i64,
+}
+
+/// Appends the parts of `s` to `out` (nothing when it did not run); the
+/// one definition of what a statement counts for.
+fn statement_parts<'a>(s: &'a Statement, out: &mut Vec<Part<'a>>) {
     if s.decision != Decision::Allow || s.sqlstate.is_some() {
-        return Vec::new();
+        return;
     }
-    let base = UsageDelta {
-        day: day_of(time_ms),
-        principal: s.principal.name.clone(),
-        on_behalf_of: s.principal.on_behalf_of.clone().unwrap_or_default(),
-        target: s.target.clone(),
-        environment: s.environment.clone(),
-        table: String::new(),
-        column: String::new(),
-        masked: false,
-        reads: 0,
-        writes: 0,
-        rows: 0,
-        bytes: 0,
-        time_ms,
-    };
-    let masked: Vec<String> = s.masked.iter().map(|m| m.column.to_lowercase()).collect();
-    let mut out: Vec<UsageDelta> = Vec::new();
-    let mut add =
-        |table: String, column: String, masked: bool, write: bool, rows: u64, bytes: u64| {
-            if let Some(d) = out
-                .iter_mut()
-                .find(|d| d.table == table && d.column == column && d.masked == masked)
-            {
-                // The same column listed twice in one statement counts once.
-                if write {
-                    d.writes = 1;
-                } else {
-                    d.reads = 1;
-                }
-                return;
+    let first = out.len();
+    let masked: Vec<Cow<'a, str>> = s.masked.iter().map(|m| lower(&m.column)).collect();
+    let add = |out: &mut Vec<Part<'a>>,
+               table: Cow<'a, str>,
+               column: Cow<'a, str>,
+               masked: bool,
+               write: bool,
+               rows: u64,
+               bytes: u64| {
+        if let Some(d) = out[first..]
+            .iter_mut()
+            .find(|d| d.table == table && d.column == column && d.masked == masked)
+        {
+            // The same column listed twice in one statement counts once.
+            if write {
+                d.writes = 1;
+            } else {
+                d.reads = 1;
             }
-            out.push(UsageDelta {
-                table,
-                column,
-                masked,
-                reads: i64::from(!write),
-                writes: i64::from(write),
-                rows: sat(rows),
-                bytes: sat(bytes),
-                ..base.clone()
-            });
-        };
+            return;
+        }
+        out.push(Part {
+            table,
+            column,
+            masked,
+            reads: i64::from(!write),
+            writes: i64::from(write),
+            rows: sat(rows),
+            bytes: sat(bytes),
+        });
+    };
     for t in &s.tables_read {
         add(
-            t.to_lowercase(),
-            String::new(),
+            out,
+            lower(t),
+            Cow::Borrowed(""),
             false,
             false,
             s.rows_returned,
             s.bytes_to_client,
         );
     }
-    let mut read_cols: Vec<String> = s.columns_read.iter().map(|c| c.to_lowercase()).collect();
+    let mut read_cols: Vec<Cow<'a, str>> = s.columns_read.iter().map(|c| lower(c)).collect();
     for m in &masked {
         if !read_cols.contains(m) {
             read_cols.push(m.clone());
         }
     }
-    for c in &read_cols {
-        let (t, col) = split_column(c);
-        add(
-            t.unwrap_or("").to_owned(),
-            col.to_owned(),
-            masked.contains(c),
-            false,
-            s.rows_returned,
-            0,
-        );
+    for c in read_cols {
+        let is_masked = masked.contains(&c);
+        let (t, col) = split_cow(c);
+        add(out, t, col, is_masked, false, s.rows_returned, 0);
     }
     for t in &s.tables_written {
         add(
-            t.to_lowercase(),
-            String::new(),
+            out,
+            lower(t),
+            Cow::Borrowed(""),
             false,
             true,
             s.rows_affected,
@@ -132,18 +157,105 @@ pub fn usage_deltas(s: &Statement, time_ms: i64) -> Vec<UsageDelta> {
         );
     }
     for c in &s.columns_written {
-        let c = c.to_lowercase();
-        let (t, col) = split_column(&c);
-        add(
-            t.unwrap_or("").to_owned(),
-            col.to_owned(),
-            false,
-            true,
-            s.rows_affected,
-            0,
-        );
+        let (t, col) = split_cow(lower(c));
+        add(out, t, col, false, true, s.rows_affected, 0);
     }
-    out
+}
+
+/// `split_column` of an already lower-cased name; the table part is `""`
+/// when there is none.
+fn split_cow(c: Cow<'_, str>) -> (Cow<'_, str>, Cow<'_, str>) {
+    match c {
+        Cow::Borrowed(b) => {
+            let (t, col) = split_column(b);
+            (Cow::Borrowed(t.unwrap_or("")), Cow::Borrowed(col))
+        }
+        Cow::Owned(o) => {
+            let (t, col) = split_column(&o);
+            (
+                Cow::Owned(t.unwrap_or("").to_owned()),
+                Cow::Owned(col.to_owned()),
+            )
+        }
+    }
+}
+
+/// Key of the daily usage table.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct UsageKey<'a> {
+    pub day: i64,
+    pub principal: &'a str,
+    pub on_behalf_of: &'a str,
+    pub target: &'a str,
+    pub environment: &'a str,
+    pub table: Cow<'a, str>,
+    pub column: Cow<'a, str>,
+    pub masked: bool,
+}
+
+/// What a batch adds to one row of the daily usage table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct UsageSum {
+    pub reads: i64,
+    pub writes: i64,
+    pub rows: i64,
+    pub bytes: i64,
+    pub first_ms: i64,
+    pub last_ms: i64,
+}
+
+/// Usage increments of a batch of statements summed per key, so the store
+/// does one upsert per distinct key rather than one per statement and
+/// column. Adding the sums gives exactly what adding each increment would.
+#[derive(Debug, Default)]
+pub(crate) struct UsageBatch<'a> {
+    sums: HashMap<UsageKey<'a>, UsageSum>,
+    scratch: Vec<Part<'a>>,
+}
+
+impl<'a> UsageBatch<'a> {
+    /// Count one stored statement.
+    pub fn add(&mut self, s: &'a Statement, time_ms: i64) {
+        let mut parts = std::mem::take(&mut self.scratch);
+        parts.clear();
+        statement_parts(s, &mut parts);
+        let day = day_of(time_ms);
+        for p in parts.drain(..) {
+            let key = UsageKey {
+                day,
+                principal: &s.principal.name,
+                on_behalf_of: s.principal.on_behalf_of.as_deref().unwrap_or(""),
+                target: &s.target,
+                environment: &s.environment,
+                table: p.table,
+                column: p.column,
+                masked: p.masked,
+            };
+            let sum = self.sums.entry(key).or_insert(UsageSum {
+                reads: 0,
+                writes: 0,
+                rows: 0,
+                bytes: 0,
+                first_ms: time_ms,
+                last_ms: time_ms,
+            });
+            sum.reads = sum.reads.saturating_add(p.reads);
+            sum.writes = sum.writes.saturating_add(p.writes);
+            sum.rows = sum.rows.saturating_add(p.rows);
+            sum.bytes = sum.bytes.saturating_add(p.bytes);
+            sum.first_ms = sum.first_ms.min(time_ms);
+            sum.last_ms = sum.last_ms.max(time_ms);
+        }
+        self.scratch = parts;
+    }
+
+    /// The sums, in key order (a stable order also keeps concurrent
+    /// PostgreSQL writers from deadlocking on each other's rows).
+    pub fn into_sorted(self) -> Vec<(UsageKey<'a>, UsageSum)> {
+        let mut v: Vec<_> = self.sums.into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
 }
 
 /// A lineage edge: data moved from `source` to `destination`.

@@ -19,17 +19,20 @@ use crate::config::{AuditConfig, FsyncPolicy, OnSpoolFull};
 use crate::event::{Actor, AdminAction, EventBody, Record};
 use crate::retention::{self, RetentionReport};
 use crate::spool::{self, Spool};
-use crate::store::{self, Entry, Store};
+use crate::store::{self, BatchEntry, Entry, Store};
 use crate::util::{now_ms, ulid};
 use crate::AuditError;
 
-/// Events the writer takes from the queue at once.
-const BATCH_MAX: usize = 2048;
+/// Events the writer takes from the queue at once. A deep queue gives big
+/// batches, so the fsyncs and store commits per event shrink as load grows.
+const BATCH_MAX: usize = 16384;
 /// Entries the store gets per transaction.
-const STORE_BATCH: usize = 1000;
+const STORE_BATCH: usize = 8192;
 /// Unstored entries kept in memory; beyond this they are re-read from the
 /// spool when the store is back.
 const MEM_CAP: u64 = 64 << 20;
+/// Spool encoding buffer capacity kept between batches.
+const SPOOL_BUF_KEEP: usize = 32 << 20;
 /// Retention runs this often.
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 
@@ -85,6 +88,26 @@ pub struct FlushStatus {
     pub spooled_seq: u64,
     /// Last seq in the store.
     pub stored_seq: u64,
+}
+
+/// An entry waiting for the store.
+struct Pending {
+    entry: Entry,
+    /// Its size in the spool.
+    size: u64,
+    /// The event a record was made from, so the store need not parse the
+    /// body back (`None` after a restart or while the store is down).
+    event: Option<Box<PendingEvent>>,
+}
+
+impl Pending {
+    fn new(entry: Entry, size: u64) -> Pending {
+        Pending {
+            entry,
+            size,
+            event: None,
+        }
+    }
 }
 
 struct PendingEvent {
@@ -382,7 +405,7 @@ impl AuditWriter {
 
         // The spool: advance the chain over records written after the
         // state was saved, and queue everything for the store.
-        let mut pending: VecDeque<(Entry, u64)> = VecDeque::new();
+        let mut pending: VecDeque<Pending> = VecDeque::new();
         let mut pending_bytes = 0u64;
         let mut from_disk = false;
         let mut last_ckpt_seq = 0u64;
@@ -406,7 +429,7 @@ impl AuditWriter {
             if from_disk {
                 return Ok(());
             }
-            pending.push_back((e.clone(), size));
+            pending.push_back(Pending::new(e.clone(), size));
             if pending_bytes > MEM_CAP {
                 from_disk = true;
                 pending.clear();
@@ -444,6 +467,7 @@ impl AuditWriter {
             dropped_noted: 0,
             counters: counters.clone(),
             last_store_error_log: None,
+            spool_buf: Vec::new(),
         };
         // First contact with the store: catch up with records it has that
         // the local state lacks (machine crash under fsync = "interval").
@@ -558,7 +582,7 @@ struct Writer {
     spool: Spool,
     opener: Option<StoreOpener>,
     store: Option<Box<dyn Store>>,
-    pending: VecDeque<(Entry, u64)>,
+    pending: VecDeque<Pending>,
     from_disk: bool,
     stored_seq: u64,
     stored_known: bool,
@@ -574,14 +598,20 @@ struct Writer {
     dropped_noted: u64,
     counters: Arc<Counters>,
     last_store_error_log: Option<Instant>,
+    /// Encoding buffer of [`spool_pending`](Self::spool_pending).
+    spool_buf: Vec<u8>,
 }
 
-fn make_record(chain: &str, ev: PendingEvent) -> Result<Record, AuditError> {
-    let body = serde_json::to_string(&ev.body)?;
+fn make_record(chain: &str, ev: &PendingEvent) -> Result<Record, AuditError> {
+    // Sized for a typical statement body: no regrowing while serializing.
+    let mut buf = Vec::with_capacity(1024);
+    serde_json::to_writer(&mut buf, &ev.body)?;
+    let body = String::from_utf8(buf)
+        .map_err(|e| AuditError::Corrupt(format!("event body is not UTF-8: {e}")))?;
     Ok(Record {
         chain: chain.to_owned(),
         seq: 0,
-        ulid: ev.ulid,
+        ulid: ev.ulid.clone(),
         time_ms: ev.time_ms,
         code: ev.body.code().to_owned(),
         environment: ev.body.environment().to_owned(),
@@ -657,13 +687,13 @@ impl Writer {
         self.stored_known = true;
         self.stored_seq = head;
         let mut dropped = 0u64;
-        self.pending.retain(|(e, size)| {
-            let keep = match e {
+        self.pending.retain(|p| {
+            let keep = match &p.entry {
                 Entry::Record(r) => r.seq > head,
                 Entry::Checkpoint(c) => c.seq >= head,
             };
             if !keep {
-                dropped += size;
+                dropped += p.size;
             }
             keep
         });
@@ -702,7 +732,7 @@ impl Writer {
             let mut shutdown = disconnected;
             for m in msgs {
                 match m {
-                    Msg::Event(e) => events.push(*e),
+                    Msg::Event(e) => events.push(e),
                     Msg::Flush { stored, reply } => flushes.push((stored, reply)),
                     Msg::Retention { now_ms, reply } => retentions.push((now_ms, reply)),
                     Msg::Shutdown => shutdown = true,
@@ -769,11 +799,13 @@ impl Writer {
     }
 
     /// Under fail_open, note how many events went unrecorded.
-    fn note_dropped(&mut self, events: &mut Vec<PendingEvent>) {
+    // Boxed as they come from the queue; the boxes move on to `pending`.
+    #[allow(clippy::vec_box)]
+    fn note_dropped(&mut self, events: &mut Vec<Box<PendingEvent>>) {
         let dropped = self.counters.dropped.load(Ordering::Relaxed);
         if dropped > self.dropped_noted && self.unstored_bytes < self.cfg.spool_max_bytes {
             let t = now_ms();
-            events.push(PendingEvent {
+            events.push(Box::new(PendingEvent {
                 ulid: ulid(t),
                 time_ms: t,
                 body: EventBody::Admin(AdminAction {
@@ -784,7 +816,7 @@ impl Writer {
                     detail: Some("spool or queue full under on_spool_full = fail_open".into()),
                     environment: None,
                 }),
-            });
+            }));
             self.dropped_noted = dropped;
         }
     }
@@ -804,7 +836,8 @@ impl Writer {
         c
     }
 
-    fn write_events(&mut self, events: Vec<PendingEvent>) {
+    #[allow(clippy::vec_box)] // as in note_dropped
+    fn write_events(&mut self, events: Vec<Box<PendingEvent>>) {
         if events.is_empty() {
             return;
         }
@@ -812,8 +845,11 @@ impl Writer {
         let saved = self.state.clone();
         let mut entries = Vec::with_capacity(events.len() + 1);
         let mut ckpt_seq = self.last_ckpt_seq;
+        // The parsed events ride along to the store only while it is up;
+        // during an outage they would just hold memory.
+        let keep_events = self.store.is_some() && !self.from_disk;
         for ev in events {
-            let mut r = match make_record(&self.state.chain, ev) {
+            let mut r = match make_record(&self.state.chain, &ev) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(error = %e, "audit: cannot encode an event");
@@ -821,13 +857,13 @@ impl Writer {
                 }
             };
             self.state.seal(&mut r);
-            entries.push(Entry::Record(r));
+            entries.push((Entry::Record(r), keep_events.then_some(ev)));
             if self.state.seq - ckpt_seq >= self.cfg.checkpoint_every {
-                entries.push(Entry::Checkpoint(self.checkpoint("count")));
+                entries.push((Entry::Checkpoint(self.checkpoint("count")), None));
                 ckpt_seq = self.state.seq;
             }
         }
-        if self.spool_entries(entries, n) {
+        if self.spool_pending(entries, n) {
             if ckpt_seq != self.last_ckpt_seq {
                 self.last_ckpt_seq = ckpt_seq;
                 self.last_ckpt_at = Instant::now();
@@ -840,26 +876,42 @@ impl Writer {
     /// Append to the spool and queue for the store; false when the spool
     /// could not be written (the entries are lost and counted).
     fn spool_entries(&mut self, entries: Vec<Entry>, events: u64) -> bool {
-        let mut encoded = Vec::with_capacity(entries.len());
-        for e in &entries {
-            match spool::encode(e) {
-                Ok(b) => encoded.push(b),
-                Err(err) => {
-                    tracing::error!(error = %err, "audit: cannot encode a spool entry");
-                    return false;
-                }
+        self.spool_pending(entries.into_iter().map(|e| (e, None)).collect(), events)
+    }
+
+    /// [`spool_entries`](Self::spool_entries) with the events records were
+    /// made from.
+    fn spool_pending(
+        &mut self,
+        entries: Vec<(Entry, Option<Box<PendingEvent>>)>,
+        events: u64,
+    ) -> bool {
+        // One buffer for the whole batch (one write), kept between batches
+        // so it does not regrow each time.
+        let mut all = std::mem::take(&mut self.spool_buf);
+        all.clear();
+        let mut sizes = Vec::with_capacity(entries.len());
+        for (e, _) in &entries {
+            let before = all.len();
+            if let Err(err) = spool::encode_into(e, &mut all) {
+                tracing::error!(error = %err, "audit: cannot encode a spool entry");
+                self.keep_spool_buf(all);
+                return false;
             }
+            sizes.push(all.len() - before);
         }
         let result = if self.cfg.fsync == FsyncPolicy::Always {
-            entries.iter().zip(&encoded).try_for_each(|(e, b)| {
-                self.spool.append(b, e.seq())?;
+            let mut at = 0;
+            entries.iter().zip(&sizes).try_for_each(|((e, _), size)| {
+                self.spool.append(&all[at..at + size], e.seq())?;
+                at += size;
                 self.spool.sync()
             })
         } else {
-            let all: Vec<u8> = encoded.concat();
-            let last = entries.iter().map(Entry::seq).max().unwrap_or(0);
+            let last = entries.iter().map(|(e, _)| e.seq()).max().unwrap_or(0);
             self.spool.append(&all, last)
         };
+        self.keep_spool_buf(all);
         if let Err(e) = result {
             self.counters.spool_errors.fetch_add(1, Ordering::Relaxed);
             self.counters.spool_failing.store(1, Ordering::Relaxed);
@@ -868,14 +920,18 @@ impl Writer {
             return false;
         }
         self.counters.spool_failing.store(0, Ordering::Relaxed);
-        for (e, b) in entries.into_iter().zip(encoded) {
+        for ((e, event), size) in entries.into_iter().zip(sizes) {
             if matches!(e, Entry::Checkpoint(_)) {
                 self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
             }
-            let size = b.len() as u64;
+            let size = size as u64;
             self.unstored_bytes += size;
             if !self.from_disk {
-                self.pending.push_back((e, size));
+                self.pending.push_back(Pending {
+                    entry: e,
+                    size,
+                    event,
+                });
             }
         }
         if !self.from_disk && self.unstored_bytes > MEM_CAP {
@@ -888,6 +944,13 @@ impl Writer {
             FsyncPolicy::Interval => {}
         }
         true
+    }
+
+    fn keep_spool_buf(&mut self, buf: Vec<u8>) {
+        // A burst may have grown it a lot; do not hold on to that.
+        if buf.capacity() <= SPOOL_BUF_KEEP {
+            self.spool_buf = buf;
+        }
     }
 
     fn sync(&mut self) {
@@ -970,8 +1033,9 @@ impl Writer {
         }
         // Bounded work per turn so the queue keeps draining.
         for _ in 0..16 {
-            let batch: Vec<(Entry, u64)> = if self.from_disk {
-                match self.spool.read_after(self.stored_seq, STORE_BATCH) {
+            let mut from_disk: Vec<(Entry, u64)> = Vec::new();
+            let batch: Vec<BatchEntry<'_>> = if self.from_disk {
+                from_disk = match self.spool.read_after(self.stored_seq, STORE_BATCH) {
                     Ok(b) if b.is_empty() => {
                         self.from_disk = false;
                         self.unstored_bytes = 0;
@@ -983,38 +1047,49 @@ impl Writer {
                         self.counters.spool_errors.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
-                }
+                };
+                from_disk.iter().map(|(e, _)| BatchEntry::new(e)).collect()
             } else {
                 let n = self.pending.len().min(STORE_BATCH);
                 if n == 0 {
                     break;
                 }
-                self.pending.iter().take(n).cloned().collect()
+                self.pending.make_contiguous()[..n]
+                    .iter()
+                    .map(|p| BatchEntry {
+                        entry: &p.entry,
+                        event: p.event.as_deref().map(|e| &e.body),
+                    })
+                    .collect()
             };
-            let entries: Vec<Entry> = batch.iter().map(|(e, _)| e.clone()).collect();
             let Some(store) = self.store.as_mut() else {
                 return;
             };
-            if let Err(e) = store.append(&entries) {
+            if let Err(e) = store.append_batch(&batch) {
+                drop(batch);
                 self.store_failed(&e);
                 return;
             }
-            self.backoff = Duration::from_millis(100);
-            let bytes: u64 = batch.iter().map(|(_, s)| *s).sum();
-            self.unstored_bytes = self.unstored_bytes.saturating_sub(bytes);
-            if let Some(max) = entries
+            let len = batch.len();
+            let max = batch
                 .iter()
-                .filter_map(|e| match e {
+                .filter_map(|b| match b.entry {
                     Entry::Record(r) => Some(r.seq),
                     Entry::Checkpoint(_) => None,
                 })
-                .max()
-            {
+                .max();
+            drop(batch);
+            self.backoff = Duration::from_millis(100);
+            let bytes: u64 = if self.from_disk {
+                from_disk.iter().map(|(_, s)| *s).sum()
+            } else {
+                self.pending.drain(..len).map(|p| p.size).sum()
+            };
+            self.unstored_bytes = self.unstored_bytes.saturating_sub(bytes);
+            if let Some(max) = max {
                 self.stored_seq = self.stored_seq.max(max);
             }
-            if !self.from_disk {
-                self.pending.drain(..batch.len());
-            } else if batch.len() < STORE_BATCH {
+            if self.from_disk && len < STORE_BATCH {
                 // Re-read everything the spool had: back to the memory queue.
                 self.from_disk = false;
                 self.unstored_bytes = 0;
@@ -1047,7 +1122,7 @@ impl Writer {
         let report = retention::apply(store.as_mut(), &self.signer, &chain, &rules, now)?;
         if report.removed > 0 || report.deleted > 0 {
             let t = now_ms();
-            let ev = PendingEvent {
+            let ev = Box::new(PendingEvent {
                 ulid: ulid(t),
                 time_ms: t,
                 body: EventBody::Admin(AdminAction {
@@ -1061,7 +1136,7 @@ impl Writer {
                     detail: None,
                     environment: None,
                 }),
-            };
+            });
             self.write_events(vec![ev]);
             self.try_store(true);
         }

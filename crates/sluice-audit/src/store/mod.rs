@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::chain::Checkpoint;
-use crate::event::{IndexFields, Record};
+use crate::event::{EventBody, IndexFields, Record};
 use crate::search::{Page, Query};
 use crate::usage::{LineageEdge, UsageQuery, UsageRow};
 use crate::AuditError;
@@ -35,6 +35,35 @@ impl Entry {
             Entry::Checkpoint(c) => c.seq,
         }
     }
+}
+
+/// One entry of a batch for [`Store::append_batch`].
+#[derive(Debug, Clone, Copy)]
+pub struct BatchEntry<'a> {
+    /// The entry.
+    pub entry: &'a Entry,
+    /// For a record: its body, parsed (what `body` parses to), when the
+    /// caller has it; `None` makes the store parse the body.
+    pub event: Option<&'a EventBody>,
+}
+
+impl<'a> BatchEntry<'a> {
+    /// An entry whose body the store parses.
+    pub fn new(entry: &'a Entry) -> BatchEntry<'a> {
+        BatchEntry { entry, event: None }
+    }
+}
+
+/// Parsed bodies of a batch's records: the caller's, or parsed here (once)
+/// when it had none. `None` for checkpoints and unreadable bodies.
+pub(crate) fn parse_bodies(batch: &[BatchEntry<'_>]) -> Vec<Option<EventBody>> {
+    batch
+        .iter()
+        .map(|b| match (b.event, b.entry) {
+            (None, Entry::Record(r)) => r.event().ok().flatten(),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A stored record with the searchable columns stored next to it (which
@@ -76,6 +105,14 @@ pub trait Store: Send {
     /// already present, so a replay is harmless; usage and lineage updated
     /// for new ones) and checkpoints.
     fn append(&mut self, entries: &[Entry]) -> Result<(), AuditError>;
+
+    /// [`append`](Self::append) for a batch whose record bodies the caller
+    /// may already hold parsed, which saves the store parsing them again.
+    /// The default copies the entries and calls `append`.
+    fn append_batch(&mut self, batch: &[BatchEntry<'_>]) -> Result<(), AuditError> {
+        let entries: Vec<Entry> = batch.iter().map(|b| b.entry.clone()).collect();
+        self.append(&entries)
+    }
 
     /// The highest seq of a chain and its MAC.
     fn head(&mut self, chain: &str) -> Result<Option<(u64, Vec<u8>)>, AuditError>;
@@ -157,15 +194,23 @@ pub fn open(
     }
 }
 
-/// Usage and lineage changes implied by a batch of new records.
-pub(crate) fn derive(records: &[&Record]) -> (Vec<crate::usage::UsageDelta>, Vec<LineageEdge>) {
-    let mut usage = Vec::new();
+/// Usage sums and lineage edges implied by the new records of a batch,
+/// each with its parsed body.
+pub(crate) fn derive<'a>(
+    records: &[(&'a Record, &'a EventBody)],
+) -> (
+    Vec<(crate::usage::UsageKey<'a>, crate::usage::UsageSum)>,
+    Vec<LineageEdge>,
+) {
+    let mut usage = crate::usage::UsageBatch::default();
     let mut lineage = Vec::new();
-    for r in records {
-        if let Ok(Some(crate::event::EventBody::Statement(s))) = r.event() {
-            usage.extend(crate::usage::usage_deltas(&s, r.time_ms));
-            lineage.extend(crate::usage::lineage_edges(&s, r));
+    for (r, ev) in records {
+        if let EventBody::Statement(s) = ev {
+            usage.add(s, r.time_ms);
+            if s.lineage.is_some() {
+                lineage.extend(crate::usage::lineage_edges(s, r));
+            }
         }
     }
-    (usage, lineage)
+    (usage.into_sorted(), lineage)
 }

@@ -11,9 +11,9 @@ use std::time::Duration;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls};
 
-use super::{ChainInfo, Entry, Store, StoredRecord};
+use super::{BatchEntry, ChainInfo, Entry, Store, StoredRecord};
 use crate::chain::Checkpoint;
-use crate::event::{IndexFields, Record};
+use crate::event::{EventBody, IndexFields, Record};
 use crate::search::{self, Dialect, Page, Param, Query};
 use crate::usage::{self, LineageEdge, UsageQuery, UsageRow};
 use crate::util::format_time;
@@ -216,6 +216,12 @@ impl Store for PgStore {
     }
 
     fn append(&mut self, entries: &[Entry]) -> Result<(), AuditError> {
+        let batch: Vec<BatchEntry<'_>> = entries.iter().map(BatchEntry::new).collect();
+        self.append_batch(&batch)
+    }
+
+    fn append_batch(&mut self, batch: &[BatchEntry<'_>]) -> Result<(), AuditError> {
+        let parsed = super::parse_bodies(batch);
         let client = &mut self.client;
         self.rt.block_on(async {
             let tx = client.transaction().await.map_err(db)?;
@@ -239,17 +245,15 @@ impl Store for PgStore {
                 )
                 .await
                 .map_err(db)?;
-            let mut new_records: Vec<&Record> = Vec::new();
-            for e in entries {
-                match e {
+            // Records inserted now (not replays), with their bodies: only
+            // they add to usage and lineage.
+            let mut new_records: Vec<(&Record, &EventBody)> = Vec::with_capacity(batch.len());
+            for (b, p) in batch.iter().zip(&parsed) {
+                match b.entry {
                     Entry::Record(r) => {
-                        let ev = r.event().ok().flatten();
-                        let idx = ev.as_ref().map(|e| e.index()).unwrap_or_else(|| IndexFields {
-                            code: r.code.clone(),
-                            environment: r.environment.clone(),
-                            ..IndexFields::default()
-                        });
-                        let text = ev.as_ref().map(|e| e.search_text()).unwrap_or_default();
+                        let ev = b.event.or(p.as_ref());
+                        let idx = ev.map(EventBody::index_ref).unwrap_or_default();
+                        let text = ev.map(EventBody::search_text).unwrap_or_default();
                         let rows = tx
                             .query(
                                 &ins,
@@ -277,12 +281,13 @@ impl Store for PgStore {
                             continue; // replayed: already stored
                         };
                         let id: i64 = row.try_get(0).map_err(db)?;
-                        if let Some(ev) = &ev {
-                            for (t, c) in ev.objects() {
+                        if let Some(ev) = ev {
+                            for (t, c) in ev.objects_ref() {
+                                let (t, c): (&str, &str) = (&t, &c);
                                 tx.execute(&obj, &[&t, &c, &id]).await.map_err(db)?;
                             }
+                            new_records.push((r, ev));
                         }
-                        new_records.push(r);
                     }
                     Entry::Checkpoint(c) => {
                         tx.execute(
@@ -303,13 +308,13 @@ impl Store for PgStore {
                     }
                 }
             }
-            let (deltas, edges) = super::derive(&new_records);
-            if !deltas.is_empty() {
+            let (sums, edges) = super::derive(&new_records);
+            if !sums.is_empty() {
                 let up = tx
                     .prepare(
                         "INSERT INTO audit_usage_daily AS u (day, principal, on_behalf_of, target, environment, tbl, col,
                          masked, reads, writes, nrows, nbytes, first_ms, last_ms)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
                          ON CONFLICT (day, principal, on_behalf_of, target, environment, tbl, col, masked) DO UPDATE SET
                            reads = u.reads + excluded.reads, writes = u.writes + excluded.writes,
                            nrows = u.nrows + excluded.nrows, nbytes = u.nbytes + excluded.nbytes,
@@ -317,23 +322,25 @@ impl Store for PgStore {
                     )
                     .await
                     .map_err(db)?;
-                for d in &deltas {
+                for (k, d) in &sums {
+                    let (table, column): (&str, &str) = (&k.table, &k.column);
                     tx.execute(
                         &up,
                         &[
-                            &d.day,
-                            &d.principal,
-                            &d.on_behalf_of,
-                            &d.target,
-                            &d.environment,
-                            &d.table,
-                            &d.column,
-                            &d.masked,
+                            &k.day,
+                            &k.principal,
+                            &k.on_behalf_of,
+                            &k.target,
+                            &k.environment,
+                            &table,
+                            &column,
+                            &k.masked,
                             &d.reads,
                             &d.writes,
                             &d.rows,
                             &d.bytes,
-                            &d.time_ms,
+                            &d.first_ms,
+                            &d.last_ms,
                         ],
                     )
                     .await

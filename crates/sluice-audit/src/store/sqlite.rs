@@ -1,12 +1,13 @@
 //! The embedded store: one SQLite file in WAL mode with an FTS5 index.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, ToSql};
 
-use super::{ChainInfo, Entry, Store, StoredRecord};
+use super::{BatchEntry, ChainInfo, Entry, Store, StoredRecord};
 use crate::chain::Checkpoint;
-use crate::event::{IndexFields, Record};
+use crate::event::{EventBody, IndexFields, Record};
 use crate::search::{self, Dialect, Page, Param, Query};
 use crate::usage::{self, LineageEdge, UsageQuery, UsageRow};
 use crate::util::format_time;
@@ -31,6 +32,12 @@ CREATE TABLE IF NOT EXISTS audit_event_objects (
     PRIMARY KEY (tbl, col, event_id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS audit_event_objects_event ON audit_event_objects (event_id);
 CREATE VIRTUAL TABLE IF NOT EXISTS audit_events_fts USING fts5 (text, content='', contentless_delete=1);
+CREATE TABLE IF NOT EXISTS audit_shapes (shape INTEGER PRIMARY KEY, key BLOB NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS audit_shape_objects (
+    shape INTEGER NOT NULL, tbl TEXT NOT NULL, col TEXT NOT NULL,
+    PRIMARY KEY (shape, tbl, col)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit_event_shapes (event_id INTEGER PRIMARY KEY, shape INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_event_shapes_shape ON audit_event_shapes (shape);
 CREATE TABLE IF NOT EXISTS audit_checkpoints (
     chain TEXT NOT NULL, seq INTEGER NOT NULL, time_ms INTEGER NOT NULL, reason TEXT NOT NULL,
     environment TEXT, before_ms INTEGER, mac BLOB NOT NULL, signature BLOB NOT NULL,
@@ -54,7 +61,94 @@ INSERT OR IGNORE INTO audit_meta (key, value) VALUES ('schema', '1');
 /// SQLite store.
 pub struct SqliteStore {
     conn: Connection,
+    /// Shape key → shape id, for shapes committed to this file.
+    shapes: HashMap<String, i64>,
 }
+
+/// Shapes the cache holds at most (it starts over beyond).
+const SHAPE_CACHE: usize = 65_536;
+
+/// The shape key of an event whose search text and objects are shared
+/// through `audit_shapes`: statements without literal text (their search
+/// text and objects repeat with every execution). Other events are indexed
+/// on their own. Length-prefixed parts, so different shapes never share a key.
+fn shape_key(ev: &EventBody) -> Option<String> {
+    let EventBody::Statement(s) = ev else {
+        return None;
+    };
+    if s.text.is_some() {
+        return None;
+    }
+    let text = ev.search_text();
+    let objects = ev.objects_ref();
+    let mut key = String::with_capacity(text.len() + 32 * objects.len() + 8);
+    let mut part = |p: &str| {
+        key.push_str(&p.len().to_string());
+        key.push(':');
+        key.push_str(p);
+    };
+    part(&text);
+    for (t, c) in &objects {
+        part(t);
+        part(c);
+    }
+    Some(key)
+}
+
+/// The id of a shape not in the cache: from `new` (made or found earlier in
+/// this transaction), the table, or made now (its objects and its FTS row,
+/// at rowid `-shape`).
+fn shape_id(
+    tx: &rusqlite::Transaction<'_>,
+    ev: &EventBody,
+    key: String,
+    new: &mut HashMap<String, i64>,
+) -> Result<i64, AuditError> {
+    if let Some(&shape) = new.get(&key) {
+        return Ok(shape);
+    }
+    let hash = crate::chain::sha256(key.as_bytes());
+    let found: Option<i64> = tx
+        .prepare_cached("SELECT shape FROM audit_shapes WHERE key = ?1")
+        .and_then(|mut st| st.query_row(params![&hash[..]], |r| r.get(0)).optional())
+        .map_err(db)?;
+    let shape = match found {
+        Some(shape) => shape,
+        None => {
+            tx.prepare_cached("INSERT INTO audit_shapes (key) VALUES (?1)")
+                .and_then(|mut st| st.execute(params![&hash[..]]))
+                .map_err(db)?;
+            let shape = tx.last_insert_rowid();
+            let mut obj = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO audit_shape_objects (shape, tbl, col) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(db)?;
+            for (t, c) in ev.objects_ref() {
+                obj.execute(params![shape, t, c]).map_err(db)?;
+            }
+            tx.prepare_cached("INSERT INTO audit_events_fts (rowid, text) VALUES (?1, ?2)")
+                .and_then(|mut st| st.execute(params![-shape, ev.search_text()]))
+                .map_err(db)?;
+            shape
+        }
+    };
+    new.insert(key, shape);
+    Ok(shape)
+}
+
+/// Deletes shapes no event refers to any more, with their objects and FTS
+/// rows (after retention removed or deleted events).
+const SHAPES_GC: &str = "
+CREATE TEMP TABLE IF NOT EXISTS gone_shapes (shape INTEGER PRIMARY KEY);
+DELETE FROM gone_shapes;
+INSERT INTO gone_shapes SELECT shape FROM audit_shapes s
+  WHERE NOT EXISTS (SELECT 1 FROM audit_event_shapes es WHERE es.shape = s.shape);
+DELETE FROM audit_events_fts WHERE rowid IN (SELECT -shape FROM gone_shapes);
+DELETE FROM audit_shape_objects WHERE shape IN (SELECT shape FROM gone_shapes);
+DELETE FROM audit_shapes WHERE shape IN (SELECT shape FROM gone_shapes);
+DELETE FROM gone_shapes;
+";
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -92,7 +186,10 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
-        Ok(SqliteStore { conn })
+        Ok(SqliteStore {
+            conn,
+            shapes: HashMap::new(),
+        })
     }
 
     /// Open an existing file without creating it (the CLI: a typo in
@@ -183,8 +280,15 @@ impl Store for SqliteStore {
     }
 
     fn append(&mut self, entries: &[Entry]) -> Result<(), AuditError> {
+        let batch: Vec<BatchEntry<'_>> = entries.iter().map(BatchEntry::new).collect();
+        self.append_batch(&batch)
+    }
+
+    fn append_batch(&mut self, batch: &[BatchEntry<'_>]) -> Result<(), AuditError> {
+        let parsed = super::parse_bodies(batch);
+        // Shapes found or made in this transaction; cached only once it commits.
+        let mut new_shapes: HashMap<String, i64> = HashMap::new();
         let tx = self.conn.transaction().map_err(db)?;
-        let mut new_records: Vec<&Record> = Vec::new();
         {
             let mut ins = tx
                 .prepare_cached(
@@ -199,24 +303,23 @@ impl Store for SqliteStore {
             let mut fts = tx
                 .prepare_cached("INSERT INTO audit_events_fts (rowid, text) VALUES (?1, ?2)")
                 .map_err(db)?;
+            let mut evs = tx
+                .prepare_cached("INSERT INTO audit_event_shapes (event_id, shape) VALUES (?1, ?2)")
+                .map_err(db)?;
             let mut ck = tx
                 .prepare_cached(
                     "INSERT OR IGNORE INTO audit_checkpoints (chain, seq, time_ms, reason, environment,
                      before_ms, mac, signature) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
                 .map_err(db)?;
-            for e in entries {
-                match e {
+            // Records inserted now (not replays), with their bodies: only
+            // they add to usage and lineage.
+            let mut new_records: Vec<(&Record, &EventBody)> = Vec::with_capacity(batch.len());
+            for (b, p) in batch.iter().zip(&parsed) {
+                match b.entry {
                     Entry::Record(r) => {
-                        let ev = r.event().ok().flatten();
-                        let idx = ev
-                            .as_ref()
-                            .map(|e| e.index())
-                            .unwrap_or_else(|| IndexFields {
-                                code: r.code.clone(),
-                                environment: r.environment.clone(),
-                                ..IndexFields::default()
-                            });
+                        let ev = b.event.or(p.as_ref());
+                        let idx = ev.map(EventBody::index_ref).unwrap_or_default();
                         let n = ins
                             .execute(params![
                                 r.chain,
@@ -239,13 +342,24 @@ impl Store for SqliteStore {
                             continue; // replayed: already stored
                         }
                         let id = tx.last_insert_rowid();
-                        if let Some(ev) = &ev {
-                            for (t, c) in ev.objects() {
-                                obj.execute(params![t, c, id]).map_err(db)?;
+                        if let Some(ev) = ev {
+                            match shape_key(ev) {
+                                Some(key) => {
+                                    let shape = match self.shapes.get(&key) {
+                                        Some(&shape) => shape,
+                                        None => shape_id(&tx, ev, key, &mut new_shapes)?,
+                                    };
+                                    evs.execute(params![id, shape]).map_err(db)?;
+                                }
+                                None => {
+                                    for (t, c) in ev.objects_ref() {
+                                        obj.execute(params![t, c, id]).map_err(db)?;
+                                    }
+                                    fts.execute(params![id, ev.search_text()]).map_err(db)?;
+                                }
                             }
-                            fts.execute(params![id, ev.search_text()]).map_err(db)?;
+                            new_records.push((r, ev));
                         }
-                        new_records.push(r);
                     }
                     Entry::Checkpoint(c) => {
                         ck.execute(params![
@@ -262,62 +376,70 @@ impl Store for SqliteStore {
                     }
                 }
             }
-            let (deltas, edges) = super::derive(&new_records);
+            let (sums, edges) = super::derive(&new_records);
             let mut up = tx
                 .prepare_cached(
                     "INSERT INTO audit_usage_daily (day, principal, on_behalf_of, target, environment, tbl, col,
                      masked, reads, writes, nrows, nbytes, first_ms, last_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
                      ON CONFLICT (day, principal, on_behalf_of, target, environment, tbl, col, masked) DO UPDATE SET
                        reads = reads + excluded.reads, writes = writes + excluded.writes,
                        nrows = nrows + excluded.nrows, nbytes = nbytes + excluded.nbytes,
                        first_ms = MIN(first_ms, excluded.first_ms), last_ms = MAX(last_ms, excluded.last_ms)",
                 )
                 .map_err(db)?;
-            for d in &deltas {
+            for (k, d) in &sums {
                 up.execute(params![
-                    d.day,
-                    d.principal,
-                    d.on_behalf_of,
-                    d.target,
-                    d.environment,
-                    d.table,
-                    d.column,
-                    d.masked,
+                    k.day,
+                    k.principal,
+                    k.on_behalf_of,
+                    k.target,
+                    k.environment,
+                    k.table,
+                    k.column,
+                    k.masked,
                     d.reads,
                     d.writes,
                     d.rows,
                     d.bytes,
-                    d.time_ms
+                    d.first_ms,
+                    d.last_ms
                 ])
                 .map_err(db)?;
             }
-            let mut li = tx
-                .prepare_cached(
-                    "INSERT INTO audit_lineage (source, destination, kind, fingerprint, principal, on_behalf_of,
-                     principal_kind, target, environment, time_ms, chain, seq)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                )
-                .map_err(db)?;
-            for e in &edges {
-                li.execute(params![
-                    e.source,
-                    e.destination,
-                    e.kind,
-                    e.fingerprint,
-                    e.principal,
-                    e.on_behalf_of,
-                    e.principal_kind,
-                    e.target,
-                    e.environment,
-                    e.time_ms,
-                    e.chain,
-                    seq_i(e.seq)
-                ])
-                .map_err(db)?;
+            if !edges.is_empty() {
+                let mut li = tx
+                    .prepare_cached(
+                        "INSERT INTO audit_lineage (source, destination, kind, fingerprint, principal, on_behalf_of,
+                         principal_kind, target, environment, time_ms, chain, seq)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                    )
+                    .map_err(db)?;
+                for e in &edges {
+                    li.execute(params![
+                        e.source,
+                        e.destination,
+                        e.kind,
+                        e.fingerprint,
+                        e.principal,
+                        e.on_behalf_of,
+                        e.principal_kind,
+                        e.target,
+                        e.environment,
+                        e.time_ms,
+                        e.chain,
+                        seq_i(e.seq)
+                    ])
+                    .map_err(db)?;
+                }
             }
         }
-        tx.commit().map_err(db)
+        tx.commit().map_err(db)?;
+        if self.shapes.len() + new_shapes.len() > SHAPE_CACHE {
+            self.shapes.clear();
+        }
+        self.shapes.extend(new_shapes);
+        Ok(())
     }
 
     fn head(&mut self, chain: &str) -> Result<Option<(u64, Vec<u8>)>, AuditError> {
@@ -518,6 +640,13 @@ impl Store for SqliteStore {
             p,
         )
         .map_err(db)?;
+        tx.execute(
+            &format!("DELETE FROM audit_event_shapes WHERE event_id IN (SELECT id FROM audit_events WHERE {cond})"),
+            p,
+        )
+        .map_err(db)?;
+        tx.execute_batch(SHAPES_GC).map_err(db)?;
+        self.shapes.clear();
         let n = tx
             .execute(
                 &format!(
@@ -567,6 +696,13 @@ impl Store for SqliteStore {
             params![chain, s],
         )
         .map_err(db)?;
+        tx.execute(
+            &format!("DELETE FROM audit_event_shapes WHERE event_id IN ({sub})"),
+            params![chain, s],
+        )
+        .map_err(db)?;
+        tx.execute_batch(SHAPES_GC).map_err(db)?;
+        self.shapes.clear();
         let n = tx
             .execute(
                 "DELETE FROM audit_events WHERE chain = ?1 AND seq <= ?2",

@@ -1,0 +1,395 @@
+//! Large batches: the writer takes thousands of events per batch, sums
+//! usage per batch and shares search entries between statements of the same
+//! shape. Everything must come out exactly as if each event were stored on
+//! its own.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use sluice_audit::event::*;
+use sluice_audit::usage::usage_deltas;
+use sluice_audit::verify::{local_from_data_dir, verify};
+use sluice_audit::{AuditConfig, AuditWriter, Query, SqliteStore, Store, UsageQuery};
+
+/// Statement `i` of a varied mix: three principals (one acting for a
+/// person), mixed-case names, masked columns, repeated columns, refusals
+/// and failures (which do not count for usage), one statement with literal
+/// text in ten.
+fn varied(i: usize) -> EventBody {
+    let who = ["alice", "bob", "etl"][i % 3];
+    let (normalized, tables_read, tables_written, columns_read, columns_written) = match i % 5 {
+        0 => (
+            "SELECT id, email FROM Users WHERE id = $1",
+            vec!["Users"],
+            vec![],
+            vec!["users.id", "Users.Email", "users.id"],
+            vec![],
+        ),
+        1 => (
+            "UPDATE orders SET total = $1 WHERE id = $2",
+            vec![],
+            vec!["orders"],
+            vec!["orders.total", "orders.id"],
+            vec!["orders.total"],
+        ),
+        2 => (
+            "INSERT INTO app.audit_copy SELECT * FROM orders",
+            vec!["orders"],
+            vec!["app.audit_copy"],
+            vec!["orders.*"],
+            vec!["app.audit_copy.*"],
+        ),
+        3 => ("BEGIN", vec![], vec![], vec![], vec![]),
+        _ => (
+            "SELECT o.id, u.email FROM orders o JOIN users u ON u.id = o.user_id",
+            vec!["orders", "users"],
+            vec![],
+            vec!["orders.id", "users.email", "orders.user_id", "users.id"],
+            vec![],
+        ),
+    };
+    let strings = |v: Vec<&str>| v.into_iter().map(String::from).collect::<Vec<_>>();
+    let masked = if columns_read
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case("users.email"))
+    {
+        vec![MaskedColumn {
+            column: "users.email".into(),
+            detector: "email".into(),
+        }]
+    } else {
+        Vec::new()
+    };
+    let (decision, sqlstate) = match i % 11 {
+        7 => (Decision::Deny, Some("42501".to_string())),
+        9 => (Decision::Allow, Some("57014".to_string())),
+        _ => (Decision::Allow, None),
+    };
+    EventBody::Statement(Statement {
+        session: format!("s{}", i % 4),
+        principal: Actor {
+            name: who.into(),
+            kind: if who == "etl" { "agent" } else { "human" }.into(),
+            on_behalf_of: (who == "etl").then(|| "carol".to_string()),
+        },
+        target: "app-prod".into(),
+        environment: if i.is_multiple_of(2) {
+            "production"
+        } else {
+            "staging"
+        }
+        .into(),
+        fingerprint: format!("fp{}", i % 5),
+        normalized: normalized.into(),
+        text: i
+            .is_multiple_of(10)
+            .then(|| format!("{normalized} -- literal {i}")),
+        kind: "select".into(),
+        decision,
+        rule: (decision == Decision::Deny).then(|| "no-orders".to_string()),
+        tables_read: strings(tables_read),
+        tables_written: strings(tables_written),
+        columns_read: strings(columns_read),
+        columns_written: strings(columns_written),
+        masked,
+        rows_returned: (i % 7) as u64,
+        rows_affected: (i % 3) as u64,
+        bytes_to_client: (i % 13) as u64 * 10,
+        sqlstate,
+        ..Statement::default()
+    })
+}
+
+type Key = (String, String, String, String, String, bool);
+type Sums = (i64, i64, i64, i64);
+
+/// What usage must say: every event's deltas, summed.
+fn expected_usage(events: &[EventBody]) -> BTreeMap<Key, Sums> {
+    let mut want: BTreeMap<Key, Sums> = BTreeMap::new();
+    for ev in events {
+        let EventBody::Statement(s) = ev else {
+            continue;
+        };
+        for d in usage_deltas(s, 0) {
+            let w = want
+                .entry((
+                    d.principal,
+                    d.on_behalf_of,
+                    d.environment,
+                    d.table,
+                    d.column,
+                    d.masked,
+                ))
+                .or_default();
+            w.0 += d.reads;
+            w.1 += d.writes;
+            w.2 += d.rows;
+            w.3 += d.bytes;
+        }
+    }
+    want
+}
+
+/// Usage as the store reports it, for every table and column of `want`.
+fn stored_usage(s: &mut SqliteStore, want: &BTreeMap<Key, Sums>) -> BTreeMap<Key, Sums> {
+    let objects: std::collections::BTreeSet<(String, String)> =
+        want.keys().map(|k| (k.3.clone(), k.4.clone())).collect();
+    let mut got: BTreeMap<Key, Sums> = BTreeMap::new();
+    for (table, column) in objects {
+        let q = UsageQuery {
+            table: Some(table.clone()),
+            column: (!column.is_empty()).then(|| format!("{table}.{column}")),
+            ..UsageQuery::default()
+        };
+        for r in s.usage(&q).unwrap() {
+            // `users` also matches `public.users`: keep exact names only.
+            if r.table != table {
+                continue;
+            }
+            let g = got
+                .entry((
+                    r.principal,
+                    r.on_behalf_of,
+                    r.environment,
+                    r.table,
+                    r.column,
+                    r.masked,
+                ))
+                .or_default();
+            g.0 += r.reads;
+            g.1 += r.writes;
+            g.2 += r.rows;
+            g.3 += r.bytes;
+        }
+    }
+    got
+}
+
+fn count(s: &mut SqliteStore, q: Query) -> u64 {
+    s.count(&q).unwrap()
+}
+
+#[test]
+fn a_large_batched_write_verifies_and_usage_and_search_are_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = AuditConfig {
+        log_literals: true,
+        ..AuditConfig::default()
+    };
+    let w = AuditWriter::start(&cfg, dir.path()).unwrap();
+    let sink = w.sink();
+    let n = 20_000;
+    let events: Vec<EventBody> = (0..n).map(varied).collect();
+    // Recorded in one go, so the writer sees batches of thousands.
+    for ev in &events {
+        sink.record(ev.clone()).unwrap();
+    }
+    sink.record(session_start("alice")).unwrap();
+    let st = sink.flush_blocking(true, Duration::from_secs(120)).unwrap();
+    assert_eq!(st.stored_seq, n as u64 + 1);
+    w.shutdown().unwrap();
+
+    let mut s = SqliteStore::open_existing(&dir.path().join("audit/audit.db")).unwrap();
+    let local = local_from_data_dir(dir.path()).unwrap();
+    let r = verify(&mut s, &keys(dir.path()), Some(&local)).unwrap();
+    assert_eq!(r.chains[0].records, n as u64 + 1);
+
+    let want = expected_usage(&events);
+    assert!(want.len() > 20, "a varied mix: {}", want.len());
+    assert_eq!(stored_usage(&mut s, &want), want);
+
+    // Search: the same answers whether an event's entries are its own
+    // (literal text, sessions) or shared with others of its shape.
+    let mentions = |word: &str| {
+        events
+            .iter()
+            .filter(|e| match e {
+                EventBody::Statement(s) => {
+                    s.normalized.to_lowercase().contains(word)
+                        || s.rule.as_deref().is_some_and(|r| r.contains(word))
+                        || s.tables_read
+                            .iter()
+                            .chain(&s.tables_written)
+                            .any(|t| t.to_lowercase().contains(word))
+                }
+                _ => false,
+            })
+            .count() as u64
+    };
+    let text = |t: &str| Query {
+        text: Some(t.into()),
+        ..Query::default()
+    };
+    assert_eq!(count(&mut s, text("orders")), mentions("orders"));
+    assert_eq!(count(&mut s, text("audit_copy")), mentions("audit_copy"));
+    assert_eq!(count(&mut s, text("literal")), (n / 10) as u64);
+    assert_eq!(count(&mut s, text("literal 4990")), 1);
+    assert_eq!(
+        count(&mut s, text("psql")),
+        1,
+        "session.start is searchable"
+    );
+    assert_eq!(
+        count(&mut s, text("no-orders")),
+        (0..n).filter(|i| i % 11 == 7).count() as u64
+    );
+    // Table and column filters, on shared and on own entries alike.
+    let touches = |f: &dyn Fn(&Statement) -> bool| {
+        events
+            .iter()
+            .filter(|e| matches!(e, EventBody::Statement(s) if f(s)))
+            .count() as u64
+    };
+    assert_eq!(
+        count(
+            &mut s,
+            Query {
+                table: Some("users".into()),
+                ..Query::default()
+            }
+        ),
+        touches(&|s| s
+            .tables_read
+            .iter()
+            .chain(&s.columns_read)
+            .any(|t| t.to_lowercase().starts_with("users")))
+    );
+    assert_eq!(
+        count(
+            &mut s,
+            Query {
+                column: Some("users.email".into()),
+                ..Query::default()
+            }
+        ),
+        touches(&|s| !s.masked.is_empty())
+    );
+    assert_eq!(
+        count(
+            &mut s,
+            Query {
+                table: Some("audit_copy".into()),
+                principal: Some("bob".into()),
+                ..Query::default()
+            }
+        ),
+        (0..n).filter(|i| i % 5 == 2 && i % 3 == 1).count() as u64
+    );
+    // Pages of a shared-entry search come newest first without repeats.
+    let page = s
+        .search(&Query {
+            text: Some("orders".into()),
+            limit: 50,
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(page.rows.len(), 50);
+    assert!(page.rows.windows(2).all(|w| w[0].ulid > w[1].ulid));
+}
+
+#[test]
+fn a_replayed_batch_counts_usage_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = AuditWriter::start(&config(), dir.path()).unwrap();
+    write(&w, 50, "alice", "production");
+    w.shutdown().unwrap();
+    let mut s = SqliteStore::open_existing(&dir.path().join("audit/audit.db")).unwrap();
+    let q = UsageQuery {
+        column: Some("users.email".into()),
+        ..UsageQuery::default()
+    };
+    let before = s.usage(&q).unwrap();
+    assert_eq!(before[0].reads, 50);
+    // The whole trail again (a crash between the store commit and the
+    // writer noting it): nothing is counted twice.
+    let chain = s.chains().unwrap()[0].chain.clone();
+    let entries: Vec<sluice_audit::Entry> = s
+        .read_chain(&chain, 0, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|r| sluice_audit::Entry::Record(r.record))
+        .collect();
+    assert_eq!(entries.len(), 50);
+    s.append(&entries).unwrap();
+    assert_eq!(s.usage(&q).unwrap(), before);
+    let text = Query {
+        text: Some("users".into()),
+        ..Query::default()
+    };
+    assert_eq!(s.count(&text).unwrap(), 50);
+}
+
+/// The same statement whoever runs it and wherever: one shape per principal.
+fn same(who: &str, env: &str) -> EventBody {
+    EventBody::Statement(Statement {
+        session: "s1".into(),
+        principal: actor(who, "human"),
+        target: "app".into(),
+        environment: env.into(),
+        fingerprint: "fp".into(),
+        normalized: "SELECT id, email FROM users WHERE id = $1".into(),
+        kind: "select".into(),
+        tables_read: vec!["users".into()],
+        columns_read: vec!["users.id".into(), "users.email".into()],
+        rows_returned: 1,
+        ..Statement::default()
+    })
+}
+
+fn record(w: &AuditWriter, n: usize, who: &str, env: &str) {
+    let sink = w.sink();
+    for _ in 0..n {
+        sink.record(same(who, env)).unwrap();
+    }
+    sink.flush_blocking(true, Duration::from_secs(30)).unwrap();
+}
+
+#[test]
+fn retention_removes_the_shared_search_entries_it_no_longer_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config();
+    cfg.retention = [("development".to_string(), "30d".to_string())].into();
+    let w = AuditWriter::start(&cfg, dir.path()).unwrap();
+    // Alice's shape is shared by development and production events; bob's
+    // only by development ones.
+    record(&w, 8, "alice", "development");
+    record(&w, 5, "alice", "production");
+    record(&w, 6, "bob", "development");
+    let day = 86_400_000;
+    let r = w
+        .apply_retention(
+            sluice_audit::util::now_ms() + 31 * day,
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    assert_eq!(r.removed, 14, "{r:?}");
+    let db = dir.path().join("audit/audit.db");
+    let shapes = |s: &SqliteStore| -> i64 {
+        s.connection()
+            .query_row("SELECT COUNT(*) FROM audit_shapes", [], |r| r.get(0))
+            .unwrap()
+    };
+    // Bob's shape went with his bodies; alice's stays for production.
+    assert_eq!(shapes(&SqliteStore::open_existing(&db).unwrap()), 1);
+    // A shape whose entries retention removed is made again when needed.
+    record(&w, 2, "bob", "development");
+    w.shutdown().unwrap();
+    let mut s = SqliteStore::open_existing(&db).unwrap();
+    assert_eq!(shapes(&s), 2);
+    let text = |t: &str| Query {
+        text: Some(t.into()),
+        kind: Some("statement".into()),
+        ..Query::default()
+    };
+    assert_eq!(s.count(&text("alice")).unwrap(), 5);
+    assert_eq!(s.count(&text("bob")).unwrap(), 2);
+    let col = Query {
+        column: Some("users.email".into()),
+        ..Query::default()
+    };
+    assert_eq!(s.count(&col).unwrap(), 7);
+    assert!(verify(&mut s, &keys(dir.path()), None).is_ok());
+}
