@@ -21,7 +21,12 @@
 #      BENCH_BUILD=1         rebuild Sluice (cargo build --release) even if a binary exists
 #      SLUICE_BIN            Sluice binary (default: release build, as bench/run.sh)
 #      GUARD_COST_BIN        prebuilt guard_cost example (default: cargo build --release --example)
+#      BENCH_FEATURE         policy (default) or audit: what is switched off in the
+#                            second Sluice; bench/audit.sh sets audit (issue 7, item 8)
 set -euo pipefail
+
+feature=${BENCH_FEATURE:-policy}
+case $feature in policy|audit) ;; *) echo "BENCH_FEATURE: policy or audit, not $feature" >&2; exit 2;; esac
 
 bench_dir=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$bench_dir")
@@ -34,7 +39,7 @@ modes=${BENCH_MODES:-"simple prepared"}
 micro_args=()
 if [ -n "${BENCH_QUICK:-}" ]; then seconds=2; repeat=1; micro_args=(--quick); fi
 
-log() { echo "[policy] $*" >&2; }
+log() { echo "[${BENCH_FEATURE:-policy}] $*" >&2; }
 die() { log "error: $*"; exit 1; }
 notes=()  # what was meant to run and did not: exit status 2
 
@@ -71,7 +76,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'log interrupted; exit 130' INT
 trap 'log terminated; exit 143' TERM
-work=$(mktemp -d /tmp/sluice-policy-bench.XXXXXX)
+work=$(mktemp -d "/tmp/sluice-$feature-bench.XXXXXX")
 chmod 755 "$work"
 
 # run OUT CMD...: CMD in the background (so that Ctrl-C reaches the INT trap),
@@ -89,7 +94,22 @@ load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- 1. Micro-benchmark: before anything else runs, so it has the CPUs to itself. ---
 micro_json="$work/micro.json"
-if [ -z "${BENCH_SKIP_MICRO:-}" ]; then
+if [ -z "${BENCH_SKIP_MICRO:-}" ] && [ "$feature" = audit ]; then
+  # The audit writer alone: events/s into SQLite, verified afterwards.
+  micro_target=${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}
+  log "building the writer_bench example (cargo build --release -p sluice-audit --example writer_bench) into $micro_target..."
+  if CARGO_TARGET_DIR=$micro_target cargo build --release -p sluice-audit --example writer_bench \
+       --message-format=short >"$work/micro-build.log" 2>&1; then
+    events=200000; [ -n "${BENCH_QUICK:-}" ] && events=20000
+    for r in $(seq 1 "$repeat"); do
+      log "writer_bench run $r/$repeat: $events events, verified"
+      "$micro_target/release/examples/writer_bench" --events "$events" --verify | tee -a "$work/writer.txt" >&2 \
+        || { notes+=("writer_bench: failed"); break; }
+    done
+  else
+    tail -20 "$work/micro-build.log" >&2; notes+=("writer_bench: build failed")
+  fi
+elif [ -z "${BENCH_SKIP_MICRO:-}" ]; then
   guard_cost=${GUARD_COST_BIN:-}
   if [ -z "$guard_cost" ]; then
     micro_target=${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}
@@ -192,7 +212,7 @@ CONF
   start_sluice() {  # on|off: starts it, sets pid_on/pid_off; 0 when bench can log in through it
     local which=$1 port http policy pid i
     port=$(port_of "$which")
-    if [ "$which" = on ]; then http=$on_http; policy=""; else http=$off_http; policy=$'[policy]\nenabled = false'; fi
+    if [ "$which" = on ]; then http=$on_http; policy=""; else http=$off_http; policy="[$feature]"$'\nenabled = false'; fi
     cat > "$work/sluice-$which.toml" <<TOML
 [listen]
 postgres = "127.0.0.1:$port"
@@ -215,7 +235,7 @@ password_hash = "$hash"
 
 $policy
 TOML
-    log "starting Sluice policy $which on 127.0.0.1:$port (http $http)"
+    log "starting Sluice $feature $which on 127.0.0.1:$port (http $http)"
     BENCH_DB_PASSWORD=bench SLUICE_LOG=${SLUICE_LOG:-warn} \
       setsid "$sluice" serve --config "$work/sluice-$which.toml" --data-dir "$work/sluice-data-$which" \
       >"$work/sluice-$which.log" 2>&1 &
@@ -229,7 +249,7 @@ TOML
     return 1
   }
   for which in on off; do
-    start_sluice "$which" || { tail -20 "$work/sluice-$which.log" >&2; die "Sluice (policy $which) did not become ready"; }
+    start_sluice "$which" || { tail -20 "$work/sluice-$which.log" >&2; die "Sluice ($feature $which) did not become ready"; }
   done
 
   # Is the policy really on in one and off in the other? A DROP in
@@ -238,9 +258,11 @@ TOML
     psql -X -q -p "$(port_of "$1")" -c "drop table if exists sluice_policy_probe" 2>&1 | tr '\n' ' ' || true
   }
   probe_on=$(probe on); probe_off=$(probe off)
-  case $probe_on in *"blocked by"*) ;; *) die "policy on: DROP TABLE was not refused ($probe_on)";; esac
-  case $probe_off in *"blocked by"*) die "policy off: DROP TABLE was refused ($probe_off)";; esac
-  log "probe: policy on refuses DROP TABLE, policy off lets it through"
+  if [ "$feature" = policy ]; then
+    case $probe_on in *"blocked by"*) ;; *) die "policy on: DROP TABLE was not refused ($probe_on)";; esac
+    case $probe_off in *"blocked by"*) die "policy off: DROP TABLE was refused ($probe_off)";; esac
+    log "probe: policy on refuses DROP TABLE, policy off lets it through"
+  fi
 
   log "pgbench -i -s 10 (direct)"
   run "$work/pgbench-init.log" pgbench -i -s 10 -q -p "$pg_port" \
@@ -274,9 +296,9 @@ TOML
     pid=$(pid_of "$1")
     kill -0 "$pid" 2>/dev/null && return 0
     wait "$pid" 2>/dev/null || rc=$?
-    log "Sluice policy $1 (pid $pid) has exited, status $rc$( ((rc > 128)) && echo " (signal $((rc - 128)))"); its log ends:"
+    log "Sluice $feature $1 (pid $pid) has exited, status $rc$( ((rc > 128)) && echo " (signal $((rc - 128)))"); its log ends:"
     { grep -v 'audit event not recorded' "$work/sluice-$1.log" || true; } | tail -20 >&2
-    notes+=("sluice policy $1 exited during the run (status $rc)")
+    notes+=("sluice $feature $1 exited during the run (status $rc)")
     dead=1
     return 1
   }
@@ -298,11 +320,11 @@ TOML
                     "$((ticks1 - ticks0))" "${txns:-0}" "$clk_tck")
             events=$((ev1 - ev0)); lost=$((lost1 - lost0))
           else
-            log "pgbench failed against policy $which:"; tail -5 "$work/out" >&2
+            log "pgbench failed against $feature $which:"; tail -5 "$work/out" >&2
             tps=fail; lat=""; cpu=""; events=""; lost=""
           fi
           printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$c" "$mode" "$r" "$which" "$tps" "$lat" "$cpu" "$events" "$lost" >> "$results"
-          log "pgbench -S -c $c -M $mode pair $r/$repeat policy $which: $tps tps, $lat ms, sluice ${cpu:-?} µs CPU/txn, audit events ${events:-?} recorded, ${lost:-?} lost"
+          log "pgbench -S -c $c -M $mode pair $r/$repeat $feature $which: $tps tps, $lat ms, sluice ${cpu:-?} µs CPU/txn, audit events ${events:-?} recorded, ${lost:-?} lost"
           check_alive on || break 4
           check_alive off || break 4
         done
@@ -321,10 +343,11 @@ load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- Report: tables on stdout, JSON in bench/results/. ---
 mkdir -p "$bench_dir/results"
-out_json="$bench_dir/results/$(date -u +%Y%m%dT%H%M%SZ)-policy.json"
+out_json="$bench_dir/results/$(date -u +%Y%m%dT%H%M%SZ)-$feature.json"
 commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 dirty=$([ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && echo true || echo false)
 BENCH_META=$(python3 -c 'import json,sys; print(json.dumps(dict(zip(sys.argv[1::2], sys.argv[2::2]))))' \
+  feature "$feature" writer "$(grep -h 'events/s' "$work/writer.txt" 2>/dev/null | tr '\n' '|' || true)" \
   seconds "$seconds" repeat "$repeat" clients "$clients" modes "$modes" scale 10 \
   quick "${BENCH_QUICK:-}" skip_micro "${BENCH_SKIP_MICRO:-}" skip_tps "${BENCH_SKIP_TPS:-}" \
   nproc "$(nproc)" kernel "$(uname -r)" \

@@ -83,20 +83,28 @@ def main():
         if events and lost:
             audit[key][which][int(pair)] = (int(events), int(lost))
 
+    feature = meta.get("feature") or "policy"
     report = {
+        "feature": feature,
+        "writer_bench": [l for l in (meta.get("writer") or "").split("|") if l] or None,
         "settings": {k: meta.get(k) for k in ("seconds", "repeat", "clients", "modes", "scale", "quick")},
         "machine": {k: meta.get(k) for k in ("nproc", "kernel", "cpu", "mem_total_kib", "loadavg_start", "loadavg_end")},
         "git": {"commit": meta.get("commit"), "dirty": meta.get("dirty") == "true"},
         "versions": {k: meta.get(k) for k in ("postgres", "pgbench", "sluice_version")},
         "sluice": {"binary": meta.get("sluice_bin") or None, "binary_mtime": meta.get("sluice_bin_mtime") or None,
                    "environment": "production",
-                   "statements_checked_total": {"policy_on": meta.get("checked_on"), "policy_off": meta.get("checked_off")},
-                   "probe": {"policy_on": meta.get("probe_on") or None, "policy_off": meta.get("probe_off") or None}},
+                   "statements_checked_total": {f"{feature}_on": meta.get("checked_on"), f"{feature}_off": meta.get("checked_off")},
+                   "probe": {f"{feature}_on": meta.get("probe_on") or None, f"{feature}_off": meta.get("probe_off") or None}},
         "notes": [n for n in (meta.get("notes") or "").split(";") if n],
         "micro": micro,
         "pgbench": [],
     }
 
+    if report["writer_bench"]:
+        print()
+        print("audit writer alone (writer_bench, SQLite, verified; goal >= 50k events/s):")
+        for line in report["writer_bench"]:
+            print(f"  {line.strip()}")
     if micro:
         print()
         print("micro-benchmark, worst median per kind (µs per statement; table above):")
@@ -111,7 +119,7 @@ def main():
     if configs:
         seconds, repeat = meta.get("seconds", "?"), meta.get("repeat", "?")
         print()
-        print(f"pgbench -S through Sluice, scale 10, production target: median of {repeat} interleaved on/off pair(s) of {seconds} s")
+        print(f"pgbench -S through Sluice, scale 10, production target, {feature} on vs off: median of {repeat} interleaved pair(s) of {seconds} s")
         print(f"{'clients':>7} {'mode':>8} | {'TPS on':>9} {'TPS off':>9} | {'lat ms on':>9} {'off':>6} |"
               f" {'on/off':>6} {'pairs':>6} {'(min..max)':>13}  {'goal':<13} | {'CPU µs/txn on':>13} {'off':>6} {'on-off':>6} |"
               f" {'audit lost % on':>15} {'off':>5}")
@@ -148,10 +156,10 @@ def main():
 
             report["pgbench"].append({
                 "clients": c, "mode": mode,
-                "policy_on": side("on", on), "policy_off": side("off", off),
+                f"{feature}_on": side("on", on), f"{feature}_off": side("off", off),
                 "ratio_on_off": r, "pair_ratios": [round(x, 4) for x in pairs], "pair_ratio_median": pr,
-                "sluice_cpu_us_per_txn": {"policy_on": {"median": cpu_on, "samples": [cpu[key]["on"][p] for p in sorted(cpu[key]["on"])]},
-                                          "policy_off": {"median": cpu_off, "samples": [cpu[key]["off"][p] for p in sorted(cpu[key]["off"])]},
+                "sluice_cpu_us_per_txn": {f"{feature}_on": {"median": cpu_on, "samples": [cpu[key]["on"][p] for p in sorted(cpu[key]["on"])]},
+                                          f"{feature}_off": {"median": cpu_off, "samples": [cpu[key]["off"][p] for p in sorted(cpu[key]["off"])]},
                                           "on_minus_off": cpu_diff},
                 "audit_events": {w: {"recorded": [audit[key][w][p][0] for p in sorted(audit[key][w])],
                                      "lost": [audit[key][w][p][1] for p in sorted(audit[key][w])],
@@ -164,7 +172,7 @@ def main():
             report["ratio_on_off_geomean"] = round(gm, 3)
             print(f"{'':>16}   geometric mean of on/off over the configurations: {gm:.3f}")
         co, cf = meta.get("checked_on"), meta.get("checked_off")
-        print(f"statements analysed (sluice_statements_checked_total): policy on {co}, policy off {cf}")
+        print(f"statements analysed (sluice_statements_checked_total): {feature} on {co}, {feature} off {cf}")
         lost_any = any(l for k in audit for w in audit[k] for _, l in audit[k][w].values())
         if lost_any:
             print("WARNING: Sluice lost audit events (sluice_audit_dropped_total + sluice_audit_refused_total):"

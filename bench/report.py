@@ -12,7 +12,7 @@ import sys
 from collections import defaultdict
 
 TARGETS = ("direct", "bouncer", "sluice")
-NAMES = {"direct": "direct", "bouncer": "pgbouncer", "sluice": "sluice"}
+NAMES = {"direct": "direct", "bouncer": "pgbouncer", "sluice": "sluice", "sluice_nomask": "sluice_masking_off"}
 RSS_GOAL_MIB = 64
 LARGE_GOAL = 0.8  # sluice / direct
 
@@ -69,10 +69,10 @@ def main():
         "large": [],
     }
 
-    def entry(key):
+    def entry(key, targets=TARGETS):
         """Median, spread and samples per target for one configuration."""
         out = {}
-        for t in TARGETS:
+        for t in targets:
             v = values.get(key + (t,), [])
             out[NAMES[t]] = {"median": med(v), "min": min(v) if v else None, "max": max(v) if v else None,
                              "samples": v, "failed_runs": fails.get(key + (t,), 0)}
@@ -108,17 +108,21 @@ def main():
     if large:
         print()
         print(f"large result: median rows/s of {repeat} read(s) (without connection time)")
-        print(f"{'read':>7} {'rows':>8} | {'direct':>10} {'pgbouncer':>10} {'sluice':>10} | {'s/direct':>8} {'b/direct':>8}  goal")
+        print(f"{'read':>7} {'rows':>8} | {'direct':>10} {'pgbouncer':>10} {'sluice':>10} {'no mask':>10} |"
+              f" {'s/direct':>8} {'nm/direct':>9} {'b/direct':>8}  goal")
         for key in large:
             _, rows, kind = key
             d, b, s = (med(values.get(key + (t,), [])) for t in TARGETS)
+            nm = med(values.get(key + ("sluice_nomask",), []))
             sd = ratio(s, d)
             label = "SELECT" if kind == "select" else "COPY"
-            print(f"{label:>7} {rows:>8} | {fmt(d, 10)} {fmt(b, 10)} {fmt(s, 10)} | {fmt(sd, 8, 2)} {fmt(ratio(b, d), 8, 2)}"
+            print(f"{label:>7} {rows:>8} | {fmt(d, 10)} {fmt(b, 10)} {fmt(s, 10)} {fmt(nm, 10)} |"
+                  f" {fmt(sd, 8, 2)} {fmt(ratio(nm, d), 9, 2)} {fmt(ratio(b, d), 8, 2)}"
                   f"  >= {LARGE_GOAL}x direct: {verdict(sd, LARGE_GOAL)}")
             report["large"].append({
-                "kind": kind, "rows": rows, "rows_per_s": entry(key),
-                "sluice_vs_direct": sd, "bouncer_vs_direct": ratio(b, d),
+                "kind": kind, "rows": rows, "rows_per_s": entry(key, TARGETS + ("sluice_nomask",)),
+                "sluice_vs_direct": sd, "sluice_masking_off_vs_direct": ratio(nm, d),
+                "bouncer_vs_direct": ratio(b, d),
                 "goal_sluice_vs_direct": LARGE_GOAL, "goal_met": None if sd is None else sd >= LARGE_GOAL,
             })
 

@@ -86,7 +86,7 @@ if [ "$(id -u)" -eq 0 ]; then
 else
   as_pg() { "$@"; }
 fi
-work=""; sluice_pid=""; pg_started=""; child=""
+work=""; sluice_pid=""; plain_pid=""; pg_started=""; child=""
 stop_pid() {  # pid: TERM, wait up to 5 s, then KILL
   local pid=$1 i
   kill "$pid" 2>/dev/null || return 0
@@ -97,6 +97,7 @@ cleanup() {
   set +e
   [ -n "$child" ] && stop_pid "$child"
   [ -n "$sluice_pid" ] && stop_pid "$sluice_pid"
+  [ -n "$plain_pid" ] && stop_pid "$plain_pid"
   [ -s "$work/pgbouncer.pid" ] && stop_pid "$(cat "$work/pgbouncer.pid")"
   [ -n "$pg_started" ] && as_pg "$pg_bin/pg_ctl" -D "$work/pg" -m immediate -w stop >/dev/null 2>&1
   [ -n "$work" ] && rm -rf "$work"
@@ -126,6 +127,7 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 pg_port=$(free_port); bouncer_port=$(free_port); sluice_port=$(free_port); http_port=$(free_port)
+plain_port=$(free_port); plain_http_port=$(free_port)
 
 # --- PostgreSQL: trust on the local socket, SCRAM on 127.0.0.1. ---
 log "starting PostgreSQL ($("$pg_bin/postgres" --version | awk '{print $3}')) on 127.0.0.1:$pg_port"
@@ -172,7 +174,7 @@ echo '"bench" "bench"' > "$work/userlist.txt"
 as_pg pgbouncer -q -d "$work/pgbouncer.ini" || { cat "$work/pgbouncer.log" >&2; die "PgBouncer did not start"; }
 
 export PGUSER=bench PGPASSWORD=bench PGDATABASE=bench PGHOST=127.0.0.1 PGSSLMODE=disable
-port_of() { case $1 in direct) echo "$pg_port";; bouncer) echo "$bouncer_port";; sluice) echo "$sluice_port";; esac; }
+port_of() { case $1 in direct) echo "$pg_port";; bouncer) echo "$bouncer_port";; sluice) echo "$sluice_port";; sluice_nomask) echo "$plain_port";; esac; }
 wait_sql() {  # target: until "select 1" works, up to 10 s
   local i
   for i in $(seq 1 100); do
@@ -231,6 +233,23 @@ if [ -n "$sluice" ] && ! start_sluice; then
   [ -n "$sluice_pid" ] && stop_pid "$sluice_pid"
   sluice_pid=""; targets="direct bouncer"; sluice_note="not run: did not start"
 fi
+# A second Sluice with masking off, for the large reads only: what the
+# forwarding costs without the per-value detectors (informational).
+large_targets=$targets
+if [ -n "$sluice_pid" ] && [ -z "${BENCH_SKIP_LARGE:-}" ]; then
+  sed -e "s/127.0.0.1:$sluice_port/127.0.0.1:$plain_port/" -e "s/127.0.0.1:$http_port/127.0.0.1:$plain_http_port/" \
+    "$work/sluice.toml" > "$work/sluice-nomask.toml"
+  printf '\n[masking]\nenabled = false\n' >> "$work/sluice-nomask.toml"
+  BENCH_DB_PASSWORD=bench SLUICE_LOG=${SLUICE_LOG:-warn} \
+    setsid "$sluice" serve --config "$work/sluice-nomask.toml" --data-dir "$work/sluice-nomask-data" >"$work/sluice-nomask.log" 2>&1 &
+  plain_pid=$!
+  for i in $(seq 1 300); do
+    kill -0 "$plain_pid" 2>/dev/null || break
+    http_ok "http://127.0.0.1:$plain_http_port/healthz" && wait_sql sluice_nomask && { large_targets="$targets sluice_nomask"; break; }
+    sleep 0.1
+  done
+  [ "$large_targets" = "$targets" ] && log "WARNING: the masking-off Sluice did not start; large reads without it"
+fi
 vm_kib() {  # field (VmHWM, VmRSS) of the Sluice process, in KiB
   [ -n "$sluice_pid" ] && awk -v f="$1:" '$1 == f {print $2}' "/proc/$sluice_pid/status" 2>/dev/null || true
 }
@@ -281,7 +300,7 @@ if [ -z "${BENCH_SKIP_LARGE:-}" ]; then
   echo "select * from big" > "$work/select-big.sql"
   for kind in select copy; do
     for r in $(seq 1 "$repeat"); do
-      for target in $targets; do
+      for target in $large_targets; do
         port=$(port_of "$target")
         if [ "$kind" = select ]; then
           run "$work/out" pgbench -n -M simple -c 1 -t 1 -f "$work/select-big.sql" -p "$port" || true

@@ -39,6 +39,11 @@ pub enum OnSpoolFull {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
+    /// Whether there is an audit trail at all (default true). `false`
+    /// records nothing: for measuring what the trail costs, never for
+    /// production (`sluice serve` warns at start).
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
     /// Where events go: absent for SQLite at `DATA_DIR/audit/audit.db`,
     /// `sqlite:PATH` for SQLite elsewhere, or `postgres://user@host:port/db`
     /// for a PostgreSQL store shared by several replicas.
@@ -83,7 +88,9 @@ pub struct AuditConfig {
     /// from the host.
     #[serde(default)]
     pub key_file: Option<PathBuf>,
-    /// Events the queue to the writer holds (default 65536).
+    /// Events the queue to the writer holds (default 4096: enough to absorb
+    /// bursts between batches; a deeper queue only holds memory, since the
+    /// writer sets the pace either way).
     #[serde(default = "default_queue")]
     pub queue_capacity: usize,
 }
@@ -100,13 +107,17 @@ fn default_checkpoint_every() -> u64 {
 fn default_checkpoint_interval() -> u64 {
     60
 }
+fn enabled_by_default() -> bool {
+    true
+}
 fn default_queue() -> usize {
-    65536
+    4096
 }
 
 impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
+            enabled: true,
             store: None,
             password_env: None,
             password_file: None,

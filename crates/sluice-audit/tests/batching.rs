@@ -175,8 +175,11 @@ fn count(s: &mut SqliteStore, q: Query) -> u64 {
 #[test]
 fn a_large_batched_write_verifies_and_usage_and_search_are_exact() {
     let dir = tempfile::tempdir().unwrap();
+    // A queue deep enough for the whole burst, so the writer sees batches
+    // of thousands.
     let cfg = AuditConfig {
         log_literals: true,
+        queue_capacity: 32_768,
         ..AuditConfig::default()
     };
     let w = AuditWriter::start(&cfg, dir.path()).unwrap();

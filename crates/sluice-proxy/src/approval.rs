@@ -34,6 +34,23 @@ pub const APPROVAL_DENIED: &str = "SL002";
 pub const APPROVAL_EXPIRED: &str = "SL003";
 /// SQLSTATE: the approval store could not be reached (fail closed).
 pub const APPROVAL_UNAVAILABLE: &str = "SL004";
+/// SQLSTATE: a statement that needs approval was prepared with bind
+/// parameters, whose values an approval could not be bound to.
+pub const APPROVAL_NEEDS_VALUES: &str = "SL005";
+
+/// Whether `text` has bind parameters (`$1`). An approval is bound to the
+/// values it approves; a prepared statement would run once approved with
+/// any values, so such statements are refused (fail closed, also when the
+/// text cannot be scanned).
+pub fn has_parameters(text: &str) -> bool {
+    match pg_query::scan(text) {
+        Ok(r) => r
+            .tokens
+            .iter()
+            .any(|t| t.token == pg_query::protobuf::Token::Param as i32),
+        Err(_) => true,
+    }
+}
 
 /// What the runner needs from the session.
 pub struct ApprovalContext<'a> {
@@ -214,6 +231,26 @@ pub async fn run(
                 send(w, &refusal).await?;
             }
         }
+        return Ok(());
+    }
+
+    // A prepared statement with parameters: no approval can cover values
+    // not known yet.
+    if step.parse.is_some() && has_parameters(&step.text) {
+        let refusal = st.not_approved(
+            &step,
+            error(
+                APPROVAL_NEEDS_VALUES,
+                format!(
+                    "sluice: approval required by {}: {}, but this statement has bind parameters",
+                    need.rule, need.reason
+                ),
+                "an approval covers the exact values it was given: send the statement with its values in the text (a simple query), so approvers see what will run".into(),
+            ),
+            None,
+        );
+        st.commit();
+        send(w, &refusal).await?;
         return Ok(());
     }
 

@@ -139,7 +139,12 @@ impl ProxyState {
         // must not happen on a thread of ours: start it on a plain thread.
         let dir = data_dir.to_owned();
         let (writer, approvals) = std::thread::spawn(move || {
-            let writer = sluice_audit::AuditWriter::start(&audit_config, &dir)?;
+            let writer = if audit_config.enabled {
+                Some(sluice_audit::AuditWriter::start(&audit_config, &dir)?)
+            } else {
+                tracing::warn!("[audit] enabled = false: NOTHING IS RECORDED (for measuring only, never production)");
+                None
+            };
             let approvals = sluice_audit::ApprovalStore::open(&audit_config, &dir)?;
             Ok::<_, sluice_audit::AuditError>((writer, approvals))
         })
@@ -151,8 +156,13 @@ impl ProxyState {
             )
         })?
         .map_err(|e| format!("{}: [audit]: {e}", config_path.display()))?;
-        let audit = writer.sink();
-        metrics.set_audit(writer.counters());
+        let audit = match &writer {
+            Some(w) => {
+                metrics.set_audit(w.counters());
+                w.sink()
+            }
+            None => sluice_audit::AuditSink::discard(),
+        };
         let runtime = build_runtime(
             config_path,
             data_dir,
@@ -163,7 +173,7 @@ impl ProxyState {
             &approvals,
         )?;
         Ok(Arc::new(ProxyState {
-            audit_writer: std::sync::Mutex::new(Some(writer)),
+            audit_writer: std::sync::Mutex::new(writer),
             audit,
             approvals,
             tracer,

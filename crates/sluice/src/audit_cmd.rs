@@ -30,13 +30,36 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
-    fn data_dir(&self) -> PathBuf {
+    pub(crate) fn data_dir(&self) -> PathBuf {
         self.data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from("./sluice-data"))
     }
 
-    fn open(&self) -> Result<Box<dyn Store>, String> {
+    /// The `[audit]` settings these arguments stand for (store and password).
+    pub(crate) fn audit_config(&self) -> sluice_audit::AuditConfig {
+        sluice_audit::AuditConfig {
+            store: self.store.clone(),
+            password_env: self.password_env.clone(),
+            password_file: self.password_file.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// Where the store is, for reports (a password in a URL is hidden).
+    pub(crate) fn describe(&self) -> String {
+        match &self.store {
+            None => format!(
+                "sqlite:{}",
+                sluice_audit::audit_dir(&self.data_dir())
+                    .join("audit.db")
+                    .display()
+            ),
+            Some(s) => redact_url(s),
+        }
+    }
+
+    pub(crate) fn open(&self) -> Result<Box<dyn Store>, String> {
         let location = match &self.store {
             None => {
                 StoreLocation::Sqlite(sluice_audit::audit_dir(&self.data_dir()).join("audit.db"))
@@ -283,35 +306,60 @@ pub fn audit(cmd: AuditCommand) -> ExitCode {
     }
 }
 
-fn verify(source: &StoreArgs, key_file: Option<&Path>, format: Fmt) -> ExitCode {
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+fn redact_url(s: &str) -> String {
+    let Some(scheme_end) = s.find("://") else {
+        return s.to_owned();
+    };
+    let rest = &s[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!(
+            "{}{}:***{}",
+            &s[..scheme_end + 3],
+            &authority[..colon],
+            &rest[at..]
+        ),
+        _ => s.to_owned(),
+    }
+}
+
+/// Check the chains the way `sluice audit verify` does: `Err` when the
+/// check could not be made (no store, no key file), `Ok(Err)` naming the
+/// first bad record.
+pub(crate) fn verify_chains(
+    source: &StoreArgs,
+    key_file: Option<&Path>,
+) -> Result<Result<sluice_audit::Report, sluice_audit::Failure>, String> {
     let key_path = match key_file {
         Some(k) => k.to_owned(),
         None if source.store.is_some() && source.data_dir.is_none() => {
-            return error(
-                "audit verify",
-                "--key-file is needed with --store (the auditor's copy of the key files)",
+            return Err(
+                "--key-file is needed with --store (the auditor's copy of the key files)".into(),
             )
         }
         None => sluice_audit::audit_dir(&source.data_dir()).join("initial.key"),
     };
-    let keys = match sluice_audit::chain::read_key_file(&key_path) {
-        Ok(k) => k,
-        Err(e) => return error("audit verify", e),
-    };
-    let mut store = match source.open() {
-        Ok(s) => s,
-        Err(e) => return error("audit verify", e),
-    };
+    let keys = sluice_audit::chain::read_key_file(&key_path).map_err(|e| e.to_string())?;
+    let mut store = source.open()?;
     // The writer's spool and state are used when its data dir is at hand.
     let local = if source.store.is_none() || source.data_dir.is_some() {
-        match sluice_audit::verify::local_from_data_dir(&source.data_dir()) {
-            Ok(l) => Some(l),
-            Err(e) => return error("audit verify", e),
-        }
+        Some(
+            sluice_audit::verify::local_from_data_dir(&source.data_dir())
+                .map_err(|e| e.to_string())?,
+        )
     } else {
         None
     };
-    let result = sluice_audit::verify(store.as_mut(), &keys, local.as_ref());
+    Ok(sluice_audit::verify(store.as_mut(), &keys, local.as_ref()))
+}
+
+fn verify(source: &StoreArgs, key_file: Option<&Path>, format: Fmt) -> ExitCode {
+    let result = match verify_chains(source, key_file) {
+        Ok(r) => r,
+        Err(e) => return error("audit verify", e),
+    };
     match (result, format) {
         (Ok(report), Fmt::Json) => {
             let out = serde_json::json!({ "intact": true, "chains": report.chains });

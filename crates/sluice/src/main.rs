@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod approvals_cmd;
 mod audit_cmd;
+mod evidence_cmd;
 mod login;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -52,6 +53,8 @@ enum Command {
     Audit(audit_cmd::AuditCommand),
     /// Who used which tables and columns; `usage lineage TABLE` for data flow.
     Usage(audit_cmd::UsageArgs),
+    /// Compliance evidence report for a period (SOC 2, NIST 800-53).
+    Evidence(evidence_cmd::EvidenceArgs),
     /// List, show, approve and deny approval requests (admin API).
     Approvals(approvals_cmd::ApprovalsArgs),
     /// Sign in with your identity provider (OIDC device flow) and cache the
@@ -172,6 +175,7 @@ fn main() -> ExitCode {
         Command::Mask(MaskCommand::Classify { format }) => mask_classify(format),
         Command::Audit(cmd) => audit_cmd::audit(cmd),
         Command::Usage(args) => audit_cmd::usage(args),
+        Command::Evidence(args) => evidence_cmd::run(args),
         Command::Approvals(args) => approvals_cmd::run(args),
         Command::Login {
             issuer,

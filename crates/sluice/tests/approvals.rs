@@ -238,3 +238,39 @@ async fn break_glass_runs_now_and_unanswered_requests_expire() {
     assert_eq!(e.as_db_error().unwrap().code().code(), "SL003");
     assert_eq!(columns(&pg), "id,fix");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_prepared_statement_with_parameters_is_refused_not_approved_blindly() {
+    // A team policy: deletes in production need a DBA's approval.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("deletes.cedar"),
+        "@id(\"approve-deletes-in-production\")\n@reason(\"deletes in production need approval\")\n@approval(\"dba\")\nforbid (principal, action == Sluice::Action::\"delete\", resource)\nwhen { resource.environment == \"production\" };\n",
+    )
+    .unwrap();
+    let (pg, sluice) = start_prod(&format!(
+        "mode = \"refuse\"\n[policy]\ndir = \"{}\"",
+        dir.path().display()
+    ));
+    pg.psql("app", "insert into customers values (1), (2)");
+    let c = connect_as(&sluice, USER, PASSWORD).await;
+    // Prepared with $1: an approval could not be bound to the value.
+    let e = c
+        .execute("delete from customers where id = $1", &[&1i32])
+        .await
+        .unwrap_err();
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "SL005", "{}", db.message());
+    assert!(db.message().contains("bind parameters"), "{}", db.message());
+    // With its value in the text, it becomes an approval request.
+    let e = c
+        .batch_execute("delete from customers where id = 1")
+        .await
+        .unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().code().code(), "SL001");
+    assert_eq!(
+        pg.psql("app", "select count(*) from customers").trim(),
+        "2",
+        "nothing was deleted"
+    );
+}

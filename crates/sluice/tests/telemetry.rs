@@ -94,18 +94,18 @@ fn statements_become_spans_in_the_callers_trace() {
         .unwrap_or_else(|| panic!("no second span in {spans:?}"));
     assert_ne!(other["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert!(other.get("parentSpanId").is_none());
-    let metrics = ureq::get(format!("http://127.0.0.1:{}/metrics", sluice.http_port()))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
-    assert!(
+    // The exporter counts a batch once the collector has answered.
+    sluice_testkit::wait_until(Duration::from_secs(20), "exported spans counted", || {
+        let metrics = ureq::get(format!("http://127.0.0.1:{}/metrics", sluice.http_port()))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
         metrics
             .lines()
-            .any(|l| l.starts_with("sluice_otlp_spans_exported_total ") && !l.ends_with(" 0")),
-        "{metrics}"
-    );
+            .any(|l| l.starts_with("sluice_otlp_spans_exported_total ") && !l.ends_with(" 0"))
+    });
 }
 
 #[test]

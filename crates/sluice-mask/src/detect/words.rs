@@ -281,7 +281,6 @@ pub(crate) fn looks_random(t: &[u8]) -> bool {
     let mut seen = 0u16;
     let mut switches = 0usize;
     let mut prev = 0u16;
-    let mut counts = [0u16; 128];
     for &c in t {
         let k = class(c) & (UPPER | LOWER | DIGIT);
         seen |= k;
@@ -289,7 +288,6 @@ pub(crate) fn looks_random(t: &[u8]) -> bool {
             switches += 1;
         }
         prev = k;
-        counts[usize::from(c & 0x7f)] += 1;
     }
     // letters-only random strings switch case about every other character;
     // camelCase words far less often
@@ -300,6 +298,12 @@ pub(crate) fn looks_random(t: &[u8]) -> bool {
     };
     if !mixed {
         return false;
+    }
+    // Counted only now: most runs (hex digests, words, padding) are not
+    // mixed-case and stop above, on the cheaper pass.
+    let mut counts = [0u16; 128];
+    for &c in t {
+        counts[usize::from(c & 0x7f)] += 1;
     }
     let nf = n as f64;
     let entropy: f64 = counts
