@@ -91,6 +91,9 @@ SQL
 say "starting Sluice: PostgreSQL protocol on $px_port, admin HTTP on $http_port"
 alice_password="demo-alice"
 alice_hash=$(printf %s "$alice_password" | "$sluice" passwd)
+# dana, a DBA, approves through the admin API with a static approver token
+dana_token="demo-dana-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+dana_sha=$(printf %s "$dana_token" | sha256sum | cut -d' ' -f1)
 cat > "$work/sluice.toml" <<TOML
 [listen]
 postgres = "127.0.0.1:$px_port"
@@ -114,6 +117,9 @@ name = "alice"
 kind = "human"
 groups = ["dev"]
 password_hash = "$alice_hash"
+
+[admin]
+tokens = [{ name = "dana", role = "approver", groups = ["dba"], token_sha256 = "$dana_sha" }]
 TOML
 SHOP_DB_PASSWORD="$db_password" "$sluice" serve --config "$work/sluice.toml" --data-dir "$work/data" >"$work/sluice.log" 2>&1 &
 pids+=($!)
@@ -152,6 +158,20 @@ update customers set phone = null where id > 50;
 select count(*) as customers, (select count(*) from orders) as orders from customers;
 SQL
 
+say "dana, a DBA, reviews alice's request and approves it; alice runs it again, once"
+export SLUICE_ADMIN_URL="http://127.0.0.1:$http_port"
+echo "\$ sluice approvals list"
+SLUICE_TOKEN="$dana_token" "$sluice" approvals list | cut -c1-160 | sed 's/^/  /'
+request=$(SLUICE_TOKEN="$dana_token" "$sluice" approvals list --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["approvals"][0]["id"])')
+echo "\$ sluice approvals approve $request -m 'CHG-1042: ssn moves to the vault'"
+SLUICE_TOKEN="$dana_token" "$sluice" approvals approve "$request" -m 'CHG-1042: ssn moves to the vault' | sed 's/^/  /'
+PGPASSWORD="$alice_password" psql -X "$conn" -v ON_ERROR_STOP=0 <<'SQL'
+\echo '-- the same statement, now approved, runs once'
+alter table customers drop column ssn;
+\echo '-- and a second time needs a new approval'
+alter table customers drop column ssn;
+SQL
+
 say "the same check offline, for CI pipelines that vet migrations: sluice policy test"
 echo "\$ sluice policy test --environment production --as alice 'TRUNCATE orders'"
 "$sluice" policy test --environment production --as alice 'TRUNCATE orders' | sed -n '1,4p' || true
@@ -175,6 +195,10 @@ echo "\$ sluice usage --data-dir $data --column customers.email"
 "$sluice" usage --data-dir "$data" --column customers.email | sed 's/^/  /'
 echo "\$ sluice audit verify --data-dir $data"
 "$sluice" audit verify --data-dir "$data" | sed 's/^/  /'
+
+say "compliance evidence for auditors (SOC 2 CC6/CC7, NIST AC/AU): sluice evidence"
+echo "\$ sluice evidence --data-dir $data --from 1h   # markdown; also --format html|json"
+"$sluice" evidence --data-dir "$data" --from 1h | sed -n '1,40p' | cut -c1-160 | sed 's/^/  /' || true
 
 say "metrics (http://127.0.0.1:$http_port/metrics)"
 curl -fs "http://127.0.0.1:$http_port/metrics" | grep -E '^sluice_(sessions_total|auth_failures_total|statements_denied_total|statements_held_total|audit_events_total)'
