@@ -16,6 +16,22 @@ use axum::Router;
 use sluice_proxy::ProxyState;
 use tokio::net::TcpListener;
 
+/// `s` as HTML text or attribute value (`<`, `>`, `&`, `"`, `'` escaped).
+pub fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// The admin routes.
 pub fn router(state: Arc<ProxyState>) -> Router {
     let api = api::router(state.clone());

@@ -13,11 +13,10 @@
 //!   `/* sluice:break-glass <why> */` in the statement runs it at once; the
 //!   request is recorded as break-glass and flagged in the audit trail.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use sluice_audit::approvals::{ApprovalStore, Binding, NewRequest, Status};
+use sluice_audit::util::{hex, now_ms};
 use sluice_config::{ApprovalMode, Approvals};
 use sluice_identity::Principal;
 use sluice_wire::messages::{ErrorResponse, Severity};
@@ -82,16 +81,6 @@ fn notify(cx: &ApprovalContext<'_>, req: &sluice_audit::approvals::Request) {
         crate::webhook::request_message(w, key.expose().as_bytes(), req)
     };
     crate::webhook::post(url.clone(), message, cx.metrics.clone());
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The justification of a break-glass comment (`/* sluice:break-glass why */`

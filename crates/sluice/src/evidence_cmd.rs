@@ -1268,21 +1268,8 @@ fn markdown(title: &str, sections: &[Section]) -> String {
     o
 }
 
-/// HTML text or attribute value.
-fn esc(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '&' => o.push_str("&amp;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&#39;"),
-            c => o.push(c),
-        }
-    }
-    o
-}
+// HTML text or attribute value: the admin API's escaper.
+use sluice_admin::html_escape as esc;
 
 const CSS: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222}\
 table{border-collapse:collapse;margin:1em 0;font-size:13px}\

@@ -21,6 +21,8 @@ use sluice_audit::util::{format_time, now_ms};
 use sluice_config::AdminRole;
 use sluice_proxy::webhook::{self, LinkAction};
 
+use crate::html_escape;
+
 use super::auth::Caller;
 use super::error::ApiError;
 use super::params::{self, shown, MAX_NAME};
@@ -321,21 +323,6 @@ pub(super) async fn deny(
 }
 
 // ---- signed links and chat callbacks ----------------------------------
-
-fn html_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 fn html(status: StatusCode, title: &str, body: &str) -> Response {
     let page = format!(
