@@ -7,7 +7,7 @@
 //! [`BinaryCopyRewriter`] consumes arbitrary chunks of the binary format.
 
 use crate::detect::Finding;
-use crate::plan::{ColumnPlan, Outcome};
+use crate::plan::{ColumnPlan, Outcome, Written};
 use crate::{MaskReport, Masker};
 
 /// A COPY row that cannot be rewritten safely; the caller fails closed.
@@ -108,76 +108,118 @@ pub fn mask_text_row(
     row: &[u8],
     report: &mut MaskReport,
 ) -> Result<Option<Vec<u8>>, CopyError> {
+    let mut out = Vec::new();
+    let mut scratch = RowScratch::default();
+    let changed = mask_text_row_into(masker, format, plans, row, report, &mut scratch, &mut out)?;
+    Ok(changed.then_some(out))
+}
+
+/// Buffers reused from one COPY row to the next.
+#[derive(Debug, Default)]
+pub struct RowScratch {
+    fields: Vec<std::ops::Range<usize>>,
+    findings: Vec<Finding>,
+    value: Vec<u8>,
+    masked: Vec<u8>,
+}
+
+/// [`mask_text_row`] appending the masked row (with its terminator) to
+/// `out`: `Ok(true)` when it did, `Ok(false)` when the row goes unchanged
+/// (nothing appended).
+pub fn mask_text_row_into(
+    masker: &Masker,
+    format: &TextFormat,
+    plans: &[ColumnPlan],
+    row: &[u8],
+    report: &mut MaskReport,
+    scratch: &mut RowScratch,
+    out: &mut Vec<u8>,
+) -> Result<bool, CopyError> {
     if plans.iter().all(ColumnPlan::is_pass) {
-        return Ok(None);
+        return Ok(false);
     }
     let (body, term) = split_terminator(row);
     if body == b"\\." {
-        return Ok(None);
+        return Ok(false);
     }
-    let fields = split_text_fields(body, format.delimiter);
-    if fields.len() != plans.len() {
+    split_text_fields(body, format.delimiter, &mut scratch.fields);
+    if scratch.fields.len() != plans.len() {
         return Err(CopyError::ColumnCount {
             expected: plans.len(),
-            found: fields.len(),
+            found: scratch.fields.len(),
         });
     }
-    let mut out: Option<Vec<u8>> = None;
-    let mut findings = Vec::new();
-    let mut value = Vec::new();
-    for (i, (field, plan)) in fields.iter().zip(plans).enumerate() {
+    let start = out.len();
+    out.reserve(body.len() + body.len() / 2 + 32);
+    let mut changed = false;
+    for (i, (field, plan)) in scratch.fields.iter().zip(plans).enumerate() {
         let raw = &body[field.clone()];
         let outcome = if plan.is_pass() || raw == format.null.as_slice() {
-            Outcome::Unchanged
+            Written::Unchanged
         } else {
-            value.clear();
-            unescape_text(raw, &mut value);
-            apply(masker, plan, &value, i, &mut findings, report)?
+            // most values have no escapes: mask them where they are
+            let value: &[u8] = if raw.contains(&b'\\') {
+                scratch.value.clear();
+                unescape_text(raw, &mut scratch.value);
+                &scratch.value
+            } else {
+                raw
+            };
+            scratch.masked.clear();
+            masker.mask_field_into(
+                plan,
+                false,
+                value,
+                &mut scratch.findings,
+                report,
+                &mut scratch.masked,
+            )
         };
-        if matches!(outcome, Outcome::Unchanged) && out.is_none() {
-            continue;
-        }
-        // first change: copy the fields before it
-        let o = out.get_or_insert_with(|| {
-            let mut v = Vec::with_capacity(body.len() + 32);
-            v.extend_from_slice(&body[..field.start]);
-            v
-        });
         match outcome {
-            Outcome::Unchanged => o.extend_from_slice(raw),
-            Outcome::Masked(m) => escape_text(&m, format.delimiter, o),
-            Outcome::Null => o.extend_from_slice(&format.null),
-            Outcome::CannotMask => return Err(CopyError::CannotMask { column: i }),
+            Written::Unchanged => out.extend_from_slice(raw),
+            Written::Masked => {
+                changed = true;
+                escape_text(&scratch.masked, format.delimiter, out);
+            }
+            Written::Null => {
+                changed = true;
+                out.extend_from_slice(&format.null);
+            }
+            Written::CannotMask => {
+                out.truncate(start);
+                return Err(CopyError::CannotMask { column: i });
+            }
         }
-        if i + 1 < fields.len() {
-            o.push(format.delimiter);
+        if i + 1 < scratch.fields.len() {
+            out.push(format.delimiter);
         }
     }
-    Ok(out.map(|mut o| {
-        o.extend_from_slice(term);
-        o
-    }))
+    if !changed {
+        out.truncate(start);
+        return Ok(false);
+    }
+    out.extend_from_slice(term);
+    Ok(true)
 }
 
 /// Field ranges of a text-format row; a backslash escapes the next byte, so
 /// an escaped delimiter does not split.
-fn split_text_fields(body: &[u8], delim: u8) -> Vec<std::ops::Range<usize>> {
-    let mut fields = Vec::new();
+fn split_text_fields(body: &[u8], delim: u8, fields: &mut Vec<std::ops::Range<usize>>) {
+    fields.clear();
     let mut start = 0;
-    let mut i = 0;
-    while i < body.len() {
-        if body[i] == b'\\' {
-            i += 2;
+    let mut escaped_until = 0;
+    for i in memchr::memchr2_iter(delim, b'\\', body) {
+        if i < escaped_until {
             continue;
         }
-        if body[i] == delim {
+        if body[i] == b'\\' {
+            escaped_until = i + 2;
+        } else {
             fields.push(start..i);
             start = i + 1;
         }
-        i += 1;
     }
     fields.push(start..body.len());
-    fields
 }
 
 /// Text-format backslash sequences (PostgreSQL COPY docs): `\b \f \n \r \t
@@ -227,22 +269,26 @@ pub fn unescape_text(raw: &[u8], out: &mut Vec<u8>) {
 
 /// Escape a value for the text format.
 pub fn escape_text(v: &[u8], delim: u8, out: &mut Vec<u8>) {
-    for &c in v {
-        match c {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            8 => out.extend_from_slice(b"\\b"),
-            12 => out.extend_from_slice(b"\\f"),
-            11 => out.extend_from_slice(b"\\v"),
-            c if c == delim => {
-                out.push(b'\\');
-                out.push(c);
-            }
-            c => out.push(c),
-        }
+    // copy runs of plain bytes whole; escape the rest
+    let mut run = 0;
+    for (i, &c) in v.iter().enumerate() {
+        let escaped = match c {
+            b'\\' => b'\\',
+            b'\n' => b'n',
+            b'\r' => b'r',
+            b'\t' => b't',
+            8 => b'b',
+            12 => b'f',
+            11 => b'v',
+            c if c == delim => c,
+            _ => continue,
+        };
+        out.extend_from_slice(&v[run..i]);
+        out.push(b'\\');
+        out.push(escaped);
+        run = i + 1;
     }
+    out.extend_from_slice(&v[run..]);
 }
 
 /// One parsed CSV field.

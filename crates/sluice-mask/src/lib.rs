@@ -32,6 +32,6 @@ pub use offline::{
     classify_csv, classify_csv_with, render_json, render_text, ColumnReport, DetectedBy,
     OfflineError,
 };
-pub use plan::{oid, BinaryOutcome, ColumnInfo, ColumnPlan, Outcome, ValueType};
+pub use plan::{oid, BinaryOutcome, ColumnInfo, ColumnPlan, Outcome, ValueType, Written};
 pub use report::MaskReport;
 pub use strategy::{Strategy, UnknownStrategy};

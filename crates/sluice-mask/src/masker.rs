@@ -162,13 +162,60 @@ impl Masker {
         out
     }
 
+    /// [`Masker::mask_with`] written into `out`; `false` means SQL NULL
+    /// (nothing written). The strategies of most masked columns (partial
+    /// digits, e-mail and name tokens, redaction) take a path that does not
+    /// allocate; the rest go through [`Masker::mask_with`].
+    pub(crate) fn mask_into(
+        &self,
+        kind: Kind,
+        strategy: Strategy,
+        value: &str,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        match (strategy, kind) {
+            (Strategy::Null, _) => return false,
+            (Strategy::Redact, _) => out.extend_from_slice(REDACTED.as_bytes()),
+            (Strategy::Partial, Kind::Card | Kind::Ssn | Kind::Phone | Kind::BankAccount)
+                if value.is_ascii() =>
+            {
+                let keep = if kind == Kind::Phone { 2 } else { 4 };
+                let only_digits = kind != Kind::BankAccount;
+                star_ascii_keep_last(value.as_bytes(), keep, only_digits, out);
+            }
+            (Strategy::Partial, Kind::Email) if value.contains('@') => {
+                if let Some(at) = value.rfind('@') {
+                    out.extend_from_slice(b"****");
+                    out.extend_from_slice(&value.as_bytes()[at..]);
+                }
+            }
+            (Strategy::Token, Kind::Email) => {
+                let d = self.digest(kind, value);
+                out.extend_from_slice(b"u_");
+                hex_into(&d[..8], out);
+                out.extend_from_slice(b"@token.invalid");
+            }
+            (Strategy::Token, Kind::Name) => {
+                let d = self.digest(kind, value);
+                out.extend_from_slice(b"Name_");
+                hex_into(&d[..6], out);
+            }
+            _ => match self.mask_with(kind, strategy, value) {
+                Some(m) => out.extend_from_slice(m.as_bytes()),
+                None => return false,
+            },
+        }
+        true
+    }
+
     /// HMAC-SHA256(key, kind ‖ 0 ‖ normalized value).
     fn digest(&self, kind: Kind, value: &str) -> [u8; 32] {
-        let norm = normalize(kind, value);
         let mut m = self.mac.clone();
         m.update(kind.as_str().as_bytes());
         m.update(&[0]);
-        m.update(norm.as_bytes());
+        if !feed_normalized(kind, value, &mut m) {
+            m.update(normalize(kind, value).as_bytes());
+        }
         m.finalize().into_bytes().into()
     }
 
@@ -284,6 +331,111 @@ fn normalize(kind: Kind, v: &str) -> String {
             .map(|(ip, _)| ip.to_string())
             .unwrap_or_else(|| v.to_string()),
         _ => v.to_string(),
+    }
+}
+
+/// Whitespace as `char::is_whitespace` sees it in ASCII (vertical tab included).
+fn is_ascii_space(b: u8) -> bool {
+    matches!(b, b'\t'..=b'\r' | b' ')
+}
+
+/// Bytes gathered on the stack and handed to the MAC in blocks.
+struct MacFeed<'a> {
+    mac: &'a mut Hmac<Sha256>,
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl MacFeed<'_> {
+    fn push(&mut self, b: u8) {
+        if self.len == self.buf.len() {
+            self.mac.update(&self.buf);
+            self.len = 0;
+        }
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
+
+    fn finish(self) {
+        self.mac.update(&self.buf[..self.len]);
+    }
+}
+
+/// Feed `mac` exactly the bytes of [`normalize`] without allocating, for
+/// ASCII values of the kinds masked on the hot path; `false` (nothing fed):
+/// use [`normalize`].
+fn feed_normalized(kind: Kind, v: &str, mac: &mut Hmac<Sha256>) -> bool {
+    if !v.is_ascii() {
+        return false;
+    }
+    let bytes = v.as_bytes();
+    let mut feed = MacFeed {
+        mac,
+        buf: [0; 64],
+        len: 0,
+    };
+    match kind {
+        // digits are ASCII: trimming first changes nothing
+        Kind::Card | Kind::Ssn | Kind::Phone | Kind::BankAccount => {
+            for &b in bytes.iter().filter(|b| b.is_ascii_digit()) {
+                feed.push(b);
+            }
+        }
+        Kind::Email => {
+            let start = bytes.iter().position(|&b| !is_ascii_space(b));
+            let end = bytes.iter().rposition(|&b| !is_ascii_space(b));
+            if let (Some(start), Some(end)) = (start, end) {
+                for &b in &bytes[start..=end] {
+                    feed.push(b.to_ascii_lowercase());
+                }
+            }
+        }
+        Kind::Name => {
+            let words = bytes
+                .split(|&b| is_ascii_space(b))
+                .filter(|w| !w.is_empty());
+            for (i, word) in words.enumerate() {
+                if i > 0 {
+                    feed.push(b' ');
+                }
+                for &b in word {
+                    feed.push(b.to_ascii_lowercase());
+                }
+            }
+        }
+        _ => return false,
+    }
+    feed.finish();
+    true
+}
+
+/// [`star_alnum_keep_last`] for ASCII text, appended to `out`.
+fn star_ascii_keep_last(v: &[u8], keep: usize, only_digits: bool, out: &mut Vec<u8>) {
+    let counts = |b: u8| {
+        if only_digits {
+            b.is_ascii_digit()
+        } else {
+            b.is_ascii_alphanumeric()
+        }
+    };
+    let total = v.iter().filter(|&&b| counts(b)).count();
+    let mut seen = 0;
+    out.reserve(v.len());
+    for &b in v {
+        if counts(b) {
+            seen += 1;
+            out.push(if seen + keep > total { b } else { b'*' });
+        } else {
+            out.push(b);
+        }
+    }
+}
+
+fn hex_into(b: &[u8], out: &mut Vec<u8>) {
+    const H: &[u8; 16] = b"0123456789abcdef";
+    for &x in b {
+        out.push(H[usize::from(x >> 4)]);
+        out.push(H[usize::from(x & 15)]);
     }
 }
 

@@ -162,6 +162,20 @@ pub enum Outcome {
     CannotMask,
 }
 
+/// What [`Masker::mask_field_into`] did with one field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Nothing written: send the original bytes.
+    Unchanged,
+    /// The masked value was appended to the output.
+    Masked,
+    /// Nothing written: send SQL NULL.
+    Null,
+    /// Nothing written: the value cannot be masked in this format (fail
+    /// closed: NULL or refuse, never the original).
+    CannotMask,
+}
+
 /// The outcome of [`Masker::mask_binary`].
 pub type BinaryOutcome = Outcome;
 
@@ -274,6 +288,53 @@ impl Masker {
                 }
                 out
             }
+        }
+    }
+
+    /// Mask one non-NULL field (text format, or binary when `binary`) and
+    /// append the masked value to `out`: what [`Masker::mask_text`] and
+    /// [`Masker::mask_binary`] do, without a buffer per value for the common
+    /// case of a text column masked whole.
+    pub fn mask_field_into(
+        &self,
+        plan: &ColumnPlan,
+        binary: bool,
+        value: &[u8],
+        findings: &mut Vec<Finding>,
+        report: &mut MaskReport,
+        out: &mut Vec<u8>,
+    ) -> Written {
+        // text's binary form is its UTF-8 bytes, as in the text format
+        if let ColumnPlan::Mask {
+            kind,
+            strategy,
+            value_type: ValueType::Text,
+        } = *plan
+        {
+            if let Ok(text) = std::str::from_utf8(value) {
+                report.record(kind);
+                return if self.mask_into(kind, strategy, text, out) {
+                    report.values_masked += 1;
+                    Written::Masked
+                } else {
+                    report.values_nulled += 1;
+                    Written::Null
+                };
+            }
+        }
+        let outcome = if binary {
+            self.mask_binary(plan, value, findings, report)
+        } else {
+            self.mask_text(plan, value, findings, report)
+        };
+        match outcome {
+            Outcome::Unchanged => Written::Unchanged,
+            Outcome::Masked(m) => {
+                out.extend_from_slice(&m);
+                Written::Masked
+            }
+            Outcome::Null => Written::Null,
+            Outcome::CannotMask => Written::CannotMask,
         }
     }
 

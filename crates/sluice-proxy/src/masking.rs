@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use sluice_mask::{ColumnInfo, ColumnPlan, Finding, MaskReport, Masker, Outcome, ValueType};
-use sluice_wire::messages::{data_row, row_description};
+use sluice_mask::{ColumnInfo, ColumnPlan, Finding, MaskReport, Masker, ValueType, Written};
+use sluice_wire::messages::row_description;
 
 use crate::catalog::{Catalog, Missing};
 
@@ -118,14 +118,20 @@ pub struct Masking {
     pub report: MaskReport,
     /// Fail the statement instead of sending NULL for a value that cannot be masked.
     pub refuse_unmaskable: bool,
+    /// The plan whose masked columns `noted` marks.
+    noted_plan: Option<Arc<ResultPlan>>,
+    noted: Vec<bool>,
+    /// The last masked row, reused from row to row.
+    row_buf: Vec<u8>,
 }
 
 /// What a DataRow became.
 pub enum RowOutcome {
     /// Forward it as it is.
     Unchanged,
-    /// Forward these bytes (a whole DataRow message) instead.
-    Rewritten(Bytes),
+    /// Forward the masked row instead: a whole DataRow message, in
+    /// [`Masking::rewritten`] until the next row.
+    Rewritten,
     /// A value of this column cannot be masked and `unmaskable = "refuse"`:
     /// the statement fails.
     Refuse(String),
@@ -142,6 +148,9 @@ impl Masking {
             findings: Vec::new(),
             report: MaskReport::default(),
             refuse_unmaskable: false,
+            noted_plan: None,
+            noted: Vec::new(),
+            row_buf: Vec::new(),
         }
     }
 
@@ -170,7 +179,7 @@ impl Masking {
     }
 
     /// Mask one whole DataRow (`body` without header).
-    pub fn row(&mut self, plan: &ResultPlan, body: &[u8]) -> RowOutcome {
+    pub fn row(&mut self, plan: &Arc<ResultPlan>, body: &[u8]) -> RowOutcome {
         if !plan.active {
             return RowOutcome::Unchanged;
         }
@@ -179,39 +188,86 @@ impl Masking {
             Some(false) => return RowOutcome::Unchanged,
             Some(true) => {}
             // Malformed: the client will reject it; never forward it unmasked.
-            None => return RowOutcome::Rewritten(empty_row()),
+            None => return self.rewrite_empty(),
         }
-        let Ok(values) = data_row::decode(body) else {
-            return RowOutcome::Rewritten(empty_row());
+        // Write the new row in one pass: fields that pass are copied, masked
+        // ones are written straight into the row (no buffer per value).
+        let Some(count) = body.get(..2) else {
+            return self.rewrite_empty();
         };
-        let mut replaced: Vec<Option<Option<Vec<u8>>>> = Vec::with_capacity(values.len());
+        let mut out = std::mem::take(&mut self.row_buf);
+        out.clear();
+        out.reserve(body.len() + 64);
+        out.extend_from_slice(&[b'D', 0, 0, 0, 0]);
+        let outcome = self.mask_row_into(plan, body, count, &mut out);
+        self.row_buf = out;
+        outcome.unwrap_or_else(|| self.rewrite_empty())
+    }
+
+    /// The masked DataRow of the last [`RowOutcome::Rewritten`].
+    pub fn rewritten(&self) -> &[u8] {
+        &self.row_buf
+    }
+
+    /// A malformed row is replaced by an empty one (the client will reject
+    /// it); it is never forwarded unmasked.
+    fn rewrite_empty(&mut self) -> RowOutcome {
+        self.row_buf.clear();
+        self.row_buf.extend_from_slice(&[b'D', 0, 0, 0, 6, 0, 0]);
+        RowOutcome::Rewritten
+    }
+
+    /// The masked row after `out`'s header (tag, length to patch); `None`:
+    /// the row is malformed.
+    fn mask_row_into(
+        &mut self,
+        plan: &Arc<ResultPlan>,
+        body: &[u8],
+        count: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Option<RowOutcome> {
+        out.extend_from_slice(count);
+        let count = u16::from_be_bytes([count[0], count[1]]) as usize;
+        let mut at = 2usize;
         let mut changed = false;
-        for (i, v) in values.iter().enumerate() {
-            let column = plan.columns.get(i).copied().unwrap_or(ColumnPlan::Pass);
-            let Some(value) = v else {
-                replaced.push(None);
+        for i in 0..count {
+            let len = body
+                .get(at..at + 4)
+                .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))?;
+            at += 4;
+            if len < 0 {
+                out.extend_from_slice(&(-1i32).to_be_bytes());
                 continue;
-            };
+            }
+            let value = body.get(at..at + len as usize)?;
+            at += len as usize;
+            let column = plan.columns.get(i).copied().unwrap_or(ColumnPlan::Pass);
             if column.is_pass() {
-                replaced.push(None);
+                out.extend_from_slice(&len.to_be_bytes());
+                out.extend_from_slice(value);
                 continue;
             }
             let binary = plan.formats.get(i).copied().unwrap_or(0) == 1;
-            let outcome = if binary {
-                self.masker
-                    .mask_binary(&column, value, &mut self.findings, &mut self.report)
-            } else {
-                self.masker
-                    .mask_text(&column, value, &mut self.findings, &mut self.report)
-            };
-            let new = match outcome {
-                Outcome::Unchanged => None,
-                Outcome::Masked(m) => Some(Some(m)),
+            let len_at = out.len();
+            out.extend_from_slice(&[0; 4]);
+            let written = self.masker.mask_field_into(
+                &column,
+                binary,
+                value,
+                &mut self.findings,
+                &mut self.report,
+                out,
+            );
+            match written {
+                Written::Unchanged => {
+                    out.extend_from_slice(value);
+                }
+                Written::Masked => {}
                 // A type that cannot carry a mask gets NULL, or with
                 // `unmaskable = "refuse"` fails the statement.
-                Outcome::CannotMask | Outcome::Null
+                Written::CannotMask | Written::Null
                     if self.refuse_unmaskable
-                        && (matches!(outcome, Outcome::CannotMask)
+                        && (written == Written::CannotMask
                             || matches!(
                                 column,
                                 ColumnPlan::Mask {
@@ -223,32 +279,61 @@ impl Masking {
                             )) =>
                 {
                     let label = plan.labels.get(i).cloned().unwrap_or_default();
-                    return RowOutcome::Refuse(label);
+                    return Some(RowOutcome::Refuse(label));
                 }
                 // Fail closed: a value that cannot be masked is not sent.
-                Outcome::Null | Outcome::CannotMask => Some(None),
-            };
-            if new.is_some() {
-                changed = true;
-                if let Some(label) = plan.labels.get(i) {
-                    self.report.note_column(label);
+                Written::Null | Written::CannotMask => {
+                    out.truncate(len_at);
+                    out.extend_from_slice(&(-1i32).to_be_bytes());
                 }
             }
-            replaced.push(new);
+            if written != Written::Unchanged {
+                changed = true;
+                self.note_column(plan, i);
+            }
+            let field_len = out.len() - len_at - 4;
+            let Ok(field_len) = i32::try_from(field_len) else {
+                return None;
+            };
+            if written != Written::Null && written != Written::CannotMask {
+                out[len_at..len_at + 4].copy_from_slice(&field_len.to_be_bytes());
+            }
+        }
+        if at != body.len() {
+            // bytes after the last field: malformed, never forwarded
+            return None;
         }
         if !changed {
-            return RowOutcome::Unchanged;
+            return Some(RowOutcome::Unchanged);
         }
-        let mut out = BytesMut::with_capacity(body.len() + 64);
-        data_row::encode_into(
-            &mut out,
-            values.iter().zip(&replaced).map(|(orig, new)| match new {
-                None => *orig,
-                Some(Some(m)) => Some(m.as_slice()),
-                Some(None) => None,
-            }),
-        );
-        RowOutcome::Rewritten(out.freeze())
+        let Ok(total) = i32::try_from(out.len() - 1) else {
+            return None;
+        };
+        out[1..5].copy_from_slice(&total.to_be_bytes());
+        Some(RowOutcome::Rewritten)
+    }
+
+    /// Note that a column of the current result had a value masked: once per
+    /// column per plan, not per row.
+    fn note_column(&mut self, plan: &Arc<ResultPlan>, column: usize) {
+        // a new plan, or the report was taken since: note afresh
+        let same_plan = self
+            .noted_plan
+            .as_ref()
+            .is_some_and(|p| Arc::ptr_eq(p, plan));
+        if !same_plan || self.report.columns_masked.is_empty() {
+            self.noted_plan = Some(plan.clone());
+            self.noted.clear();
+        }
+        if self.noted.len() <= column {
+            self.noted.resize(column + 1, false);
+        }
+        if !self.noted[column] {
+            self.noted[column] = true;
+            if let Some(label) = plan.labels.get(column) {
+                self.report.note_column(label);
+            }
+        }
     }
 
     /// Whether any field of a DataRow would change, walking it without
@@ -309,10 +394,6 @@ impl Masking {
             }
         }
     }
-}
-
-fn empty_row() -> Bytes {
-    Bytes::from_static(&[b'D', 0, 0, 0, 6, 0, 0])
 }
 
 #[derive(Debug)]
@@ -490,6 +571,7 @@ impl StreamingRow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_wire::messages::data_row;
     use sluice_wire::messages::row_description::Field;
 
     fn masking() -> Masking {
@@ -520,9 +602,10 @@ mod tests {
         let mut row = BytesMut::new();
         let values: Vec<Option<&[u8]>> = vec![Some(b"1"), Some(b"mail alice@example.com now")];
         data_row::encode_into(&mut row, values.into_iter());
-        let RowOutcome::Rewritten(out) = m.row(&plan, &row[5..]) else {
+        let RowOutcome::Rewritten = m.row(&plan, &row[5..]) else {
             panic!("not masked");
         };
+        let out = m.rewritten().to_vec();
         let vals = data_row::decode(&out[5..]).unwrap();
         assert_eq!(vals[0], Some(&b"1"[..]));
         let text = String::from_utf8_lossy(vals[1].unwrap()).into_owned();
@@ -643,6 +726,9 @@ pub struct CopyMasker {
     splitter: sluice_mask::copy::RecordSplitter,
     binary: Option<sluice_mask::copy::BinaryCopyRewriter>,
     header_pending: bool,
+    scratch: sluice_mask::copy::RowScratch,
+    /// The last masked text row, reused from row to row.
+    row: Vec<u8>,
 }
 
 impl CopyMasker {
@@ -667,6 +753,8 @@ impl CopyMasker {
             plan,
             splitter,
             binary,
+            scratch: Default::default(),
+            row: Vec::new(),
         }
     }
 
@@ -676,20 +764,33 @@ impl CopyMasker {
         &mut self,
         masking: &mut Masking,
         chunk: &[u8],
-        out: &mut Vec<Bytes>,
+        out: &mut BytesMut,
     ) -> Result<(), String> {
         if let Some(b) = &mut self.binary {
             let mut o = Vec::with_capacity(chunk.len() + 16);
             b.push(&masking.masker, chunk, &mut o, &mut masking.report)
                 .map_err(|e| e.to_string())?;
             if !o.is_empty() {
-                out.push(copy_data(&o));
+                put_copy_data(out, &o)?;
             }
             return Ok(());
         }
-        self.splitter.push(chunk);
+        let mut chunk = chunk;
+        if self.plan.format != sluice_sql::CopyFormat::Csv && self.splitter.pending() == 0 {
+            // The text format escapes newlines inside values, so each `\n`
+            // ends a row: mask whole rows where they lie (PostgreSQL sends
+            // one per CopyData) and keep only a partial one.
+            while let Some(end) = memchr::memchr(b'\n', chunk) {
+                let (row, rest) = chunk.split_at(end + 1);
+                self.record(masking, row, out)?;
+                chunk = rest;
+            }
+        }
+        if !chunk.is_empty() {
+            self.splitter.push(chunk);
+        }
         while let Some(record) = self.splitter.next_record() {
-            out.push(self.record(masking, record)?);
+            self.record(masking, &record, out)?;
         }
         if self.splitter_pending() > HOLD_ROW_LIMIT {
             return Err("a COPY row is too large to mask".into());
@@ -698,9 +799,9 @@ impl CopyMasker {
     }
 
     /// The COPY's data ended: flush a last row without a newline.
-    pub fn done(&mut self, masking: &mut Masking, out: &mut Vec<Bytes>) -> Result<(), String> {
+    pub fn done(&mut self, masking: &mut Masking, out: &mut BytesMut) -> Result<(), String> {
         if let Some(record) = self.splitter.finish() {
-            out.push(self.record(masking, record)?);
+            self.record(masking, &record, out)?;
         }
         Ok(())
     }
@@ -709,38 +810,59 @@ impl CopyMasker {
         self.splitter.pending()
     }
 
-    fn record(&mut self, masking: &mut Masking, record: Vec<u8>) -> Result<Bytes, String> {
+    /// Append one row, masked, to `out` as a CopyData message.
+    fn record(
+        &mut self,
+        masking: &mut Masking,
+        record: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), String> {
         if std::mem::take(&mut self.header_pending) {
-            return Ok(copy_data(&record));
+            return put_copy_data(out, record);
         }
         let masked = match self.plan.format {
             sluice_sql::CopyFormat::Csv => sluice_mask::copy::mask_csv_record(
                 &masking.masker,
                 &self.plan.csv,
                 &self.plan.columns,
-                &record,
+                record,
                 &mut masking.report,
-            ),
-            _ => sluice_mask::copy::mask_text_row(
-                &masking.masker,
-                &self.plan.text,
-                &self.plan.columns,
-                &record,
-                &mut masking.report,
-            ),
+            )
+            .map_err(|e| e.to_string())?,
+            _ => {
+                self.row.clear();
+                sluice_mask::copy::mask_text_row_into(
+                    &masking.masker,
+                    &self.plan.text,
+                    &self.plan.columns,
+                    record,
+                    &mut masking.report,
+                    &mut self.scratch,
+                    &mut self.row,
+                )
+                .map_err(|e| e.to_string())?
+                .then(|| std::mem::take(&mut self.row))
+            }
+        };
+        match masked {
+            Some(m) => {
+                let sent = put_copy_data(out, &m);
+                // keep the buffer for the next row
+                self.row = m;
+                sent
+            }
+            None => put_copy_data(out, record),
         }
-        .map_err(|e| e.to_string())?;
-        Ok(match masked {
-            Some(m) => copy_data(&m),
-            None => copy_data(&record),
-        })
     }
 }
 
-fn copy_data(payload: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(payload.len() + 5);
+/// Append a CopyData message holding `payload` to `out`.
+fn put_copy_data(out: &mut BytesMut, payload: &[u8]) -> Result<(), String> {
+    let len =
+        i32::try_from(payload.len() + 4).map_err(|_| "a COPY row is too large".to_string())?;
+    out.reserve(payload.len() + 5);
     out.extend_from_slice(b"d");
-    out.extend_from_slice(&((payload.len() + 4) as i32).to_be_bytes());
+    out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(payload);
-    out.freeze()
+    Ok(())
 }

@@ -709,6 +709,9 @@ struct UpstreamWalk<'a> {
     refusing: Option<Bytes>,
     /// Notices Sluice sends the client itself (approval requests).
     notices: Option<tokio::sync::mpsc::Receiver<Bytes>>,
+    /// Masked rows written one after another, sent as one buffer rather
+    /// than one allocation per row.
+    assembled: BytesMut,
 }
 
 impl<'a> UpstreamWalk<'a> {
@@ -732,6 +735,7 @@ impl<'a> UpstreamWalk<'a> {
             audit,
             refusing: None,
             notices: None,
+            assembled: BytesMut::new(),
         }
     }
 
@@ -758,7 +762,7 @@ impl<'a> UpstreamWalk<'a> {
         let mut ready = 0usize;
         let walked = loop {
             if let (Some(row), Some(masking)) = (&mut self.masked_row, &mut self.masking) {
-                take_run(buf, &mut ready, out);
+                take_run(buf, &mut ready, &mut self.assembled, out);
                 let n = row.remaining().min(buf.len());
                 let chunk = buf.split_to(n);
                 let mut masked = Vec::with_capacity(n);
@@ -776,11 +780,12 @@ impl<'a> UpstreamWalk<'a> {
                 let (Some(copy), Some(masking)) = (&mut self.copy, &mut self.masking) else {
                     break Walked::CannotMask("COPY data without a plan".into());
                 };
-                take_run(buf, &mut ready, out);
+                take_run(buf, &mut ready, &mut self.assembled, out);
                 let n = self.copy_left.min(buf.len());
-                let chunk = buf.split_to(n);
                 self.copy_left -= n;
-                if let Err(why) = copy.data(masking, &chunk, out) {
+                let masked = copy.data(masking, &buf[..n], &mut self.assembled);
+                buf.advance(n);
+                if let Err(why) = masked {
                     break Walked::CannotMask(why);
                 }
                 if self.copy_left > 0 {
@@ -792,7 +797,7 @@ impl<'a> UpstreamWalk<'a> {
                 let n = self.streaming.min(buf.len() - ready);
                 self.streaming -= n;
                 if self.streaming_swallowed {
-                    take_run(buf, &mut ready, out);
+                    take_run(buf, &mut ready, &mut self.assembled, out);
                     buf.advance(n);
                 } else {
                     ready += n;
@@ -819,12 +824,15 @@ impl<'a> UpstreamWalk<'a> {
                 // The upstream's CopyData is replaced by masked CopyData.
                 tracker.on_message(header.tag, &[], &mut self.progress);
                 self.progress.bytes += header.total_len as u64;
-                take_run(buf, &mut ready, out);
+                if ready > 0 {
+                    take_run(buf, &mut ready, &mut self.assembled, out);
+                }
                 buf.advance(5);
                 let n = (header.total_len - 5).min(buf.len());
-                let chunk = buf.split_to(n);
                 self.copy_left = header.total_len - 5 - n;
-                if let Err(why) = copy.data(masking, &chunk, out) {
+                let masked = copy.data(masking, &buf[..n], &mut self.assembled);
+                buf.advance(n);
+                if let Err(why) = masked {
                     break Walked::CannotMask(why);
                 }
                 if self.copy_left > 0 {
@@ -857,7 +865,7 @@ impl<'a> UpstreamWalk<'a> {
                 };
                 tracker.on_message(header.tag, &[], &mut self.progress);
                 self.progress.bytes += header.total_len as u64;
-                take_run(buf, &mut ready, out);
+                take_run(buf, &mut ready, &mut self.assembled, out);
                 let mut row = masking.stream(plan.clone(), header.total_len);
                 let chunk = buf.split_to(available);
                 let mut masked = Vec::with_capacity(available);
@@ -886,7 +894,7 @@ impl<'a> UpstreamWalk<'a> {
                     self.streaming = header.total_len - available;
                     self.streaming_swallowed = d == Disposition::Swallow;
                     if self.streaming_swallowed {
-                        take_run(buf, &mut ready, out);
+                        take_run(buf, &mut ready, &mut self.assembled, out);
                         buf.advance(available);
                     } else {
                         ready += available;
@@ -913,8 +921,8 @@ impl<'a> UpstreamWalk<'a> {
                     },
                     backend::COPY_DONE => {
                         if let Some(mut copy) = self.copy.take() {
-                            take_run(buf, &mut ready, out);
-                            if let Err(why) = copy.done(masking, out) {
+                            take_run(buf, &mut ready, &mut self.assembled, out);
+                            if let Err(why) = copy.done(masking, &mut self.assembled) {
                                 break Walked::CannotMask(why);
                             }
                         }
@@ -925,6 +933,8 @@ impl<'a> UpstreamWalk<'a> {
             }
             let body = &buf[ready + 5..ready + header.total_len];
             let mut disposition = tracker.on_message(header.tag, body, &mut self.progress);
+            // the row was masked: the masked row replaces it
+            let mut masked = false;
             if matches!(header.tag, backend::DATA_ROW | backend::COPY_DATA) {
                 self.progress.bytes += header.total_len as u64;
             }
@@ -934,7 +944,7 @@ impl<'a> UpstreamWalk<'a> {
             {
                 match masking.row(plan, body) {
                     RowOutcome::Unchanged => {}
-                    RowOutcome::Rewritten(row) => disposition = Disposition::Replace(row),
+                    RowOutcome::Rewritten => masked = true,
                     RowOutcome::Refuse(column) => {
                         self.refusing = Some(
                             ErrorResponse::new(
@@ -990,18 +1000,28 @@ impl<'a> UpstreamWalk<'a> {
                 _ => {}
             }
             match disposition {
+                Disposition::Forward if masked => {
+                    if ready > 0 {
+                        // forwarded messages came before this row
+                        take_run(buf, &mut ready, &mut self.assembled, out);
+                    }
+                    buf.advance(header.total_len);
+                    if let Some(masking) = &self.masking {
+                        self.assembled.extend_from_slice(masking.rewritten());
+                    }
+                }
                 Disposition::Forward => ready += header.total_len,
                 Disposition::Swallow => {
-                    take_run(buf, &mut ready, out);
+                    take_run(buf, &mut ready, &mut self.assembled, out);
                     buf.advance(header.total_len);
                 }
                 Disposition::Replace(with) => {
-                    take_run(buf, &mut ready, out);
+                    take_run(buf, &mut ready, &mut self.assembled, out);
                     buf.advance(header.total_len);
                     out.push(with);
                 }
                 Disposition::Prefix(first) => {
-                    take_run(buf, &mut ready, out);
+                    take_run(buf, &mut ready, &mut self.assembled, out);
                     out.push(first);
                     ready = header.total_len;
                 }
@@ -1009,13 +1029,18 @@ impl<'a> UpstreamWalk<'a> {
         };
         // Whatever was cut so far goes out, even before a violation: it
         // arrived before the reason to stop.
-        take_run(buf, &mut ready, out);
+        take_run(buf, &mut ready, &mut self.assembled, out);
         walked
     }
 }
 
-/// Move the forwarded run at the front of `buf` to `out`.
-fn take_run(buf: &mut BytesMut, ready: &mut usize, out: &mut Vec<Bytes>) {
+/// Move what is ready to `out`, in order: the rewritten messages assembled
+/// so far, then the forwarded run at the front of `buf`.
+fn take_run(buf: &mut BytesMut, ready: &mut usize, assembled: &mut BytesMut, out: &mut Vec<Bytes>) {
+    if !assembled.is_empty() {
+        // keeps the spare capacity: the next rows are written after these
+        out.push(assembled.split().freeze());
+    }
     if *ready > 0 {
         out.push(buf.split_to(*ready).freeze());
         *ready = 0;

@@ -85,6 +85,10 @@ fn text_escapes() {
         s.starts_with("1|NULL|a\\|b u_") && s.ends_with("@token.invalid|NULL\n"),
         "{s}"
     );
+    // an escaped backslash does not escape the delimiter after it
+    let mut fields = Vec::new();
+    split_text_fields(b"a\\\\|b\\|c|d", b'|', &mut fields);
+    assert_eq!(fields, vec![0..3, 4..8, 9..10]);
 }
 
 #[test]

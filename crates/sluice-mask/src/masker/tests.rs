@@ -450,3 +450,61 @@ fn fields_text_and_binary() {
     );
     assert!(r.count(Kind::Email) >= 2 && r.cannot_mask == 2 && r.values_nulled == 2);
 }
+
+/// Inputs for the fast paths: spacing, case, long values (more than one
+/// 64-byte feed block), non-ASCII (the slow path), empty.
+const FAST_PATH_INPUTS: &[&str] = &[
+    "",
+    "  ",
+    "Mary.Smith1@Example.COM",
+    " \t mary smith \x0b",
+    "  Jean-Luc   PICARD\r\n",
+    "José Álvarez",
+    "+1 (415) 555-2671",
+    "123-45-6789",
+    "4111 1111 1111 1111",
+    "DE89 3704 0044 0532 0130 00",
+    "acct 0012-3456-7890 ext",
+    "a-very-long-local-part-that-goes-on-and-on-and-on.beyond.one.block@sub.example.org",
+    "1234567890123456789012345678901234567890123456789012345678901234567890123456789",
+    "no at sign",
+];
+
+#[test]
+fn digest_without_allocation_matches_normalize() {
+    let m = m();
+    for &kind in Kind::ALL.iter() {
+        for v in FAST_PATH_INPUTS {
+            let mut reference = m.mac.clone();
+            reference.update(kind.as_str().as_bytes());
+            reference.update(&[0]);
+            reference.update(normalize(kind, v).as_bytes());
+            let reference: [u8; 32] = reference.finalize().into_bytes().into();
+            assert_eq!(m.digest(kind, v), reference, "{kind} {v:?}");
+        }
+    }
+}
+
+#[test]
+fn mask_into_writes_what_mask_with_returns() {
+    let m = m();
+    for &kind in Kind::ALL.iter() {
+        for strategy in Strategy::ALL {
+            for v in FAST_PATH_INPUTS {
+                let mut out = b"prefix".to_vec();
+                let written = m.mask_into(kind, strategy, v, &mut out);
+                match m.mask_with(kind, strategy, v) {
+                    Some(expected) => {
+                        assert!(written, "{kind} {strategy} {v:?}");
+                        assert_eq!(
+                            String::from_utf8_lossy(&out[6..]),
+                            expected,
+                            "{kind} {strategy} {v:?}"
+                        );
+                    }
+                    None => assert!(!written && out == b"prefix", "{kind} {strategy} {v:?}"),
+                }
+            }
+        }
+    }
+}
