@@ -9,8 +9,10 @@
 #![warn(missing_docs)]
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt::Write as _;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Mutex;
 
 use cedar_policy::{
     Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityUid, Policy, PolicyId,
@@ -148,7 +150,13 @@ pub struct SessionEntities {
     principal: EntityUid,
     resource: EntityUid,
     entities: Entities,
+    /// Everything about the session a policy can observe (principal,
+    /// groups, attributes, target): the first part of a decision's memo key.
+    identity: String,
 }
+
+/// Decisions remembered per engine (it starts over beyond).
+const DECISION_MEMO: usize = 4096;
 
 /// Loaded, validated policies.
 pub struct PolicyEngine {
@@ -161,6 +169,13 @@ pub struct PolicyEngine {
     table_policies: bool,
     /// Some policy names a Column resource.
     column_policies: bool,
+    /// The context attributes some policy reads (`None`: the policies use
+    /// the context in a way this cannot follow, so nothing is memoised).
+    context_read: Option<BTreeSet<String>>,
+    /// Decisions by everything the policies can observe of a request
+    /// (see [`PolicyEngine::memo_key`]): Cedar runs once per distinct set of
+    /// facts, not once per new statement text.
+    memo: Mutex<HashMap<String, Decision>>,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -277,6 +292,7 @@ impl PolicyEngine {
         // A Column policy is also about its Table (columns are in tables).
         let column_policies = text.contains("Sluice::Column");
         let table_policies = column_policies || text.contains("Sluice::Table");
+        let context_read = context_attributes_read(&policies);
         Ok(PolicyEngine {
             policies,
             order,
@@ -284,6 +300,8 @@ impl PolicyEngine {
             authorizer: Authorizer::new(),
             table_policies,
             column_policies,
+            context_read,
+            memo: Mutex::new(HashMap::new()),
         })
     }
 
@@ -307,15 +325,150 @@ impl PolicyEngine {
         let principal_uid = principal_uid(principal);
         let resource = uid("Target", target.name);
         let entities = self.entities(principal, target, &principal_uid, &resource)?;
+        let mut identity = format!(
+            "{principal_uid}\u{1f}{}\u{1f}{}",
+            target.name, target.environment
+        );
+        let groups: BTreeSet<&String> = principal.groups.iter().collect();
+        for g in groups {
+            let _ = write!(identity, "\u{1f}g:{g}");
+        }
+        let attributes: BTreeSet<(&String, &String)> = principal.attributes.iter().collect();
+        for (k, v) in attributes {
+            let _ = write!(identity, "\u{1f}a:{k}={v}");
+        }
         Ok(SessionEntities {
             principal: principal_uid,
             resource,
             entities,
+            identity,
         })
     }
 
     /// [`decide`](Self::decide) with the session's entities already built.
+    ///
+    /// Remembers decisions by everything the policies can observe: a new
+    /// statement with the same actions, risks and (where policies read
+    /// them) tables, columns and other context as one decided before, for
+    /// the same session identity, gets that decision without running Cedar.
     pub fn decide_in(&self, session: &SessionEntities, req: &Request<'_>) -> Decision {
+        let Some(key) = self.memo_key(session, req) else {
+            return self.evaluate(session, req);
+        };
+        let remembered = self
+            .memo
+            .lock()
+            .ok()
+            .and_then(|memo| memo.get(&key).cloned());
+        let decision = match remembered {
+            Some(d) => d,
+            None => {
+                let d = self.evaluate(session, req);
+                if let Ok(mut memo) = self.memo.lock() {
+                    if memo.len() >= DECISION_MEMO {
+                        memo.clear();
+                    }
+                    memo.insert(key, d.clone());
+                }
+                d
+            }
+        };
+        match decision {
+            // what is flagged is this statement's own
+            Decision::Allow { .. } => Decision::Allow {
+                flags: flags(req.analysis),
+            },
+            other => other,
+        }
+    }
+
+    /// The memo key of a request: the session identity, the actions, the
+    /// risks, and every context attribute a policy reads; with table or
+    /// column policies, also the tables and columns and the search path.
+    /// `None` when the policies read the context in a way this cannot follow.
+    fn memo_key(&self, session: &SessionEntities, req: &Request<'_>) -> Option<String> {
+        let read = self.context_read.as_ref()?;
+        let mut key = String::with_capacity(256);
+        key.push_str(&session.identity);
+        let join = |key: &mut String, items: &mut dyn Iterator<Item = String>| {
+            key.push('[');
+            for item in items {
+                key.push_str(&item);
+                key.push('\u{1e}');
+            }
+            key.push(']');
+        };
+        let a = req.analysis;
+        key.push_str("\u{1d}actions");
+        match a {
+            Some(a) if !a.statements.is_empty() => join(
+                &mut key,
+                &mut a.actions().iter().map(|k| k.as_str().to_owned()),
+            ),
+            _ => key.push_str("[other]"),
+        }
+        key.push_str("\u{1d}risks");
+        match a {
+            Some(a) => join(
+                &mut key,
+                &mut a.risks().iter().map(|r| r.as_str().to_owned()),
+            ),
+            None => key.push_str("unparseable"),
+        }
+        let sets = |name: &str| -> Option<BTreeSet<String>> {
+            let a = a?;
+            Some(match name {
+                "tables_read" => a.tables_read(),
+                "tables_written" => a.tables_written(),
+                "relations_read" => qualified(&a.tables_read(), req.search_path),
+                "relations_written" => qualified(&a.tables_written(), req.search_path),
+                "columns_read" => a.columns_read(),
+                "columns_written" => a.columns_written(),
+                "functions" => a.functions(),
+                _ => return None,
+            })
+        };
+        for name in read {
+            key.push('\u{1d}');
+            key.push_str(name);
+            match name.as_str() {
+                "environment" => key.push_str(req.target.environment),
+                "client_address" => key.push_str(req.client_address),
+                "application_name" => key.push_str(req.application_name),
+                "hour_utc" => {
+                    let _ = write!(key, "{}", req.hour_utc);
+                }
+                "statement_count" => {
+                    let _ = write!(key, "{}", a.map_or(0, |a| a.statements.len()));
+                }
+                // in the risks part already
+                "unparseable" | "risks" => {}
+                other => join(&mut key, &mut sets(other).unwrap_or_default().into_iter()),
+            }
+        }
+        if (self.table_policies || self.column_policies) && a.is_some() {
+            for name in [
+                "tables_read",
+                "tables_written",
+                "columns_read",
+                "columns_written",
+            ] {
+                key.push('\u{1d}');
+                join(&mut key, &mut sets(name).unwrap_or_default().into_iter());
+            }
+            join(&mut key, &mut req.search_path.iter().cloned());
+        }
+        Some(key)
+    }
+
+    /// [`decide_in`](Self::decide_in) without the memo: what a decision
+    /// costs for facts not decided before (the policy benchmark shows it).
+    pub fn decide_uncached(&self, session: &SessionEntities, req: &Request<'_>) -> Decision {
+        self.evaluate(session, req)
+    }
+
+    /// Run Cedar for every action of the statement.
+    fn evaluate(&self, session: &SessionEntities, req: &Request<'_>) -> Decision {
         let actions: BTreeSet<Kind> = match req.analysis {
             Some(a) if !a.statements.is_empty() => a.actions(),
             _ => BTreeSet::from([Kind::Other]),
@@ -711,6 +864,49 @@ pub fn builtin_ids() -> Vec<String> {
         .collect()
 }
 
+/// The context attributes the policies read, found in their JSON form
+/// (`context.x` and `context has x`); `None` if some policy uses `context`
+/// otherwise (as a whole), which the memo key cannot follow.
+fn context_attributes_read(policies: &PolicySet) -> Option<BTreeSet<String>> {
+    fn walk(v: &serde_json::Value, found: &mut BTreeSet<String>) -> bool {
+        let is_context =
+            |e: &serde_json::Value| e.get("Var").and_then(|v| v.as_str()) == Some("context");
+        match v {
+            serde_json::Value::Object(map) => {
+                for (op, arg) in map {
+                    if matches!(op.as_str(), "." | "has") {
+                        if let (Some(left), Some(attr)) = (arg.get("left"), arg.get("attr")) {
+                            if is_context(left) {
+                                if let Some(attr) = attr.as_str() {
+                                    found.insert(attr.to_owned());
+                                    continue;
+                                }
+                            }
+                        }
+                    }
+                    if op == "Var" && arg.as_str() == Some("context") {
+                        return false;
+                    }
+                    if !walk(arg, found) {
+                        return false;
+                    }
+                }
+                true
+            }
+            serde_json::Value::Array(items) => items.iter().all(|i| walk(i, found)),
+            _ => true,
+        }
+    }
+    let mut found = BTreeSet::new();
+    for p in policies.policies() {
+        let json = p.to_json().ok()?;
+        if !walk(&json, &mut found) {
+            return None;
+        }
+    }
+    Some(found)
+}
+
 /// What a reviewer should notice in an allowed statement: its risks and
 /// its risky kinds (what production would refuse or hold).
 fn flags(analysis: Option<&Analysis>) -> Vec<String> {
@@ -755,4 +951,37 @@ fn principal_uid(p: &Principal) -> EntityUid {
         PrincipalKind::Agent => "Agent",
     };
     uid(kind, &p.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(policies: &str) -> Option<BTreeSet<String>> {
+        context_attributes_read(&PolicySet::from_str(policies).unwrap())
+    }
+
+    #[test]
+    fn the_context_attributes_policies_read() {
+        let guardrails = read(GUARDRAILS).unwrap();
+        assert_eq!(
+            guardrails,
+            BTreeSet::from(["risks".to_owned(), "unparseable".to_owned()])
+        );
+        let custom = read(
+            r#"forbid (principal, action, resource)
+               when { context has application_name && context.hour_utc < 6 };"#,
+        )
+        .unwrap();
+        assert_eq!(
+            custom,
+            BTreeSet::from(["application_name".to_owned(), "hour_utc".to_owned()])
+        );
+        // The whole context, compared or passed along: not followed, so
+        // nothing is remembered.
+        assert_eq!(
+            read(r#"forbid (principal, action, resource) when { context == {} };"#),
+            None
+        );
+    }
 }

@@ -504,3 +504,79 @@ unless { principal.hasTag("region") && principal.getTag("region") == "eu" };
         Some("eu-data-stays-with-eu-staff")
     );
 }
+
+#[test]
+fn remembered_decisions_follow_every_fact_a_policy_reads() {
+    // Decisions are remembered by what the policies can observe: a policy
+    // reading the tables and the client address must see each difference.
+    let engine = engine_with(
+        r#"
+@id("no-secrets-from-outside")
+@reason("the secrets table is read from the office network only")
+forbid (principal, action, resource)
+when { context.tables_read.contains("secrets") && context.client_address != "10.1.2.3" };
+"#,
+    );
+    let who = alice();
+    let at = |address: &str, sql: &str| {
+        let analysis = sluice_sql::analyze(sql, Dialect::default()).ok();
+        engine
+            .decide(&Request {
+                principal: &who,
+                target: TargetRef {
+                    name: "app",
+                    environment: "development",
+                },
+                analysis: analysis.as_ref(),
+                application_name: "",
+                hour_utc: 0,
+                client_address: address,
+                search_path: &[],
+            })
+            .label()
+    };
+    for _ in 0..2 {
+        assert_eq!(at("10.9.9.9", "select * from orders"), "allow");
+        assert_eq!(at("10.9.9.9", "select * from secrets"), "deny");
+        assert_eq!(at("10.1.2.3", "select * from secrets"), "allow");
+        assert_eq!(
+            at("10.9.9.9", "select  *  from secrets where id = 2"),
+            "deny"
+        );
+    }
+    // Another principal in other groups is decided on its own.
+    let engine = engine_with(
+        r#"
+@id("only-dba-drops")
+@reason("only DBAs drop tables")
+forbid (principal, action == Sluice::Action::"drop", resource)
+unless { principal in Sluice::Group::"dba" };
+"#,
+    );
+    let dba = Principal {
+        groups: vec!["dba".into()],
+        ..alice()
+    };
+    for _ in 0..2 {
+        assert_eq!(
+            decide_as(&engine, &alice(), "development", &[], "drop table t").label(),
+            "deny"
+        );
+        assert_eq!(
+            decide_as(&engine, &dba, "development", &[], "drop table t").label(),
+            "allow"
+        );
+    }
+}
+
+#[test]
+fn flags_are_the_statements_own_when_a_decision_is_remembered() {
+    let engine = PolicyEngine::builtin().unwrap();
+    let flags = |sql: &str| match decide(&engine, "development", sql) {
+        Decision::Allow { flags } => flags,
+        other => panic!("{sql}: {other:?}"),
+    };
+    assert!(flags("delete from t").contains(&"unfiltered_write".to_owned()));
+    assert!(flags("delete from t where id = 1").is_empty());
+    assert!(flags("delete from t").contains(&"unfiltered_write".to_owned()));
+}

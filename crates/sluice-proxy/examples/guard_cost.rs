@@ -11,7 +11,13 @@
 //!   timed loop): the first statement of a session, with cold caches;
 //! - the parts of a miss alone: `sluice_sql::template`, `pg_query::parse`,
 //!   `sluice_sql::analyze` (parse + facts), `PolicyEngine::decide_in`, and
-//!   `rest`: miss − template − analyze − decide, what else a miss pays.
+//!   `rest`: miss − template − analyze − decide, what else a miss pays;
+//! - **cedar**: `PolicyEngine::decide_uncached`, Cedar itself. `decide_in`
+//!   remembers decisions by the facts the policies read (actions, risks and
+//!   whatever context they name), so a new text whose facts were decided
+//!   before, as in the miss here, skips it; the first statement with new
+//!   facts (for the built-in guardrails: a new mix of actions and risks)
+//!   pays `cedar` on top of the miss.
 //!
 //! On pgbench's statements and on long analytical queries, in microseconds
 //! of the thread's CPU time per statement (so that other processes on a
@@ -314,6 +320,8 @@ struct Row {
     parse: Stat,
     analyze: Stat,
     decide: Stat,
+    /// Cedar itself: a decision for facts not remembered.
+    cedar: Stat,
 }
 
 impl Row {
@@ -490,6 +498,14 @@ fn measure(env: &Env<'_>, stmt: &'static Stmt, s: &Settings) -> Row {
             black_box(d);
         })
     });
+    let cedar = reps(&mut || {
+        per_op(n, |_| {
+            let d: Decision = env
+                .engine
+                .decide_uncached(&session, &env.request(black_box(analysis.as_ref())));
+            black_box(d);
+        })
+    });
 
     Row {
         stmt,
@@ -503,6 +519,7 @@ fn measure(env: &Env<'_>, stmt: &'static Stmt, s: &Settings) -> Row {
         parse,
         analyze,
         decide,
+        cedar,
     }
 }
 
@@ -641,7 +658,7 @@ fn main() {
         s.reps
     );
     println!(
-        "{:<30} {:>5} {:>8} {:>9} {:>8} {:>9} | {:>9} {:>7} {:>8} {:>7} {:>7}  verdict",
+        "{:<30} {:>5} {:>8} {:>9} {:>8} {:>9} | {:>9} {:>7} {:>8} {:>7} {:>7} {:>7}  verdict",
         "statement",
         "bytes",
         "hit",
@@ -652,12 +669,13 @@ fn main() {
         "parse",
         "analyze",
         "decide",
-        "rest"
+        "rest",
+        "cedar"
     );
     for kind in ["oltp", "analytical"] {
         for r in rows.iter().filter(|r| r.stmt.kind == kind) {
             println!(
-                "{:<30} {:>5} {} {} {} {} | {} {:>7} {:>8} {:>7} {:>7}  {}",
+                "{:<30} {:>5} {} {} {} {} | {} {:>7} {:>8} {:>7} {:>7} {:>7}  {}",
                 r.stmt.name,
                 r.bytes,
                 cell(&r.hit, 8),
@@ -669,6 +687,7 @@ fn main() {
                 num(r.analyze.median),
                 num(r.decide.median),
                 r.rest().map_or("-".into(), num),
+                num(r.cedar.median),
                 r.verdict
             );
         }
@@ -753,7 +772,7 @@ fn main() {
             .iter()
             .map(|r| {
                 format!(
-                    "    {{\"name\": {}, \"kind\": {}, \"bytes\": {}, \"sql\": {}, \"verdict\": {},\n      \"hit\": {},\n      \"template\": {},\n      \"miss\": {},\n      \"miss_new_session\": {},\n      \"template_fn\": {},\n      \"parse\": {},\n      \"analyze\": {},\n      \"decide\": {},\n      \"rest_us\": {}}}",
+                    "    {{\"name\": {}, \"kind\": {}, \"bytes\": {}, \"sql\": {}, \"verdict\": {},\n      \"hit\": {},\n      \"template\": {},\n      \"miss\": {},\n      \"miss_new_session\": {},\n      \"template_fn\": {},\n      \"parse\": {},\n      \"analyze\": {},\n      \"decide\": {},\n      \"cedar\": {},\n      \"rest_us\": {}}}",
                     json_str(r.stmt.name),
                     json_str(r.stmt.kind),
                     r.bytes,
@@ -767,6 +786,7 @@ fn main() {
                     json_stat(&r.parse),
                     json_stat(&r.analyze),
                     json_stat(&r.decide),
+                    json_stat(&r.cedar),
                     json_opt(r.rest()),
                 )
             })
