@@ -134,6 +134,15 @@ fn token_run(
             return end;
         }
     }
+    // Lower-case hex (digests, UUIDs without dashes): no vendor prefix,
+    // codice fiscale or mixed-case secret can be spelled with it, and the
+    // bearer and JWT shapes were checked above.
+    if b[s..e]
+        .iter()
+        .all(|&c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+    {
+        return e;
+    }
     let before = out.len();
     // vendor prefixes on the base64url words of the run
     let mut w = s;
