@@ -33,11 +33,6 @@ const STORE_BATCH: usize = 8192;
 const MEM_CAP: u64 = 64 << 20;
 /// Spool encoding buffer capacity kept between batches.
 const SPOOL_BUF_KEEP: usize = 32 << 20;
-/// Group commit: after the first event of a batch the writer waits this
-/// long for more, so under load one fsync and one store commit serve many
-/// events (and senders need not wake it for each). Events are recorded
-/// asynchronously, so this adds nothing to a statement's latency.
-const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(2);
 /// The chain state file is rewritten at most this often (three fsyncs each
 /// time): recovery advances it over the spool, which keeps every entry
 /// after the saved state (see `Writer::save_state`).
@@ -731,12 +726,7 @@ impl Writer {
             let mut msgs = Vec::new();
             let mut disconnected = false;
             match rx.recv_timeout(timeout) {
-                Ok(m) => {
-                    if matches!(m, Msg::Event(_)) {
-                        std::thread::sleep(GROUP_COMMIT_WINDOW);
-                    }
-                    msgs.push(m);
-                }
+                Ok(m) => msgs.push(m),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => disconnected = true,
             }
