@@ -440,13 +440,10 @@ fn hex_into(b: &[u8], out: &mut Vec<u8>) {
 }
 
 fn hex(b: &[u8]) -> String {
-    const H: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(b.len() * 2);
-    for &x in b {
-        s.push(char::from(H[usize::from(x >> 4)]));
-        s.push(char::from(H[usize::from(x & 15)]));
-    }
-    s
+    let mut out = Vec::with_capacity(b.len() * 2);
+    hex_into(b, &mut out);
+    // hex digits are ASCII
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Bytes derived from a digest: the digest itself, then SHA-256(digest ‖ i).
