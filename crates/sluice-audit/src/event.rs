@@ -389,58 +389,83 @@ impl EventBody {
 
     /// Text indexed for full-text search: names, tables, statement text.
     pub fn search_text(&self) -> String {
-        let mut parts: Vec<&str> = vec![self.code()];
-        let idx_owner;
+        let mut text = String::new();
+        self.search_parts(&mut |p| {
+            if !text.is_empty() {
+                text.push(' ');
+            }
+            text.push_str(p);
+        });
+        text
+    }
+
+    /// The non-empty parts of [`search_text`](Self::search_text), in order.
+    pub(crate) fn search_parts(&self, f: &mut dyn FnMut(&str)) {
+        let mut part = |p: &str| {
+            if !p.is_empty() {
+                f(p);
+            }
+        };
+        part(self.code());
         match self {
             EventBody::Statement(s) => {
-                parts.extend([
+                for p in [
                     s.principal.name.as_str(),
                     s.principal.on_behalf_of.as_deref().unwrap_or(""),
                     s.target.as_str(),
                     s.normalized.as_str(),
                     s.text.as_deref().unwrap_or(""),
                     s.rule.as_deref().unwrap_or(""),
-                ]);
-                parts.extend(s.tables_read.iter().map(String::as_str));
-                parts.extend(s.tables_written.iter().map(String::as_str));
+                ] {
+                    part(p);
+                }
+                s.tables_read
+                    .iter()
+                    .chain(&s.tables_written)
+                    .for_each(|t| part(t));
             }
             EventBody::SessionStart(s) => {
-                parts.extend([
+                for p in [
                     s.principal.name.as_str(),
                     s.principal.on_behalf_of.as_deref().unwrap_or(""),
                     s.target.as_str(),
                     s.application_name.as_str(),
                     s.source.as_str(),
-                ]);
+                ] {
+                    part(p);
+                }
             }
             EventBody::SessionEnd(s) => {
-                parts.extend([
+                for p in [
                     s.principal.name.as_str(),
                     s.target.as_str(),
                     s.reason.as_str(),
-                ]);
+                ] {
+                    part(p);
+                }
             }
             EventBody::AuthFailure(s) => {
-                idx_owner = s.target.clone().unwrap_or_default();
-                parts.extend([
+                for p in [
                     s.user.as_str(),
                     s.source.as_str(),
                     s.reason.as_str(),
-                    idx_owner.as_str(),
-                ]);
+                    s.target.as_deref().unwrap_or(""),
+                ] {
+                    part(p);
+                }
             }
             EventBody::Admin(s) => {
-                parts.extend([
+                for p in [
                     s.actor.name.as_str(),
                     s.action.as_str(),
                     s.object.as_str(),
                     s.outcome.as_str(),
                     s.detail.as_deref().unwrap_or(""),
-                ]);
+                ] {
+                    part(p);
+                }
             }
         }
-        parts.retain(|p| !p.is_empty());
-        parts.join(" ")
     }
 
     /// A one-line summary for tables.

@@ -226,13 +226,28 @@ fn filters(sql: &mut Sql, q: &Query, dialect: Dialect) {
         let p = sql.bind(Param::Text(v));
         sql.and(&format!("e.code {} {p}", if like { "LIKE" } else { "=" }));
     }
+    // The ULID bound lets the ULID index find the range: an event's ULID
+    // carries its time_ms (SQLite has no index on time_ms).
+    let collate = if dialect == Dialect::Postgres {
+        " COLLATE \"C\""
+    } else {
+        ""
+    };
     if let Some(t) = q.since {
         let p = sql.bind(Param::Int(t));
         sql.and(&format!("e.time_ms >= {p}"));
+        if let Some(floor) = crate::util::ulid_floor(t) {
+            let p = sql.bind(Param::Text(floor));
+            sql.and(&format!("e.ulid{collate} >= {p}"));
+        }
     }
     if let Some(t) = q.until {
         let p = sql.bind(Param::Int(t));
         sql.and(&format!("e.time_ms < {p}"));
+        if let Some(floor) = crate::util::ulid_floor(t) {
+            let p = sql.bind(Param::Text(floor));
+            sql.and(&format!("e.ulid{collate} < {p}"));
+        }
     }
     if q.table.is_some() || q.column.is_some() {
         let mut conds = vec!["o.event_id = e.id".to_owned()];
@@ -261,10 +276,9 @@ fn filters(sql: &mut Sql, q: &Query, dialect: Dialect) {
             // Statements share their objects through their shape (see the
             // SQLite store); the placeholders are numbered, so reusable.
             Dialect::Sqlite => {
-                conds[0] = "es.event_id = e.id".to_owned();
+                conds[0] = "o.shape = e.shape".to_owned();
                 sql.and(&format!(
-                    "({per_event} OR EXISTS (SELECT 1 FROM audit_event_shapes es \
-                     JOIN audit_shape_objects o ON o.shape = es.shape WHERE {}))",
+                    "({per_event} OR EXISTS (SELECT 1 FROM audit_shape_objects o WHERE {}))",
                     conds.join(" AND ")
                 ));
             }
@@ -279,8 +293,7 @@ fn filters(sql: &mut Sql, q: &Query, dialect: Dialect) {
                 // (rowid = -shape).
                 sql.and(&format!(
                     "(e.id IN (SELECT rowid FROM audit_events_fts WHERE audit_events_fts MATCH {p}) \
-                     OR e.id IN (SELECT es.event_id FROM audit_event_shapes es WHERE es.shape IN \
-                     (SELECT -rowid FROM audit_events_fts WHERE audit_events_fts MATCH {p})))"
+                     OR e.shape IN (SELECT -rowid FROM audit_events_fts WHERE audit_events_fts MATCH {p}))"
                 ));
             }
             Dialect::Postgres => {

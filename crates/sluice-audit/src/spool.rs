@@ -2,9 +2,13 @@
 //! hold every sealed entry before it reaches the store.
 //!
 //! Entry format: `u32` little-endian payload length, the first 4 bytes of
-//! the payload's SHA-256, then the payload (an [`Entry`] as JSON). A torn
-//! tail (crash during a write) fails the length or checksum test and is cut
-//! off when the spool is opened.
+//! the payload's SHA-256, then the payload: a record as [`RECORD_TAG`] and
+//! its fields (strings and byte strings as a `u32` little-endian length and
+//! the bytes, numbers little-endian: no JSON escaping of a JSON body on
+//! the path of every event), or any entry as JSON (checkpoints, and
+//! records spooled by earlier versions). A torn tail (crash during a write)
+//! fails the length or checksum test and is cut off when the spool is
+//! opened.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -12,6 +16,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::chain::sha256;
+use crate::event::Record;
 use crate::store::Entry;
 use crate::AuditError;
 
@@ -51,15 +56,102 @@ pub fn encode(e: &Entry) -> Result<Vec<u8>, AuditError> {
 pub fn encode_into(e: &Entry, out: &mut Vec<u8>) -> Result<(), AuditError> {
     let start = out.len();
     out.extend_from_slice(&[0u8; 8]);
-    if let Err(err) = serde_json::to_writer(&mut *out, e) {
+    match e {
+        Entry::Record(r) => encode_record(r, out),
+        Entry::Checkpoint(_) => {
+            if let Err(err) = serde_json::to_writer(&mut *out, e) {
+                out.truncate(start);
+                return Err(err.into());
+            }
+        }
+    }
+    if out.len() - start - 8 > MAX_ENTRY as usize {
         out.truncate(start);
-        return Err(err.into());
+        return Err(AuditError::Corrupt("an audit event over 64 MiB".into()));
     }
     let len = (out.len() - start - 8) as u32;
     let sum = sha256(&out[start + 8..]);
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&sum[..4]);
     Ok(())
+}
+
+/// First payload byte of a record in the binary layout (a JSON payload
+/// starts with `{`).
+pub const RECORD_TAG: u8 = 1;
+
+fn encode_record(r: &Record, out: &mut Vec<u8>) {
+    fn bytes(out: &mut Vec<u8>, b: &[u8]) {
+        // MAX_ENTRY (checked after) keeps every length within u32
+        out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        out.extend_from_slice(b);
+    }
+    out.push(RECORD_TAG);
+    bytes(out, r.chain.as_bytes());
+    out.extend_from_slice(&r.seq.to_le_bytes());
+    bytes(out, r.ulid.as_bytes());
+    out.extend_from_slice(&r.time_ms.to_le_bytes());
+    bytes(out, r.code.as_bytes());
+    bytes(out, r.environment.as_bytes());
+    bytes(out, &r.digest);
+    match &r.body {
+        Some(b) => {
+            out.push(1);
+            bytes(out, b.as_bytes());
+        }
+        None => out.push(0),
+    }
+    bytes(out, &r.mac);
+}
+
+/// The inverse of [`encode_record`] (`payload` without the tag); `None`
+/// when it is not one.
+fn decode_record(payload: &[u8]) -> Option<Record> {
+    struct Cursor<'a>(&'a [u8]);
+    impl<'a> Cursor<'a> {
+        fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+            if self.0.len() < n {
+                return None;
+            }
+            let (a, b) = self.0.split_at(n);
+            self.0 = b;
+            Some(a)
+        }
+        fn u64(&mut self) -> Option<u64> {
+            Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+        }
+        fn bytes(&mut self) -> Option<&'a [u8]> {
+            let n = u32::from_le_bytes(self.take(4)?.try_into().ok()?);
+            self.take(usize::try_from(n).ok()?)
+        }
+        fn string(&mut self) -> Option<String> {
+            String::from_utf8(self.bytes()?.to_vec()).ok()
+        }
+    }
+    let mut c = Cursor(payload);
+    let r = Record {
+        chain: c.string()?,
+        seq: c.u64()?,
+        ulid: c.string()?,
+        time_ms: c.u64()? as i64,
+        code: c.string()?,
+        environment: c.string()?,
+        digest: c.bytes()?.to_vec(),
+        body: match c.take(1)? {
+            [0] => None,
+            [1] => Some(c.string()?),
+            _ => return None,
+        },
+        mac: c.bytes()?.to_vec(),
+    };
+    c.0.is_empty().then_some(r)
+}
+
+fn decode(payload: &[u8]) -> Option<Entry> {
+    match payload.split_first()? {
+        (&RECORD_TAG, rest) => decode_record(rest).map(Entry::Record),
+        _ => serde_json::from_slice(payload).ok(),
+    }
 }
 
 fn seg_name(index: u64) -> String {
@@ -82,7 +174,7 @@ fn parse(buf: &[u8]) -> (Vec<(Entry, u64)>, usize) {
         if sha256(payload)[..4] != buf[pos + 4..pos + 8] {
             break;
         }
-        let Ok(e) = serde_json::from_slice::<Entry>(payload) else {
+        let Some(e) = decode(payload) else {
             break;
         };
         out.push((e, 8 + u64::from(len)));
@@ -328,6 +420,58 @@ mod tests {
             before_ms: None,
             signature: vec![1; 64],
         })
+    }
+
+    fn rec(seq: u64, body: Option<&str>) -> Entry {
+        Entry::Record(Record {
+            chain: "01CHAIN".into(),
+            seq,
+            ulid: "01HF7YAT00V6472VFZVBBKAAWP".into(),
+            time_ms: 1_700_000_000_000,
+            code: "db.statement".into(),
+            environment: "prodüction".into(),
+            digest: vec![7; 32],
+            body: body.map(str::to_owned),
+            mac: vec![9; 32],
+        })
+    }
+
+    #[test]
+    fn records_round_trip_and_earlier_json_records_still_read() {
+        let entries = [
+            rec(
+                1,
+                Some(r#"{"code":"db.statement","normalized":"SELECT \"é\" FROM t"}"#),
+            ),
+            rec(2, None),
+            rec(3, Some("")),
+            ck(3),
+        ];
+        let mut buf = Vec::new();
+        for e in &entries {
+            encode_into(e, &mut buf).unwrap();
+        }
+        assert_eq!(buf[8], RECORD_TAG, "records are not JSON");
+        // A record as an earlier version spooled it: JSON, body escaped.
+        let json = serde_json::to_vec(&rec(4, Some(r#"{"a":"b"}"#))).unwrap();
+        buf.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&sha256(&json)[..4]);
+        buf.extend_from_slice(&json);
+        let (got, end) = parse(&buf);
+        assert_eq!(end, buf.len());
+        let got: Vec<Entry> = got.into_iter().map(|(e, _)| e).collect();
+        let mut want = entries.to_vec();
+        want.push(rec(4, Some(r#"{"a":"b"}"#)));
+        assert_eq!(got, want);
+        // A payload that passes the checksum but does not decode is the end.
+        let mut bad = encode(&rec(5, Some("x"))).unwrap();
+        let n = bad.len();
+        bad.truncate(n - 3);
+        let len = (bad.len() - 8) as u32;
+        bad[..4].copy_from_slice(&len.to_le_bytes());
+        let sum = sha256(&bad[8..]);
+        bad[4..8].copy_from_slice(&sum[..4]);
+        assert_eq!(parse(&bad).1, 0);
     }
 
     #[test]

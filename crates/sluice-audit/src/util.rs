@@ -19,6 +19,17 @@ const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 pub fn ulid(ms: i64) -> String {
     let mut rnd = [0u8; 10];
     rand::thread_rng().fill_bytes(&mut rnd);
+    ulid_of(ms, &rnd)
+}
+
+/// The smallest ULID of the millisecond `ms` (`None` past the year 10889,
+/// where ULIDs end): every ULID made at `ms` or later sorts at or after it,
+/// so a time range is a ULID range and needs no index of its own.
+pub fn ulid_floor(ms: i64) -> Option<String> {
+    (ms < 1 << 48).then(|| ulid_of(ms, &[0; 10]))
+}
+
+fn ulid_of(ms: i64, rnd: &[u8; 10]) -> String {
     let mut v: u128 = (ms.max(0) as u128 & ((1 << 48) - 1)) << 80;
     for (i, b) in rnd.iter().enumerate() {
         v |= u128::from(*b) << (8 * (9 - i));
@@ -233,6 +244,11 @@ mod tests {
         assert_eq!(a.len(), 26);
         assert!(a < b);
         assert_eq!(ulid_time(&a), Some(1_700_000_000_000));
+        let floor = ulid_floor(1_700_000_000_001).unwrap();
+        assert!(a < floor && floor <= b, "{a} < {floor} <= {b}");
+        assert_eq!(ulid_time(&floor), Some(1_700_000_000_001));
+        assert_eq!(ulid_floor(-5), ulid_floor(0));
+        assert_eq!(ulid_floor(1 << 48), None);
     }
 
     #[test]

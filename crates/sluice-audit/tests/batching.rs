@@ -396,3 +396,133 @@ fn retention_removes_the_shared_search_entries_it_no_longer_needs() {
     assert_eq!(s.count(&col).unwrap(), 7);
     assert!(verify(&mut s, &keys(dir.path()), None).is_ok());
 }
+
+/// A file written before statement shapes became a column of the event
+/// (they had a table of their own, and time ranges an index): opening it
+/// moves the shapes over, and search and verify find everything as before.
+#[test]
+fn a_file_from_the_earlier_layout_is_migrated_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = AuditWriter::start(&config(), dir.path()).unwrap();
+    record(&w, 4, "alice", "development");
+    record(&w, 3, "bob", "production");
+    w.shutdown().unwrap();
+    let db = dir.path().join("audit/audit.db");
+    {
+        // Back to the earlier layout, as that version left it.
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch(
+            "CREATE TABLE audit_event_shapes (event_id INTEGER PRIMARY KEY, shape INTEGER NOT NULL);
+             INSERT INTO audit_event_shapes SELECT id, shape FROM audit_events WHERE shape IS NOT NULL;
+             CREATE INDEX audit_event_shapes_shape ON audit_event_shapes (shape);
+             DROP INDEX audit_events_shape;
+             ALTER TABLE audit_events DROP COLUMN shape;
+             CREATE INDEX audit_events_time ON audit_events (time_ms);",
+        )
+        .unwrap();
+        let shaped: i64 = c
+            .query_row("SELECT COUNT(*) FROM audit_event_shapes", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(shaped, 7);
+    }
+    let mut s = SqliteStore::open_existing(&db).unwrap();
+    let names: Vec<String> = s
+        .connection()
+        .prepare("SELECT name FROM sqlite_master WHERE name LIKE 'audit_event%' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        names.contains(&"audit_events_shape".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        !names.contains(&"audit_event_shapes".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        !names.contains(&"audit_events_time".to_string()),
+        "{names:?}"
+    );
+    let text = |t: &str| Query {
+        text: Some(t.into()),
+        kind: Some("statement".into()),
+        ..Query::default()
+    };
+    assert_eq!(s.count(&text("alice")).unwrap(), 4);
+    assert_eq!(s.count(&text("bob")).unwrap(), 3);
+    let col = Query {
+        column: Some("users.email".into()),
+        ..Query::default()
+    };
+    assert_eq!(s.count(&col).unwrap(), 7);
+    assert!(verify(&mut s, &keys(dir.path()), None).is_ok());
+    drop(s);
+    // The writer carries on in the migrated file; a second open changes nothing.
+    let w = AuditWriter::start(&config(), dir.path()).unwrap();
+    record(&w, 2, "bob", "production");
+    w.shutdown().unwrap();
+    let mut s = SqliteStore::open_existing(&db).unwrap();
+    assert_eq!(s.count(&text("bob")).unwrap(), 5);
+    assert_eq!(s.count(&col).unwrap(), 9);
+    assert!(verify(&mut s, &keys(dir.path()), None).is_ok());
+}
+
+/// Time ranges are answered through the ULID index: the bounds are exact
+/// to the millisecond.
+#[test]
+fn a_time_range_is_exact_to_the_millisecond() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = AuditWriter::start(&config(), dir.path()).unwrap();
+    let sink = w.sink();
+    for _ in 0..5 {
+        // events a millisecond or more apart, so the bounds fall between them
+        let t = sluice_audit::util::now_ms();
+        sink.record(same("alice", "development")).unwrap();
+        while sluice_audit::util::now_ms() == t {
+            std::hint::spin_loop();
+        }
+    }
+    w.shutdown().unwrap();
+    let mut s = SqliteStore::open_existing(&dir.path().join("audit/audit.db")).unwrap();
+    let all = s.search(&Query::default()).unwrap().rows;
+    assert!(all.len() >= 5, "{}", all.len());
+    let distinct: std::collections::BTreeSet<i64> = all.iter().map(|r| r.time_ms).collect();
+    assert!(distinct.len() >= 5, "{distinct:?}");
+    let times: Vec<i64> = all.iter().map(|r| r.time_ms).collect();
+    let (lo, hi) = (*times.iter().min().unwrap(), *times.iter().max().unwrap());
+    let mut range = |since: Option<i64>, until: Option<i64>| {
+        s.count(&Query {
+            since,
+            until,
+            ..Query::default()
+        })
+        .unwrap() as usize
+    };
+    let expect = |since: Option<i64>, until: Option<i64>| {
+        times
+            .iter()
+            .filter(|&&t| since.is_none_or(|s| t >= s) && until.is_none_or(|u| t < u))
+            .count()
+    };
+    for (since, until) in [
+        (Some(lo), None),
+        (Some(lo + 1), None),
+        (Some(hi), None),
+        (Some(hi + 1), None),
+        (None, Some(hi)),
+        (None, Some(hi + 1)),
+        (None, Some(lo)),
+        (Some(lo), Some(hi + 1)),
+        (Some(0), Some(i64::MAX)),
+        (Some(-1), None),
+    ] {
+        assert_eq!(
+            range(since, until),
+            expect(since, until),
+            "{since:?}..{until:?}"
+        );
+    }
+}

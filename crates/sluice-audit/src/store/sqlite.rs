@@ -1,6 +1,7 @@
 //! The embedded store: one SQLite file in WAL mode with an FTS5 index.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::path::Path;
 
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, ToSql};
@@ -23,10 +24,13 @@ CREATE TABLE IF NOT EXISTS audit_events (
     code TEXT NOT NULL, environment TEXT NOT NULL, principal TEXT NOT NULL,
     target TEXT NOT NULL, session TEXT NOT NULL, decision TEXT NOT NULL,
     fingerprint TEXT NOT NULL, digest BLOB NOT NULL, body TEXT, mac BLOB NOT NULL,
+    shape INTEGER,
     UNIQUE (chain, seq));
 CREATE INDEX IF NOT EXISTS audit_events_ulid ON audit_events (ulid);
 CREATE INDEX IF NOT EXISTS audit_events_principal ON audit_events (principal, ulid);
-CREATE INDEX IF NOT EXISTS audit_events_time ON audit_events (time_ms);
+-- Time ranges use the ULID index (search adds the ULID bound); files made
+-- before this had an index on time_ms that only cost writes.
+DROP INDEX IF EXISTS audit_events_time;
 CREATE TABLE IF NOT EXISTS audit_event_objects (
     tbl TEXT NOT NULL, col TEXT NOT NULL, event_id INTEGER NOT NULL,
     PRIMARY KEY (tbl, col, event_id)) WITHOUT ROWID;
@@ -36,8 +40,6 @@ CREATE TABLE IF NOT EXISTS audit_shapes (shape INTEGER PRIMARY KEY, key BLOB NOT
 CREATE TABLE IF NOT EXISTS audit_shape_objects (
     shape INTEGER NOT NULL, tbl TEXT NOT NULL, col TEXT NOT NULL,
     PRIMARY KEY (shape, tbl, col)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS audit_event_shapes (event_id INTEGER PRIMARY KEY, shape INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS audit_event_shapes_shape ON audit_event_shapes (shape);
 CREATE TABLE IF NOT EXISTS audit_checkpoints (
     chain TEXT NOT NULL, seq INTEGER NOT NULL, time_ms INTEGER NOT NULL, reason TEXT NOT NULL,
     environment TEXT, before_ms INTEGER, mac BLOB NOT NULL, signature BLOB NOT NULL,
@@ -58,11 +60,56 @@ CREATE INDEX IF NOT EXISTS audit_lineage_dest ON audit_lineage (destination);
 INSERT OR IGNORE INTO audit_meta (key, value) VALUES ('schema', '1');
 ";
 
+/// Brings a file made by an earlier version up to [`SCHEMA`]: the shape of
+/// a statement event was a row of its own in `audit_event_shapes` (two
+/// more B-trees to write per event); it is now a column of the event.
+fn migrate(conn: &mut Connection) -> Result<(), AuditError> {
+    let has_shape = |c: &Connection| {
+        c.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('audit_events') WHERE name = 'shape'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+    };
+    if !has_shape(conn).map_err(db)? {
+        // IMMEDIATE: a second process opening the file waits, then sees the column.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        if !has_shape(&tx).map_err(db)? {
+            tx.execute_batch("ALTER TABLE audit_events ADD COLUMN shape INTEGER;")
+                .map_err(db)?;
+            let had_shapes: i64 = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'audit_event_shapes'",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(db)?;
+            if had_shapes > 0 {
+                tx.execute_batch(
+                    "UPDATE audit_events SET shape =
+                       (SELECT es.shape FROM audit_event_shapes es WHERE es.event_id = audit_events.id)
+                       WHERE id IN (SELECT event_id FROM audit_event_shapes);
+                     DROP TABLE audit_event_shapes;",
+                )
+                .map_err(db)?;
+            }
+        }
+        tx.commit().map_err(db)?;
+    }
+    conn.execute_batch("CREATE INDEX IF NOT EXISTS audit_events_shape ON audit_events (shape);")
+        .map_err(db)
+}
+
 /// SQLite store.
 pub struct SqliteStore {
     conn: Connection,
     /// Shape key → shape id, for shapes committed to this file.
     shapes: HashMap<String, i64>,
+    /// Buffer for shape keys.
+    key_buf: String,
 }
 
 /// Shapes the cache holds at most (it starts over beyond).
@@ -71,28 +118,28 @@ const SHAPE_CACHE: usize = 65_536;
 /// The shape key of an event whose search text and objects are shared
 /// through `audit_shapes`: statements without literal text (their search
 /// text and objects repeat with every execution). Other events are indexed
-/// on their own. Length-prefixed parts, so different shapes never share a key.
-fn shape_key(ev: &EventBody) -> Option<String> {
+/// on their own. Length-prefixed parts, so different shapes never share a
+/// key. Written into `key` (reused: the common case is a cache hit).
+fn shape_key_into(ev: &EventBody, key: &mut String) -> bool {
     let EventBody::Statement(s) = ev else {
-        return None;
+        return false;
     };
     if s.text.is_some() {
-        return None;
+        return false;
     }
-    let text = ev.search_text();
-    let objects = ev.objects_ref();
-    let mut key = String::with_capacity(text.len() + 32 * objects.len() + 8);
-    let mut part = |p: &str| {
-        key.push_str(&p.len().to_string());
-        key.push(':');
+    key.clear();
+    let part = |key: &mut String, p: &str| {
+        let _ = write!(key, "{}:", p.len());
         key.push_str(p);
     };
-    part(&text);
-    for (t, c) in &objects {
-        part(t);
-        part(c);
+    ev.search_parts(&mut |p| part(key, p));
+    // After a part comes a digit or this: the objects cannot pass for text.
+    key.push('|');
+    for (t, c) in &ev.objects_ref() {
+        part(key, t);
+        part(key, c);
     }
-    Some(key)
+    true
 }
 
 /// The id of a shape not in the cache: from `new` (made or found earlier in
@@ -143,7 +190,7 @@ const SHAPES_GC: &str = "
 CREATE TEMP TABLE IF NOT EXISTS gone_shapes (shape INTEGER PRIMARY KEY);
 DELETE FROM gone_shapes;
 INSERT INTO gone_shapes SELECT shape FROM audit_shapes s
-  WHERE NOT EXISTS (SELECT 1 FROM audit_event_shapes es WHERE es.shape = s.shape);
+  WHERE NOT EXISTS (SELECT 1 FROM audit_events e WHERE e.shape = s.shape);
 DELETE FROM audit_events_fts WHERE rowid IN (SELECT -shape FROM gone_shapes);
 DELETE FROM audit_shape_objects WHERE shape IN (SELECT shape FROM gone_shapes);
 DELETE FROM audit_shapes WHERE shape IN (SELECT shape FROM gone_shapes);
@@ -177,7 +224,7 @@ impl SqliteStore {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| AuditError::io(dir, e))?;
         }
-        let conn = Connection::open(path).map_err(db)?;
+        let mut conn = Connection::open(path).map_err(db)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(db)?;
         // WAL: readers (the CLI, the admin API) never block the writer.
@@ -186,9 +233,11 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
+        migrate(&mut conn)?;
         Ok(SqliteStore {
             conn,
             shapes: HashMap::new(),
+            key_buf: String::new(),
         })
     }
 
@@ -293,8 +342,8 @@ impl Store for SqliteStore {
             let mut ins = tx
                 .prepare_cached(
                     "INSERT OR IGNORE INTO audit_events (chain, seq, ulid, time_ms, code, environment,
-                     principal, target, session, decision, fingerprint, digest, body, mac)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                     principal, target, session, decision, fingerprint, digest, body, mac, shape)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
                 )
                 .map_err(db)?;
             let mut obj = tx
@@ -302,9 +351,6 @@ impl Store for SqliteStore {
                 .map_err(db)?;
             let mut fts = tx
                 .prepare_cached("INSERT INTO audit_events_fts (rowid, text) VALUES (?1, ?2)")
-                .map_err(db)?;
-            let mut evs = tx
-                .prepare_cached("INSERT INTO audit_event_shapes (event_id, shape) VALUES (?1, ?2)")
                 .map_err(db)?;
             let mut ck = tx
                 .prepare_cached(
@@ -320,6 +366,18 @@ impl Store for SqliteStore {
                     Entry::Record(r) => {
                         let ev = b.event.or(p.as_ref());
                         let idx = ev.map(EventBody::index_ref).unwrap_or_default();
+                        let shaped = ev.is_some_and(|ev| shape_key_into(ev, &mut self.key_buf));
+                        let shape = match (ev, shaped) {
+                            (Some(ev), true) => {
+                                Some(match self.shapes.get(self.key_buf.as_str()) {
+                                    Some(&shape) => shape,
+                                    None => {
+                                        shape_id(&tx, ev, self.key_buf.clone(), &mut new_shapes)?
+                                    }
+                                })
+                            }
+                            _ => None,
+                        };
                         let n = ins
                             .execute(params![
                                 r.chain,
@@ -335,7 +393,8 @@ impl Store for SqliteStore {
                                 idx.fingerprint,
                                 r.digest,
                                 r.body,
-                                r.mac
+                                r.mac,
+                                shape
                             ])
                             .map_err(db)?;
                         if n == 0 {
@@ -343,20 +402,11 @@ impl Store for SqliteStore {
                         }
                         let id = tx.last_insert_rowid();
                         if let Some(ev) = ev {
-                            match shape_key(ev) {
-                                Some(key) => {
-                                    let shape = match self.shapes.get(&key) {
-                                        Some(&shape) => shape,
-                                        None => shape_id(&tx, ev, key, &mut new_shapes)?,
-                                    };
-                                    evs.execute(params![id, shape]).map_err(db)?;
+                            if shape.is_none() {
+                                for (t, c) in ev.objects_ref() {
+                                    obj.execute(params![t, c, id]).map_err(db)?;
                                 }
-                                None => {
-                                    for (t, c) in ev.objects_ref() {
-                                        obj.execute(params![t, c, id]).map_err(db)?;
-                                    }
-                                    fts.execute(params![id, ev.search_text()]).map_err(db)?;
-                                }
+                                fts.execute(params![id, ev.search_text()]).map_err(db)?;
                             }
                             new_records.push((r, ev));
                         }
@@ -640,22 +690,17 @@ impl Store for SqliteStore {
             p,
         )
         .map_err(db)?;
-        tx.execute(
-            &format!("DELETE FROM audit_event_shapes WHERE event_id IN (SELECT id FROM audit_events WHERE {cond})"),
-            p,
-        )
-        .map_err(db)?;
-        tx.execute_batch(SHAPES_GC).map_err(db)?;
-        self.shapes.clear();
         let n = tx
             .execute(
                 &format!(
                     "UPDATE audit_events SET body = NULL, principal = '', target = '', session = '',
-                     decision = '', fingerprint = '' WHERE {cond}"
+                     decision = '', fingerprint = '', shape = NULL WHERE {cond}"
                 ),
                 p,
             )
             .map_err(db)?;
+        tx.execute_batch(SHAPES_GC).map_err(db)?;
+        self.shapes.clear();
         tx.commit().map_err(db)?;
         Ok(n as u64)
     }
@@ -696,19 +741,14 @@ impl Store for SqliteStore {
             params![chain, s],
         )
         .map_err(db)?;
-        tx.execute(
-            &format!("DELETE FROM audit_event_shapes WHERE event_id IN ({sub})"),
-            params![chain, s],
-        )
-        .map_err(db)?;
-        tx.execute_batch(SHAPES_GC).map_err(db)?;
-        self.shapes.clear();
         let n = tx
             .execute(
                 "DELETE FROM audit_events WHERE chain = ?1 AND seq <= ?2",
                 params![chain, s],
             )
             .map_err(db)?;
+        tx.execute_batch(SHAPES_GC).map_err(db)?;
+        self.shapes.clear();
         tx.execute(
             "DELETE FROM audit_checkpoints WHERE chain = ?1 AND (seq < ?2 OR (seq = ?2 AND reason <> 'cut'))",
             params![chain, s],
