@@ -175,6 +175,14 @@ pub(crate) fn build_count(q: &Query, dialect: Dialect) -> Sql {
     sql
 }
 
+/// The event's ULID as its index has it (byte order on PostgreSQL).
+fn ulid_column(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Postgres => "e.ulid COLLATE \"C\"",
+        Dialect::Sqlite => "e.ulid",
+    }
+}
+
 /// The search statement.
 pub(crate) fn build(q: &Query, dialect: Dialect) -> Sql {
     let mut sql = Sql::new(
@@ -185,22 +193,14 @@ pub(crate) fn build(q: &Query, dialect: Dialect) -> Sql {
     filters(&mut sql, q, dialect);
     if let Some(c) = &q.cursor {
         let p = sql.bind(Param::Text(c.clone()));
-        let collate = if dialect == Dialect::Postgres {
-            " COLLATE \"C\""
-        } else {
-            ""
-        };
-        sql.and(&format!("e.ulid{collate} < {p}"));
+        sql.and(&format!("{} < {p}", ulid_column(dialect)));
     }
     let limit = page_size(q) as i64 + 1;
     let p = sql.bind(Param::Int(limit));
-    let collate = if dialect == Dialect::Postgres {
-        " COLLATE \"C\""
-    } else {
-        ""
-    };
-    sql.text
-        .push_str(&format!(" ORDER BY e.ulid{collate} DESC LIMIT {p}"));
+    sql.text.push_str(&format!(
+        " ORDER BY {} DESC LIMIT {p}",
+        ulid_column(dialect)
+    ));
     sql
 }
 
@@ -227,18 +227,13 @@ fn filters(sql: &mut Sql, q: &Query, dialect: Dialect) {
         sql.and(&format!("e.code {} {p}", if like { "LIKE" } else { "=" }));
     }
     // The ULID bound lets the ULID index find the range: an event's ULID
-    // carries its time_ms (SQLite has no index on time_ms).
-    let collate = if dialect == Dialect::Postgres {
-        " COLLATE \"C\""
-    } else {
-        ""
-    };
+    // carries its time_ms (there is no index on time_ms).
     if let Some(t) = q.since {
         let p = sql.bind(Param::Int(t));
         sql.and(&format!("e.time_ms >= {p}"));
         if let Some(floor) = crate::util::ulid_floor(t) {
             let p = sql.bind(Param::Text(floor));
-            sql.and(&format!("e.ulid{collate} >= {p}"));
+            sql.and(&format!("{} >= {p}", ulid_column(dialect)));
         }
     }
     if let Some(t) = q.until {
@@ -246,7 +241,7 @@ fn filters(sql: &mut Sql, q: &Query, dialect: Dialect) {
         sql.and(&format!("e.time_ms < {p}"));
         if let Some(floor) = crate::util::ulid_floor(t) {
             let p = sql.bind(Param::Text(floor));
-            sql.and(&format!("e.ulid{collate} < {p}"));
+            sql.and(&format!("{} < {p}", ulid_column(dialect)));
         }
     }
     if q.table.is_some() || q.column.is_some() {

@@ -350,6 +350,21 @@ fn record(w: &AuditWriter, n: usize, who: &str, env: &str) {
     sink.flush_blocking(true, Duration::from_secs(30)).unwrap();
 }
 
+fn statements_matching(text: &str) -> Query {
+    Query {
+        text: Some(text.into()),
+        kind: Some("statement".into()),
+        ..Query::default()
+    }
+}
+
+fn reading(column: &str) -> Query {
+    Query {
+        column: Some(column.into()),
+        ..Query::default()
+    }
+}
+
 #[test]
 fn retention_removes_the_shared_search_entries_it_no_longer_needs() {
     let dir = tempfile::tempdir().unwrap();
@@ -382,18 +397,9 @@ fn retention_removes_the_shared_search_entries_it_no_longer_needs() {
     w.shutdown().unwrap();
     let mut s = SqliteStore::open_existing(&db).unwrap();
     assert_eq!(shapes(&s), 2);
-    let text = |t: &str| Query {
-        text: Some(t.into()),
-        kind: Some("statement".into()),
-        ..Query::default()
-    };
-    assert_eq!(s.count(&text("alice")).unwrap(), 5);
-    assert_eq!(s.count(&text("bob")).unwrap(), 2);
-    let col = Query {
-        column: Some("users.email".into()),
-        ..Query::default()
-    };
-    assert_eq!(s.count(&col).unwrap(), 7);
+    assert_eq!(s.count(&statements_matching("alice")).unwrap(), 5);
+    assert_eq!(s.count(&statements_matching("bob")).unwrap(), 2);
+    assert_eq!(s.count(&reading("users.email")).unwrap(), 7);
     assert!(verify(&mut s, &keys(dir.path()), None).is_ok());
 }
 
@@ -446,18 +452,9 @@ fn a_file_from_the_earlier_layout_is_migrated_on_open() {
         !names.contains(&"audit_events_time".to_string()),
         "{names:?}"
     );
-    let text = |t: &str| Query {
-        text: Some(t.into()),
-        kind: Some("statement".into()),
-        ..Query::default()
-    };
-    assert_eq!(s.count(&text("alice")).unwrap(), 4);
-    assert_eq!(s.count(&text("bob")).unwrap(), 3);
-    let col = Query {
-        column: Some("users.email".into()),
-        ..Query::default()
-    };
-    assert_eq!(s.count(&col).unwrap(), 7);
+    assert_eq!(s.count(&statements_matching("alice")).unwrap(), 4);
+    assert_eq!(s.count(&statements_matching("bob")).unwrap(), 3);
+    assert_eq!(s.count(&reading("users.email")).unwrap(), 7);
     assert!(verify(&mut s, &keys(dir.path()), None).is_ok());
     drop(s);
     // The writer carries on in the migrated file; a second open changes nothing.
@@ -465,8 +462,8 @@ fn a_file_from_the_earlier_layout_is_migrated_on_open() {
     record(&w, 2, "bob", "production");
     w.shutdown().unwrap();
     let mut s = SqliteStore::open_existing(&db).unwrap();
-    assert_eq!(s.count(&text("bob")).unwrap(), 5);
-    assert_eq!(s.count(&col).unwrap(), 9);
+    assert_eq!(s.count(&statements_matching("bob")).unwrap(), 5);
+    assert_eq!(s.count(&reading("users.email")).unwrap(), 9);
     assert!(verify(&mut s, &keys(dir.path()), None).is_ok());
 }
 
