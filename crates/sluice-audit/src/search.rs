@@ -185,11 +185,20 @@ fn ulid_column(dialect: Dialect) -> &'static str {
 
 /// The search statement.
 pub(crate) fn build(q: &Query, dialect: Dialect) -> Sql {
-    let mut sql = Sql::new(
-        dialect,
-        "SELECT e.chain, e.seq, e.ulid, e.time_ms, e.code, e.environment, e.principal, e.target, \
-         e.decision, e.body FROM audit_events e WHERE 1=1",
-    );
+    // SQLite keeps a statement's body as a template plus values (the
+    // store joins them); PostgreSQL keeps bodies whole.
+    let select = match dialect {
+        Dialect::Sqlite => {
+            "SELECT e.chain, e.seq, e.ulid, e.time_ms, e.code, e.environment, e.principal, e.target, \
+             e.decision, e.body, t.body FROM audit_events e \
+             LEFT JOIN audit_body_templates t ON t.id = e.tpl WHERE 1=1"
+        }
+        Dialect::Postgres => {
+            "SELECT e.chain, e.seq, e.ulid, e.time_ms, e.code, e.environment, e.principal, e.target, \
+             e.decision, e.body FROM audit_events e WHERE 1=1"
+        }
+    };
+    let mut sql = Sql::new(dialect, select);
     filters(&mut sql, q, dialect);
     if let Some(c) = &q.cursor {
         let p = sql.bind(Param::Text(c.clone()));

@@ -404,8 +404,9 @@ fn retention_removes_the_shared_search_entries_it_no_longer_needs() {
 }
 
 /// A file written before statement shapes became a column of the event
-/// (they had a table of their own, and time ranges an index): opening it
-/// moves the shapes over, and search and verify find everything as before.
+/// (they had a table of their own, and time ranges an index) and before
+/// body templates: opening it moves the shapes over, and search and verify
+/// find everything as before.
 #[test]
 fn a_file_from_the_earlier_layout_is_migrated_on_open() {
     let dir = tempfile::tempdir().unwrap();
@@ -415,8 +416,24 @@ fn a_file_from_the_earlier_layout_is_migrated_on_open() {
     w.shutdown().unwrap();
     let db = dir.path().join("audit/audit.db");
     {
-        // Back to the earlier layout, as that version left it.
+        // Back to the earlier layout, as that version left it: whole bodies.
+        let mut s = SqliteStore::open_existing(&db).unwrap();
+        let chain = s.chains().unwrap()[0].chain.clone();
+        for r in s.read_chain(&chain, 0, 100).unwrap() {
+            s.connection()
+                .execute(
+                    "UPDATE audit_events SET body = ?1, tpl = NULL WHERE chain = ?2 AND seq = ?3",
+                    rusqlite::params![r.record.body, chain, r.record.seq as i64],
+                )
+                .unwrap();
+        }
+        drop(s);
         let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch(
+            "DROP TABLE audit_body_templates;
+             ALTER TABLE audit_events DROP COLUMN tpl;",
+        )
+        .unwrap();
         c.execute_batch(
             "CREATE TABLE audit_event_shapes (event_id INTEGER PRIMARY KEY, shape INTEGER NOT NULL);
              INSERT INTO audit_event_shapes SELECT id, shape FROM audit_events WHERE shape IS NOT NULL;
@@ -464,6 +481,16 @@ fn a_file_from_the_earlier_layout_is_migrated_on_open() {
     let mut s = SqliteStore::open_existing(&db).unwrap();
     assert_eq!(s.count(&statements_matching("bob")).unwrap(), 5);
     assert_eq!(s.count(&reading("users.email")).unwrap(), 9);
+    // Earlier rows keep their whole bodies; new ones use templates.
+    let templated: i64 = s
+        .connection()
+        .query_row(
+            "SELECT COUNT(*) FROM audit_events WHERE tpl IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(templated, 2);
     assert!(verify(&mut s, &keys(dir.path()), None).is_ok());
 }
 

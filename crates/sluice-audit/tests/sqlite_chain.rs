@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use sluice_audit::verify::{local_from_data_dir, verify};
-use sluice_audit::{AuditWriter, SqliteStore};
+use sluice_audit::{AuditWriter, SqliteStore, Store};
 
 fn db(dir: &Path) -> SqliteStore {
     SqliteStore::open_existing(&dir.join("audit/audit.db")).unwrap()
@@ -58,20 +58,22 @@ fn restart_continues_the_chain() {
 #[test]
 fn changed_body_is_detected() {
     let dir = trail();
-    let s = db(dir.path());
+    let mut s = db(dir.path());
     // Change the principal inside the body and fix the digest and column
     // too, as a careful attacker would: only the MAC can tell.
-    let body: String = s
-        .connection()
-        .query_row("SELECT body FROM audit_events WHERE seq = 5", [], |r| {
-            r.get(0)
-        })
+    let chain = s.chains().unwrap()[0].chain.clone();
+    let body = s.read_chain(&chain, 4, 1).unwrap()[0]
+        .record
+        .body
+        .clone()
         .unwrap();
     let forged = body.replace("\"alice\"", "\"mallory\"");
+    assert_ne!(forged, body);
     let digest = sluice_audit::chain::sha256(forged.as_bytes()).to_vec();
     s.connection()
         .execute(
-            "UPDATE audit_events SET body = ?1, digest = ?2, principal = 'mallory' WHERE seq = 5",
+            "UPDATE audit_events SET body = ?1, tpl = NULL, digest = ?2, principal = 'mallory'
+             WHERE seq = 5",
             rusqlite::params![forged, digest],
         )
         .unwrap();
@@ -83,14 +85,51 @@ fn changed_body_is_detected() {
 
 #[test]
 fn changed_body_without_digest_and_changed_column_are_detected() {
+    // A value of one statement (its duration).
     let dir = trail();
     let s = db(dir.path());
     exec(
         &s,
-        "UPDATE audit_events SET body = replace(body, 'alice', 'alicf') WHERE seq = 6",
+        "UPDATE audit_events SET body = replace(body, ',100', ',101') WHERE seq = 6",
     );
     let f = failure(dir.path());
     assert_eq!(f.seq, 6);
+    assert!(f.what.contains("digest"), "{f}");
+
+    // Values that no longer fit their template.
+    let dir = trail();
+    exec(
+        &db(dir.path()),
+        "UPDATE audit_events SET body = '[]' WHERE seq = 8",
+    );
+    let f = failure(dir.path());
+    assert_eq!(f.seq, 8);
+    assert!(f.what.contains("digest"), "{f}");
+
+    // The template several statements share: the first of them is named.
+    let dir = trail();
+    let s = db(dir.path());
+    exec(
+        &s,
+        "UPDATE audit_body_templates SET body = replace(body, 'alice', 'alicf')",
+    );
+    let first: i64 = s
+        .connection()
+        .query_row(
+            "SELECT MIN(seq) FROM audit_events WHERE tpl IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let f = failure(dir.path());
+    assert_eq!(f.seq, first as u64);
+    assert!(f.what.contains("digest"), "{f}");
+
+    // A template gone.
+    let dir = trail();
+    exec(&db(dir.path()), "DELETE FROM audit_body_templates");
+    let f = failure(dir.path());
+    assert_eq!(f.seq, first as u64);
     assert!(f.what.contains("digest"), "{f}");
 
     let dir = trail();
@@ -122,9 +161,9 @@ fn inserted_record_is_detected() {
         "UPDATE audit_events SET seq = -seq - 1 WHERE seq >= 8;
          UPDATE audit_events SET seq = -seq WHERE seq < 0;
          INSERT INTO audit_events (chain, seq, ulid, time_ms, code, environment, principal, target, session,
-           decision, fingerprint, digest, body, mac)
+           decision, fingerprint, digest, body, mac, tpl)
          SELECT chain, 8, ulid, time_ms, code, environment, principal, target, session, decision, fingerprint,
-           digest, body, mac FROM audit_events WHERE seq = 7;",
+           digest, body, mac, tpl FROM audit_events WHERE seq = 7;",
     );
     let f = failure(dir.path());
     assert_eq!(f.seq, 8, "{f}");
@@ -229,6 +268,19 @@ fn retention_keeps_the_trail_verifiable() {
     let c = &rep.chains[0];
     assert_eq!(c.cut_seq, 6);
     assert_eq!(c.removed_bodies, 3, "{c:?}");
+    // Templates of removed bodies go with them (they name principals);
+    // production's stay.
+    let templates = |env: &str| -> i64 {
+        s.connection()
+            .query_row(
+                "SELECT COUNT(*) FROM audit_body_templates WHERE environment = ?1",
+                [env],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(templates("development"), 0);
+    assert!(templates("production") > 0);
     // The retention itself is in the trail.
     let page = sluice_audit::Store::search(
         &mut s,

@@ -13,6 +13,7 @@ use crate::AuditError;
 
 pub mod postgres;
 pub mod sqlite;
+pub mod template;
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, ToSql};
 
-use super::{BatchEntry, ChainInfo, Entry, Store, StoredRecord};
+use super::{template, BatchEntry, ChainInfo, Entry, Store, StoredRecord};
 use crate::chain::Checkpoint;
 use crate::event::{EventBody, IndexFields, Record};
 use crate::search::{self, Dialect, Page, Param, Query};
@@ -24,8 +24,15 @@ CREATE TABLE IF NOT EXISTS audit_events (
     code TEXT NOT NULL, environment TEXT NOT NULL, principal TEXT NOT NULL,
     target TEXT NOT NULL, session TEXT NOT NULL, decision TEXT NOT NULL,
     fingerprint TEXT NOT NULL, digest BLOB NOT NULL, body TEXT, mac BLOB NOT NULL,
-    shape INTEGER,
+    shape INTEGER, tpl INTEGER,
     UNIQUE (chain, seq));
+-- A statement body is its template (tpl) with the values in body filled in
+-- (see store/template.rs); last_ms and last_seq tell retention when every
+-- event using it has had its body removed.
+CREATE TABLE IF NOT EXISTS audit_body_templates (
+    id INTEGER PRIMARY KEY, chain TEXT NOT NULL, environment TEXT NOT NULL,
+    last_ms INTEGER NOT NULL, last_seq INTEGER NOT NULL, body TEXT NOT NULL,
+    UNIQUE (chain, body));
 CREATE INDEX IF NOT EXISTS audit_events_ulid ON audit_events (ulid);
 CREATE INDEX IF NOT EXISTS audit_events_principal ON audit_events (principal, ulid);
 -- Time ranges use the ULID index (search adds the ULID bound); files made
@@ -62,16 +69,28 @@ INSERT OR IGNORE INTO audit_meta (key, value) VALUES ('schema', '1');
 
 /// Brings a file made by an earlier version up to [`SCHEMA`]: the shape of
 /// a statement event was a row of its own in `audit_event_shapes` (two
-/// more B-trees to write per event); it is now a column of the event.
+/// more B-trees to write per event); it is now a column of the event. Body
+/// templates came later (`tpl`): earlier rows keep their whole bodies.
 fn migrate(conn: &mut Connection) -> Result<(), AuditError> {
-    let has_shape = |c: &Connection| {
+    let has_column = |c: &Connection, name: &str| {
         c.query_row(
-            "SELECT COUNT(*) FROM pragma_table_info('audit_events') WHERE name = 'shape'",
-            [],
+            "SELECT COUNT(*) FROM pragma_table_info('audit_events') WHERE name = ?1",
+            [name],
             |r| r.get::<_, i64>(0),
         )
         .map(|n| n > 0)
     };
+    let has_shape = |c: &Connection| has_column(c, "shape");
+    if !has_column(conn, "tpl").map_err(db)? {
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        if !has_column(&tx, "tpl").map_err(db)? {
+            tx.execute_batch("ALTER TABLE audit_events ADD COLUMN tpl INTEGER;")
+                .map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+    }
     if !has_shape(conn).map_err(db)? {
         // IMMEDIATE: a second process opening the file waits, then sees the column.
         let tx = conn
@@ -110,6 +129,11 @@ pub struct SqliteStore {
     shapes: HashMap<String, i64>,
     /// Buffer for shape keys.
     key_buf: String,
+    /// `chain \n template` → template id, for templates in this file.
+    templates: HashMap<String, i64>,
+    /// Buffers for a body's template key and values.
+    template_buf: String,
+    values_buf: String,
 }
 
 /// Shapes the cache holds at most (it starts over beyond).
@@ -184,6 +208,45 @@ fn shape_id(
     Ok(shape)
 }
 
+/// The id of the template of `chain` not in the cache: from `new` (made or
+/// found earlier in this transaction), the table, or made now. `key` is the
+/// cache key, `chain \n template`.
+fn template_id(
+    tx: &rusqlite::Transaction<'_>,
+    key: &str,
+    chain: &str,
+    environment: &str,
+    time_ms: i64,
+    seq: i64,
+    new: &mut HashMap<String, i64>,
+) -> Result<i64, AuditError> {
+    if let Some(&id) = new.get(key) {
+        return Ok(id);
+    }
+    let template = key.get(chain.len() + 1..).unwrap_or_default();
+    let found: Option<i64> = tx
+        .prepare_cached("SELECT id FROM audit_body_templates WHERE chain = ?1 AND body = ?2")
+        .and_then(|mut st| {
+            st.query_row(params![chain, template], |r| r.get(0))
+                .optional()
+        })
+        .map_err(db)?;
+    let id = match found {
+        Some(id) => id,
+        None => {
+            tx.prepare_cached(
+                "INSERT INTO audit_body_templates (chain, environment, last_ms, last_seq, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut st| st.execute(params![chain, environment, time_ms, seq, template]))
+            .map_err(db)?;
+            tx.last_insert_rowid()
+        }
+    };
+    new.insert(key.to_string(), id);
+    Ok(id)
+}
+
 /// Deletes shapes no event refers to any more, with their objects and FTS
 /// rows (after retention removed or deleted events).
 const SHAPES_GC: &str = "
@@ -238,6 +301,9 @@ impl SqliteStore {
             conn,
             shapes: HashMap::new(),
             key_buf: String::new(),
+            templates: HashMap::new(),
+            template_buf: String::new(),
+            values_buf: String::new(),
         })
     }
 
@@ -259,6 +325,16 @@ impl SqliteStore {
     }
 }
 
+/// A stored body: whole, or the values of its template filled in. Values
+/// that do not fit their template (or a template gone) come back as they
+/// are, so the digest check names the record.
+pub(crate) fn full_body(body: Option<String>, template: Option<String>) -> Option<String> {
+    match (body, template) {
+        (Some(values), Some(t)) => Some(template::join(&t, &values).unwrap_or(values)),
+        (body, _) => body,
+    }
+}
+
 fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
     let seq: i64 = row.get(1)?;
     Ok(StoredRecord {
@@ -270,7 +346,7 @@ fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
             code: row.get(4)?,
             environment: row.get(5)?,
             digest: row.get(11)?,
-            body: row.get(12)?,
+            body: full_body(row.get(12)?, row.get(14)?),
             mac: row.get(13)?,
         },
         index: IndexFields {
@@ -337,13 +413,16 @@ impl Store for SqliteStore {
         let parsed = super::parse_bodies(batch);
         // Shapes found or made in this transaction; cached only once it commits.
         let mut new_shapes: HashMap<String, i64> = HashMap::new();
+        let mut new_templates: HashMap<String, i64> = HashMap::new();
+        // Templates used in this batch → the latest (time_ms, seq) using them.
+        let mut used_templates: HashMap<i64, (i64, i64)> = HashMap::new();
         let tx = self.conn.transaction().map_err(db)?;
         {
             let mut ins = tx
                 .prepare_cached(
                     "INSERT OR IGNORE INTO audit_events (chain, seq, ulid, time_ms, code, environment,
-                     principal, target, session, decision, fingerprint, digest, body, mac, shape)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                     principal, target, session, decision, fingerprint, digest, body, mac, shape, tpl)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
                 )
                 .map_err(db)?;
             let mut obj = tx
@@ -378,10 +457,46 @@ impl Store for SqliteStore {
                             }
                             _ => None,
                         };
+                        let seq = seq_i(r.seq);
+                        let template = match (ev, r.body.as_deref()) {
+                            (Some(EventBody::Statement(_)), Some(body)) => {
+                                self.template_buf.clear();
+                                self.template_buf.push_str(&r.chain);
+                                self.template_buf.push('\n');
+                                if template::split(
+                                    body,
+                                    &mut self.template_buf,
+                                    &mut self.values_buf,
+                                ) {
+                                    let id = match self.templates.get(self.template_buf.as_str()) {
+                                        Some(&id) => id,
+                                        None => template_id(
+                                            &tx,
+                                            &self.template_buf,
+                                            &r.chain,
+                                            &r.environment,
+                                            r.time_ms,
+                                            seq,
+                                            &mut new_templates,
+                                        )?,
+                                    };
+                                    let last = used_templates.entry(id).or_insert((r.time_ms, seq));
+                                    *last = (last.0.max(r.time_ms), last.1.max(seq));
+                                    Some(id)
+                                } else {
+                                    None
+                                }
+                            }
+                            _ => None,
+                        };
+                        let body = match template {
+                            Some(_) => Some(self.values_buf.as_str()),
+                            None => r.body.as_deref(),
+                        };
                         let n = ins
                             .execute(params![
                                 r.chain,
-                                seq_i(r.seq),
+                                seq,
                                 r.ulid,
                                 r.time_ms,
                                 r.code,
@@ -392,9 +507,10 @@ impl Store for SqliteStore {
                                 idx.decision,
                                 idx.fingerprint,
                                 r.digest,
-                                r.body,
+                                body,
                                 r.mac,
-                                shape
+                                shape,
+                                template
                             ])
                             .map_err(db)?;
                         if n == 0 {
@@ -425,6 +541,15 @@ impl Store for SqliteStore {
                         .map_err(db)?;
                     }
                 }
+            }
+            let mut touch = tx
+                .prepare_cached(
+                    "UPDATE audit_body_templates SET last_ms = MAX(last_ms, ?2), last_seq = MAX(last_seq, ?3)
+                     WHERE id = ?1",
+                )
+                .map_err(db)?;
+            for (id, (ms, seq)) in &used_templates {
+                touch.execute(params![id, ms, seq]).map_err(db)?;
             }
             let (sums, edges) = super::derive(&new_records);
             let mut up = tx
@@ -489,6 +614,10 @@ impl Store for SqliteStore {
             self.shapes.clear();
         }
         self.shapes.extend(new_shapes);
+        if self.templates.len() + new_templates.len() > SHAPE_CACHE {
+            self.templates.clear();
+        }
+        self.templates.extend(new_templates);
         Ok(())
     }
 
@@ -512,9 +641,10 @@ impl Store for SqliteStore {
         let mut st = self
             .conn
             .prepare_cached(
-                "SELECT chain, seq, ulid, time_ms, code, environment, principal, target, session,
-                 decision, fingerprint, digest, body, mac FROM audit_events
-                 WHERE chain = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                "SELECT e.chain, e.seq, e.ulid, e.time_ms, e.code, e.environment, e.principal, e.target,
+                 e.session, e.decision, e.fingerprint, e.digest, e.body, e.mac, t.body
+                 FROM audit_events e LEFT JOIN audit_body_templates t ON t.id = e.tpl
+                 WHERE e.chain = ?1 AND e.seq > ?2 ORDER BY e.seq LIMIT ?3",
             )
             .map_err(db)?;
         let rows = st
@@ -564,7 +694,7 @@ impl Store for SqliteStore {
                     r.get(6)?,
                     r.get(7)?,
                     r.get(8)?,
-                    r.get(9)?,
+                    full_body(r.get(9)?, r.get(10)?),
                 ))
             })
             .map_err(db)?;
@@ -694,13 +824,22 @@ impl Store for SqliteStore {
             .execute(
                 &format!(
                     "UPDATE audit_events SET body = NULL, principal = '', target = '', session = '',
-                     decision = '', fingerprint = '', shape = NULL WHERE {cond}"
+                     decision = '', fingerprint = '', shape = NULL, tpl = NULL WHERE {cond}"
                 ),
                 p,
             )
             .map_err(db)?;
         tx.execute_batch(SHAPES_GC).map_err(db)?;
         self.shapes.clear();
+        // Every event using such a template matched `cond`: the template
+        // records the latest time and seq that used it.
+        tx.execute(
+            "DELETE FROM audit_body_templates
+             WHERE chain = ?1 AND environment = ?2 AND last_ms < ?3 AND last_seq <= ?4",
+            p,
+        )
+        .map_err(db)?;
+        self.templates.clear();
         tx.commit().map_err(db)?;
         Ok(n as u64)
     }
