@@ -21,10 +21,6 @@
 //! `--verify` then runs `verify` on the trail and checks that text search
 //! and the usage aggregates match what was recorded, exactly.
 
-// The allocator of the `sluice` binary, so the figures are the writer's there.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

@@ -166,13 +166,6 @@ enum LogFormat {
     Json,
 }
 
-/// mimalloc for Rust allocations: the proxy's per-message buffers and the
-/// audit writer's batches are many short-lived blocks, which glibc's
-/// malloc serves with more CPU (consolidation, arena locks) and more heap
-/// growth. C code (SQLite) keeps glibc's malloc, tuned below.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     bound_heap_growth();
     let cli = Cli::parse();
@@ -497,7 +490,6 @@ fn start_workers(count: usize) -> anyhow::Result<Vec<tokio::runtime::Handle>> {
     Ok(handles)
 }
 
-/// For what still uses glibc's malloc (SQLite, pg_query's C parser):
 /// glibc raises its mmap threshold each time a large block is freed, after
 /// which buffers of up to 32 MiB come from the heap and fragment it: a proxy
 /// that streams gigabytes with bounded buffers would still see its memory
