@@ -47,12 +47,23 @@ fn intact_trail_verifies() {
 #[test]
 fn restart_continues_the_chain() {
     let dir = trail();
+    let templates = |s: &SqliteStore| -> i64 {
+        s.connection()
+            .query_row("SELECT COUNT(*) FROM audit_body_templates", [], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    };
+    let before = templates(&db(dir.path()));
     let w = AuditWriter::start(&config(), dir.path()).unwrap();
     write(&w, 5, "bob", "staging");
+    // Statements seen before the restart find their templates again.
+    write(&w, 5, "alice", "production");
     w.shutdown().unwrap();
     let mut s = db(dir.path());
+    assert_eq!(templates(&s), before + 5);
     let r = verify(&mut s, &keys(dir.path()), None).unwrap();
-    assert_eq!(r.chains[0].head_seq, 30);
+    assert_eq!(r.chains[0].head_seq, 35);
 }
 
 #[test]

@@ -138,6 +138,10 @@ pub struct SqliteStore {
 
 /// Shapes the cache holds at most (it starts over beyond).
 const SHAPE_CACHE: usize = 65_536;
+/// Templates the cache holds at most (it starts over beyond): keys are
+/// whole templates (about 500 bytes), so fewer than shapes; a miss costs
+/// one lookup in the table's unique index.
+const TEMPLATE_CACHE: usize = 4096;
 
 /// The shape key of an event whose search text and objects are shared
 /// through `audit_shapes`: statements without literal text (their search
@@ -614,7 +618,7 @@ impl Store for SqliteStore {
             self.shapes.clear();
         }
         self.shapes.extend(new_shapes);
-        if self.templates.len() + new_templates.len() > SHAPE_CACHE {
+        if self.templates.len() + new_templates.len() > TEMPLATE_CACHE {
             self.templates.clear();
         }
         self.templates.extend(new_templates);
