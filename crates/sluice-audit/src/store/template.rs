@@ -65,16 +65,9 @@ fn split_into(body: &str, template: &mut String, values: &mut String) -> Option<
         } else {
             template.push_str(value);
         }
-        match b.get(value_end) {
-            Some(b',') => {
-                template.push(',');
-                i = value_end + 1;
-            }
-            Some(b'}') if value_end + 1 == b.len() => {
-                template.push('}');
-                break;
-            }
-            _ => return None,
+        match next_member(b, value_end, template)? {
+            Some(next) => i = next,
+            None => break,
         }
     }
     values.push(']');
@@ -118,20 +111,29 @@ pub fn join(template: &str, values: &str) -> Option<String> {
             out.push_str(template.get(value_start..end)?);
             end
         };
-        match t.get(next) {
-            Some(b',') => {
-                out.push(',');
-                i = next + 1;
-            }
-            Some(b'}') if next + 1 == t.len() => {
-                out.push('}');
-                break;
-            }
-            _ => return None,
+        match next_member(t, next, &mut out)? {
+            Some(next) => i = next,
+            None => break,
         }
     }
     // Every value used, none left over.
     (v.get(vi) == Some(&b']') && vi + 1 == v.len()).then_some(out)
+}
+
+/// What follows the member ending at `b[at]`, copied to `out`: a `,` and
+/// the start of the next member, or the closing `}` at the very end (`None`).
+fn next_member(b: &[u8], at: usize, out: &mut String) -> Option<Option<usize>> {
+    match b.get(at) {
+        Some(b',') => {
+            out.push(',');
+            Some(Some(at + 1))
+        }
+        Some(b'}') if at + 1 == b.len() => {
+            out.push('}');
+            Some(None)
+        }
+        _ => None,
+    }
 }
 
 fn is_scalar(first: u8) -> bool {
