@@ -482,14 +482,10 @@ fn a_file_from_the_earlier_layout_is_migrated_on_open() {
     assert_eq!(s.count(&statements_matching("bob")).unwrap(), 5);
     assert_eq!(s.count(&reading("users.email")).unwrap(), 9);
     // Earlier rows keep their whole bodies; new ones use templates.
-    let templated: i64 = s
-        .connection()
-        .query_row(
-            "SELECT COUNT(*) FROM audit_events WHERE tpl IS NOT NULL",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let templated = number(
+        &s,
+        "SELECT COUNT(*) FROM audit_events WHERE tpl IS NOT NULL",
+    );
     assert_eq!(templated, 2);
     assert!(verify(&mut s, &keys(dir.path()), None).is_ok());
 }

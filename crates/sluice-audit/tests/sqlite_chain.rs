@@ -47,13 +47,7 @@ fn intact_trail_verifies() {
 #[test]
 fn restart_continues_the_chain() {
     let dir = trail();
-    let templates = |s: &SqliteStore| -> i64 {
-        s.connection()
-            .query_row("SELECT COUNT(*) FROM audit_body_templates", [], |r| {
-                r.get(0)
-            })
-            .unwrap()
-    };
+    let templates = |s: &SqliteStore| number(s, "SELECT COUNT(*) FROM audit_body_templates");
     let before = templates(&db(dir.path()));
     let w = AuditWriter::start(&config(), dir.path()).unwrap();
     write(&w, 5, "bob", "staging");
@@ -124,14 +118,10 @@ fn changed_body_without_digest_and_changed_column_are_detected() {
         &s,
         "UPDATE audit_body_templates SET body = replace(body, 'alice', 'alicf')",
     );
-    let first: i64 = s
-        .connection()
-        .query_row(
-            "SELECT MIN(seq) FROM audit_events WHERE tpl IS NOT NULL",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let first = number(
+        &s,
+        "SELECT MIN(seq) FROM audit_events WHERE tpl IS NOT NULL",
+    );
     let f = failure(dir.path());
     assert_eq!(f.seq, first as u64);
     assert!(f.what.contains("digest"), "{f}");
@@ -281,14 +271,11 @@ fn retention_keeps_the_trail_verifiable() {
     assert_eq!(c.removed_bodies, 3, "{c:?}");
     // Templates of removed bodies go with them (they name principals);
     // production's stay.
-    let templates = |env: &str| -> i64 {
-        s.connection()
-            .query_row(
-                "SELECT COUNT(*) FROM audit_body_templates WHERE environment = ?1",
-                [env],
-                |r| r.get(0),
-            )
-            .unwrap()
+    let templates = |env: &str| {
+        number(
+            &s,
+            &format!("SELECT COUNT(*) FROM audit_body_templates WHERE environment = '{env}'"),
+        )
     };
     assert_eq!(templates("development"), 0);
     assert!(templates("production") > 0);

@@ -80,6 +80,13 @@ pub fn session_start(who: &str) -> EventBody {
     })
 }
 
+/// The single number a query on the store's file answers (`SELECT COUNT(*) …`).
+pub fn number(s: &sluice_audit::SqliteStore, sql: &str) -> i64 {
+    s.connection()
+        .query_row(sql, [], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
 /// Keys from the data dir's key file.
 pub fn keys(data_dir: &Path) -> Vec<ChainKeys> {
     read_key_file(&data_dir.join("audit/initial.key")).expect("key file")
