@@ -791,6 +791,11 @@ pub struct Limits {
     pub shutdown_timeout_secs: u64,
     /// Threads that run sessions; 0 means one per CPU.
     pub workers: usize,
+    /// Longest statement text Sluice parses, in bytes. Parsing takes
+    /// hundreds of bytes of memory per byte of a pathological text, so a
+    /// longer one is not parsed: it counts as unparseable (refused in
+    /// production by the built-in guardrails, flagged elsewhere).
+    pub max_statement_size: usize,
 }
 
 impl Default for Limits {
@@ -802,6 +807,7 @@ impl Default for Limits {
             connect_timeout_secs: 5,
             shutdown_timeout_secs: 30,
             workers: 0,
+            max_statement_size: 256 << 10,
         }
     }
 }

@@ -164,6 +164,8 @@ impl Allowed {
 pub struct Guard<'a> {
     /// `[policy] enabled`: when false everything is allowed unexamined.
     pub enabled: bool,
+    /// `limits.max_statement_size`: longer texts are not parsed.
+    pub max_statement_size: usize,
     /// The verdict for everything when the guard is off.
     unjudged: Arc<Allowed>,
     engine: &'a PolicyEngine,
@@ -211,6 +213,7 @@ impl<'a> Guard<'a> {
         );
         Guard {
             enabled: true,
+            max_statement_size: usize::MAX,
             unjudged: Arc::new(Allowed::default()),
             engine,
             entities,
@@ -257,10 +260,7 @@ impl<'a> Guard<'a> {
                 .and_then(|at| text.get(at..at + 4))
                 .is_some_and(|w| w.eq_ignore_ascii_case(b"copy"));
             if copy {
-                if let Some(a) = std::str::from_utf8(text)
-                    .ok()
-                    .and_then(|t| sluice_sql::analyze(t, sluice_sql::Dialect::default()).ok())
-                {
+                if let Some(a) = std::str::from_utf8(text).ok().and_then(|t| self.analyze(t)) {
                     return Verdict::Allow(Arc::new(Allowed::of(
                         Some(&a),
                         self.unjudged.info.clone(),
@@ -367,12 +367,20 @@ impl<'a> Guard<'a> {
         verdict
     }
 
+    /// The analysis of a text, `None` when it cannot be parsed or is too
+    /// long to parse safely.
+    fn analyze(&self, text: &str) -> Option<sluice_sql::Analysis> {
+        if text.len() > self.max_statement_size {
+            return None;
+        }
+        sluice_sql::analyze(text, sluice_sql::Dialect::default()).ok()
+    }
+
     /// Analyse and decide; also says whether the verdict holds for the whole template.
     fn judge(&mut self, text: Option<&[u8]>) -> (Verdict, bool) {
         Metrics::inc(&self.metrics.statements_checked_total);
         let text = text.and_then(|t| std::str::from_utf8(t).ok());
-        let analysis =
-            text.and_then(|t| sluice_sql::analyze(t, sluice_sql::Dialect::default()).ok());
+        let analysis = text.and_then(|t| self.analyze(t));
         let info = Arc::new(StatementInfo::of(text.unwrap_or(""), analysis.as_ref()));
         // A search_path set in this very string applies to its own statements.
         if let Some(a) = &analysis {

@@ -141,6 +141,20 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
         }
     };
 
+    // Sluice parses with standard_conforming_strings on; a server that reads
+    // '\'' differently (set by ALTER DATABASE/ROLE … SET) would run what
+    // Sluice took for a string literal.
+    if let Some(value) = frontend::params::nonstandard_strings(&up.server_params) {
+        tracing::warn!(%peer, user = %principal.name, target = %target.name, value, "upstream session reads strings non-standardly; refused");
+        let err = SessionError::fatal_hint(
+            "42501",
+            format!("sluice: target \"{}\" starts sessions with standard_conforming_strings = {value}, which Sluice does not support", target.name),
+            "ask your administrator to reset standard_conforming_strings for this database and role",
+        );
+        frontend::refuse(&mut stream, &err).await;
+        return;
+    }
+
     let (client_key, _cancel_guard) = rt.cancels.register(CancelTarget {
         upstream: target.upstream.clone(),
         tls: up.stream.is_tls(),
@@ -174,9 +188,9 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
     Metrics::inc(&rt.metrics.sessions_total);
     rt.metrics.sessions_active.fetch_add(1, Relaxed);
     tracing::info!(
-        %peer, user = %principal.name, kind = %principal.kind, method = principal.method,
+        %peer, user = ?principal.name, kind = %principal.kind, method = principal.method,
         target = %target.name, environment = %target.environment,
-        application_name = %application_name, tls = stream.is_tls(),
+        application_name = ?application_name, tls = stream.is_tls(),
         "session started"
     );
 
@@ -228,12 +242,11 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
 
     let mut guard = Guard::new(&rt.policy, &principal, &target, &application_name, metrics);
     guard.enabled = rt.config.policy.enabled;
+    guard.max_statement_size = rt.config.limits.max_statement_size;
     guard.client_address = peer.ip().to_string();
     guard.upstream_user = target.user.clone();
-    let start_path = upstream_params
-        .iter()
-        .find(|(k, _)| k == "search_path")
-        .map(|(_, v)| {
+    let start_path = frontend::params::startup_search_path(&upstream_params)
+        .map(|v| {
             v.split(',')
                 .map(|s| s.trim().trim_matches('"').to_owned())
                 .filter(|s| !s.is_empty())
@@ -987,14 +1000,20 @@ impl<'a> UpstreamWalk<'a> {
                     }
                 }
                 backend::PARAMETER_STATUS => {
-                    if let Ok(("client_encoding", value)) =
-                        sluice_wire::messages::parameter_status::decode(body)
-                    {
-                        if !crate::frontend::params::encoding_allowed(value) {
+                    match sluice_wire::messages::parameter_status::decode(body) {
+                        Ok(("client_encoding", value))
+                            if !crate::frontend::params::encoding_allowed(value) =>
+                        {
                             break Walked::Violation(format!(
                                 "client_encoding was changed to \"{value}\", which Sluice does not support; use UTF8"
                             ));
                         }
+                        Ok(("standard_conforming_strings", value)) if value != "on" => {
+                            break Walked::Violation(format!(
+                                "standard_conforming_strings was changed to \"{value}\", which Sluice does not support"
+                            ));
+                        }
+                        _ => {}
                     }
                 }
                 _ => {}

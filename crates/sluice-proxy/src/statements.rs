@@ -508,7 +508,7 @@ impl<'a> Statements<'a> {
         if rows == RowsEffect::Uncountable {
             return Some(self.refuse_own(
                 "rows-affected-limit",
-                &format!("Sluice cannot count the rows this statement updates or deletes (a data-modifying WITH, COPY of a DELETE, EXPLAIN ANALYZE), and this target allows at most {limit} per statement"),
+                &format!("Sluice cannot count the rows this statement updates or deletes (a data-modifying WITH, COPY of a DELETE, EXPLAIN ANALYZE, an INSERT … SELECT … ON CONFLICT DO UPDATE), and this target allows at most {limit} per statement"),
                 hint,
             ));
         }

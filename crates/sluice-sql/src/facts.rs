@@ -203,6 +203,18 @@ pub struct StatementFacts {
     /// `WHERE 1 = 2`, `set_config('role', …)`): such a statement's verdict
     /// must not be reused for another statement with the same template.
     pub literal_sensitive: bool,
+    /// `INSERT … ON CONFLICT DO UPDATE`: where its rows come from.
+    pub upsert: Option<Upsert>,
+}
+
+/// Where the rows of an upsert come from, which bounds what it updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upsert {
+    /// A VALUES list: it updates at most as many rows as the client wrote.
+    Values,
+    /// A query: it may update any number of rows, and its tag (`INSERT 0 n`)
+    /// does not tell updated rows from inserted ones.
+    Query,
 }
 
 /// The analysis of a whole query string.
@@ -272,6 +284,9 @@ impl StatementFacts {
         if !self.writes() || self.prepares.is_some() || self.explain_only {
             return RowsEffect::None;
         }
+        if self.upsert == Some(Upsert::Values) && self.dml_count == 1 {
+            return RowsEffect::None;
+        }
         if matches!(self.kind, Some(Kind::Update | Kind::Delete)) && self.dml_count == 1 {
             RowsEffect::Countable
         } else {
@@ -282,6 +297,9 @@ impl StatementFacts {
     /// For `PREPARE`: the rows effect of the statement it prepares.
     pub fn prepared_rows_effect(&self) -> RowsEffect {
         if self.prepares.is_none() || !self.writes() {
+            return RowsEffect::None;
+        }
+        if self.upsert == Some(Upsert::Values) && self.dml_count == 1 {
             return RowsEffect::None;
         }
         if matches!(self.prepared_kind, Some(Kind::Update | Kind::Delete)) && self.dml_count == 1 {

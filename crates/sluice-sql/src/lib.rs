@@ -12,10 +12,13 @@
 
 mod columns;
 mod facts;
+mod normalize;
+mod sweep;
 mod template;
 mod walk;
 
-pub use facts::{Analysis, CopyFormat, CopyOut, Kind, Risk, RowsEffect, StatementFacts};
+pub use facts::{Analysis, CopyFormat, CopyOut, Kind, Risk, RowsEffect, StatementFacts, Upsert};
+pub use normalize::{normalize, redact_secrets};
 pub use template::template;
 pub use walk::default_search_path;
 
@@ -49,7 +52,7 @@ pub fn fingerprint_and_normalize(sql: &str) -> (String, String) {
     let fingerprint = pg_query::fingerprint(sql, 0, 0)
         .map(|f| f.hex)
         .unwrap_or_default();
-    let normalized = pg_query::normalize(sql).unwrap_or_default();
+    let normalized = normalize::normalize(sql).unwrap_or_default();
     (fingerprint, normalized)
 }
 
@@ -76,6 +79,14 @@ mod tests {
         assert!(!reusable(
             "select set_config('application_name', 'x', false)"
         ));
+        // Literals that change what happens: the path, whether EXPLAIN
+        // runs the statement, how COPY writes its data.
+        assert!(!reusable("set search_path = 'hr'"));
+        assert!(!reusable(
+            "explain (analyze 'off') delete from t where id > 0"
+        ));
+        assert!(!reusable("copy t to stdout (delimiter ';')"));
+        assert!(reusable("explain delete from t where id > 0"));
     }
 
     #[test]
@@ -118,6 +129,22 @@ mod rows_effect_tests {
         assert_eq!(
             effect("merge into t using s on t.id = s.id when matched then delete"),
             RowsEffect::Countable
+        );
+        // An upsert from VALUES updates at most the rows written out; one
+        // from a query may update any number, uncounted by `INSERT 0 n`.
+        assert_eq!(
+            effect("insert into t values (1, 'x') on conflict (id) do update set v = excluded.v"),
+            RowsEffect::None
+        );
+        assert_eq!(
+            effect(
+                "insert into t select id, 'x' from t on conflict (id) do update set v = excluded.v"
+            ),
+            RowsEffect::Uncountable
+        );
+        assert_eq!(
+            effect("insert into t select id from u on conflict do nothing"),
+            RowsEffect::None
         );
         assert_eq!(effect("execute p(1)"), RowsEffect::None);
         assert_eq!(

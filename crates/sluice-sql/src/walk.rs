@@ -22,6 +22,7 @@ pub fn statements(tree: &protobuf::ParseResult, sql: &str) -> Vec<StatementFacts
                 ..StatementFacts::default()
             };
             visit(node, &mut facts);
+            complete(node, &mut facts);
             let columns = crate::columns::of_statement(node);
             facts.columns_read = columns.read;
             facts.columns_written = columns.written;
@@ -50,6 +51,8 @@ pub fn statements(tree: &protobuf::ParseResult, sql: &str) -> Vec<StatementFacts
 fn top_kind(node: &NodeEnum) -> Kind {
     use NodeEnum as N;
     match node {
+        // SELECT … INTO creates a table, like CREATE TABLE AS.
+        N::SelectStmt(s) if s.into_clause.is_some() => Kind::Ddl,
         N::SelectStmt(_) => Kind::Select,
         N::InsertStmt(_) => Kind::Insert,
         N::UpdateStmt(_) | N::MergeStmt(_) => Kind::Update,
@@ -75,9 +78,7 @@ fn top_kind(node: &NodeEnum) -> Kind {
         | N::ClusterStmt(_)
         | N::ReindexStmt(_)
         | N::CheckPointStmt(_)
-        | N::LoadStmt(_)
-        | N::AlterDatabaseSetStmt(_)
-        | N::AlterDatabaseStmt(_) => Kind::Admin,
+        | N::LoadStmt(_) => Kind::Admin,
         N::VariableSetStmt(s) if is_identity_setting(&s.name) && !is_reset(s.kind) => Kind::Admin,
         N::TransactionStmt(_)
         | N::VariableSetStmt(_)
@@ -138,12 +139,32 @@ fn visit_one(n: NodeRef<'_>, facts: &mut StatementFacts) {
             facts.tables_read.insert(relation_name(rv));
         }
         NodeRef::TransactionStmt(_) => facts.transaction_control = true,
-        NodeRef::ExplainStmt(e) => facts.explain_only = !explain_analyzes(e),
+        NodeRef::ExplainStmt(e) => {
+            facts.explain_only = !explain_analyzes(e, &mut facts.literal_sensitive)
+        }
         NodeRef::InsertStmt(s) => {
             facts.dml_count += 1;
             facts.actions.insert(Kind::Insert);
             if let Some(rv) = &s.relation {
                 facts.tables_written.insert(relation_name(rv));
+            }
+            let updates = s
+                .on_conflict_clause
+                .as_ref()
+                .is_some_and(|c| c.action == protobuf::OnConflictAction::OnconflictUpdate as i32);
+            if updates {
+                // An upsert updates rows: as many as a VALUES list has rows,
+                // or as many as a query returns.
+                facts.actions.insert(Kind::Update);
+                let from_values = matches!(
+                    s.select_stmt.as_deref().and_then(|n| n.node.as_ref()),
+                    Some(NodeEnum::SelectStmt(sel)) if !sel.values_lists.is_empty()
+                );
+                facts.upsert = Some(if from_values {
+                    crate::facts::Upsert::Values
+                } else {
+                    crate::facts::Upsert::Query
+                });
             }
         }
         NodeRef::UpdateStmt(s) => filtered_write(
@@ -165,6 +186,13 @@ fn visit_one(n: NodeRef<'_>, facts: &mut StatementFacts) {
                 .extend([Kind::Insert, Kind::Update, Kind::Delete]);
             if let Some(rv) = &s.relation {
                 facts.tables_written.insert(relation_name(rv));
+            }
+            // `ON true` matches every row of the target.
+            if s.join_condition
+                .as_deref()
+                .is_none_or(|c| unfiltered(c, &mut facts.literal_sensitive))
+            {
+                facts.risks.insert(Risk::UnfilteredWrite);
             }
         }
         NodeRef::TruncateStmt(s) => {
@@ -200,6 +228,9 @@ fn visit_one(n: NodeRef<'_>, facts: &mut StatementFacts) {
                 .insert(format!("database {}", s.dbname));
         }
         NodeRef::CopyStmt(s) => {
+            // Its options are literals (`DELIMITER ';'`, `HEADER 'false'`)
+            // that decide how masking reads the data: no verdict reuse.
+            facts.literal_sensitive = true;
             facts.actions.insert(if s.is_from {
                 Kind::CopyIn
             } else {
@@ -223,6 +254,8 @@ fn visit_one(n: NodeRef<'_>, facts: &mut StatementFacts) {
         }
         NodeRef::VariableSetStmt(s) => {
             if s.name.eq_ignore_ascii_case("search_path") {
+                // The path differs by literal: no verdict reuse across them.
+                facts.literal_sensitive = true;
                 facts.search_path = Some(search_path_of(s));
             } else if s.kind == protobuf::VariableSetKind::VarResetAll as i32 {
                 facts.search_path = Some(default_search_path());
@@ -287,7 +320,6 @@ fn visit_one(n: NodeRef<'_>, facts: &mut StatementFacts) {
         NodeRef::DiscardStmt(s) => {
             facts.deallocates_all |= s.target == protobuf::DiscardMode::DiscardAll as i32;
         }
-        NodeRef::FuncCall(f) => function(f, facts),
         _ => {}
     }
     if facts.kind == Some(Kind::Ddl) || matches!(facts.kind, Some(Kind::Drop)) {
@@ -410,9 +442,11 @@ fn split_search_path(value: &str) -> Vec<String> {
 }
 
 /// True for EXPLAIN (ANALYZE [true]) and EXPLAIN ANALYZE: the statement runs.
-fn explain_analyzes(e: &protobuf::ExplainStmt) -> bool {
+fn explain_analyzes(e: &protobuf::ExplainStmt, sensitive: &mut bool) -> bool {
     e.options.iter().any(|o| match o.node.as_ref() {
         Some(NodeEnum::DefElem(d)) if d.defname.eq_ignore_ascii_case("analyze") => {
+            // `ANALYZE 'off'` and `ANALYZE 'on'` share a template.
+            *sensitive |= d.arg.is_some();
             match d.arg.as_deref().and_then(|a| a.node.as_ref()) {
                 None => true,
                 Some(NodeEnum::Boolean(b)) => b.boolval,
@@ -441,9 +475,54 @@ fn filtered_write(
     if let Some(rv) = relation {
         facts.tables_written.insert(relation_name(rv));
     }
-    if where_clause.is_none_or(|w| always_true(w, &mut facts.literal_sensitive)) {
+    if where_clause.is_none_or(|w| unfiltered(w, &mut facts.literal_sensitive)) {
         facts.risks.insert(Risk::UnfilteredWrite);
     }
+}
+
+/// A WHERE (or MERGE `ON`) that does not pick rows: always true, or a
+/// constant expression (`'t'::boolean`, `1 IN (1)`, `$1`) that names no
+/// column, so it holds for every row or for none. A constant that is
+/// always false (`1 = 0`, which ORMs write for an empty IN list) filters.
+fn unfiltered(w: &protobuf::Node, sensitive: &mut bool) -> bool {
+    if always_true(w, sensitive) {
+        return true;
+    }
+    crate::sweep::sweep(w).column_refs == 0 && !always_false(w, sensitive)
+}
+
+/// What only a complete pass over the tree finds (see `sweep.rs`): calls,
+/// relations and settings wherever they sit, and data changes that the
+/// walk above did not reach.
+fn complete(node: &NodeEnum, facts: &mut StatementFacts) {
+    let found = crate::sweep::sweep(node);
+    for call in &found.calls {
+        function(call, facts);
+    }
+    facts.tables_read.extend(found.relations);
+    for name in &found.settings {
+        setting(name, true, facts);
+    }
+    if found.do_blocks > 0 {
+        facts.risks.insert(Risk::DynamicCode);
+    }
+    if found.dml as u32 > facts.dml_count {
+        // A data change Sluice cannot place: count it, judge it unseen.
+        facts.dml_count = found.dml as u32;
+        facts.risks.insert(Risk::DynamicCode);
+    }
+    // Writing the system catalogs directly (as a superuser login can)
+    // changes privileges, row security or triggers without the statements
+    // that would be judged for it.
+    if facts.tables_written.iter().any(|t| is_catalog(t)) {
+        facts.risks.insert(Risk::Privileges);
+    }
+}
+
+/// `pg_catalog.x`, or an unqualified `pg_x` (pg_catalog is searched first).
+fn is_catalog(table: &str) -> bool {
+    let lower = table.to_ascii_lowercase();
+    lower.starts_with("pg_catalog.") || (!lower.contains('.') && lower.starts_with("pg_"))
 }
 
 fn setting(name: &str, sets_value: bool, facts: &mut StatementFacts) {
@@ -453,6 +532,18 @@ fn setting(name: &str, sets_value: bool, facts: &mut StatementFacts) {
     }
     if is_identity_setting(&lower) {
         facts.risks.insert(Risk::SetRole);
+    } else if matches!(
+        lower.as_str(),
+        "session_preload_libraries"
+            | "local_preload_libraries"
+            | "shared_preload_libraries"
+            | "dynamic_library_path"
+    ) {
+        // Loads a library into later sessions: LOAD by another name.
+        facts.risks.insert(Risk::LoadLibrary);
+    } else if lower == "session_replication_role" {
+        // `replica` switches off triggers and foreign-key checks.
+        facts.risks.insert(Risk::DisableTrigger);
     } else if matches!(
         lower.as_str(),
         "client_encoding" | "names" | "standard_conforming_strings" | "backslash_quote"
@@ -492,37 +583,22 @@ fn alter_table_cmd(c: &protobuf::AlterTableCmd, facts: &mut StatementFacts) {
     }
 }
 
-/// Functions whose names alone make a statement risky.
-fn function(f: &protobuf::FuncCall, facts: &mut StatementFacts) {
-    let parts: Vec<&str> = f
-        .funcname
-        .iter()
-        .filter_map(|n| match n.node.as_ref() {
-            Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
-            _ => None,
-        })
-        .collect();
-    let Some(base) = parts.last() else { return };
+/// What a call tells: its name, and for `set_config` the setting.
+fn function(call: &crate::sweep::Call, facts: &mut StatementFacts) {
+    let Some(base) = call.parts.last() else {
+        return;
+    };
     let base = base.to_ascii_lowercase();
-    facts.functions.insert(parts.join("."));
+    facts.functions.insert(call.parts.join("."));
     if base == "set_config" {
         facts.literal_sensitive = true;
-        let literal = |i: usize| {
-            f.args.get(i).and_then(|a| match a.node.as_ref() {
-                Some(NodeEnum::AConst(c)) => match &c.val {
-                    Some(a_const::Val::Sval(s)) => Some(s.sval.clone()),
-                    _ => None,
-                },
-                _ => None,
-            })
-        };
-        let first = literal(0);
+        let [first, second] = &call.literal_args;
         if first
             .as_deref()
             .is_some_and(|n| n.eq_ignore_ascii_case("search_path"))
         {
-            match literal(1) {
-                Some(value) => facts.search_path = Some(split_search_path(&value)),
+            match second {
+                Some(value) => facts.search_path = Some(split_search_path(value)),
                 // A computed path could name any schema.
                 None => {
                     facts.risks.insert(Risk::DynamicCode);
@@ -530,7 +606,7 @@ fn function(f: &protobuf::FuncCall, facts: &mut StatementFacts) {
             }
         }
         match first {
-            Some(name) => setting(&name, true, facts),
+            Some(name) => setting(name, true, facts),
             // A computed setting name could be anything.
             None => {
                 facts.risks.insert(Risk::DynamicCode);
@@ -556,7 +632,27 @@ pub fn function_risk(base: &str) -> Option<Risk> {
         | "pg_file_write"
         | "pg_file_rename"
         | "pg_file_unlink"
-        | "pg_logdir_ls" => Some(Risk::ServerFileFunction),
+        | "pg_file_sync"
+        | "pg_logdir_ls"
+        | "pg_ls_logicalsnapdir"
+        | "pg_ls_logicalmapdir"
+        | "pg_ls_replslotdir" => Some(Risk::ServerFileFunction),
+        // They run SQL given as text (or read whole tables and schemas
+        // named by a string), which Sluice cannot see before it runs.
+        "query_to_xml"
+        | "query_to_xmlschema"
+        | "query_to_xml_and_xmlschema"
+        | "table_to_xml"
+        | "table_to_xmlschema"
+        | "table_to_xml_and_xmlschema"
+        | "schema_to_xml"
+        | "schema_to_xmlschema"
+        | "schema_to_xml_and_xmlschema"
+        | "database_to_xml"
+        | "database_to_xmlschema"
+        | "database_to_xml_and_xmlschema"
+        | "ts_stat"
+        | "ts_rewrite" => Some(Risk::DynamicCode),
         b if b.starts_with("lo_") || matches!(b, "loread" | "lowrite") => Some(Risk::LargeObject),
         b if b.starts_with("dblink") || b.starts_with("postgres_fdw") => Some(Risk::Dblink),
         "pg_terminate_backend"
@@ -680,6 +776,24 @@ fn always_false(node: &protobuf::Node, sensitive: &mut bool) -> bool {
         }
         Some(NodeEnum::BoolExpr(b)) if b.boolop == BoolExprType::NotExpr as i32 => {
             b.args.first().is_some_and(|a| always_true(a, sensitive))
+        }
+        // `1 = 0`, `1 <> 1`
+        Some(NodeEnum::AExpr(e)) => {
+            let (Some(l), Some(r)) = (e.lexpr.as_deref(), e.rexpr.as_deref()) else {
+                return false;
+            };
+            let op = match e.name.as_slice() {
+                [n] => match n.node.as_ref() {
+                    Some(NodeEnum::String(s)) => s.sval.as_str(),
+                    _ => return false,
+                },
+                _ => return false,
+            };
+            if constant(l).is_none() || constant(r).is_none() {
+                return false;
+            }
+            *sensitive = true;
+            matches!(op, "=" | "<>" | "!=" | "<" | ">" | "<=" | ">=") && !compare_consts(l, r, op)
         }
         _ => false,
     }

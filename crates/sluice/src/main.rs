@@ -166,9 +166,23 @@ enum LogFormat {
     Json,
 }
 
+/// A command-line tool whose output is cut short (`sluice policy test … |
+/// head`) ends quietly, as Unix tools do, instead of panicking in
+/// `println!`. Not for `serve`, which must outlive a closed log pipe.
+fn quiet_broken_pipe() {
+    // SAFETY: called once at start-up, before any other thread exists;
+    // SIG_DFL is a valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     bound_heap_growth();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        quiet_broken_pipe();
+    }
     match cli.command {
         Command::Passwd => passwd(),
         Command::Policy(cmd) => policy(cmd),

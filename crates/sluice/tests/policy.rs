@@ -420,3 +420,211 @@ when { context.relations_written.contains("public.payroll") };"#,
         .unwrap();
     assert_eq!(pg.psql("app", "select amount from payroll"), "100");
 }
+
+/// Evasions a red team found: each ran through Sluice before and must now
+/// be refused, with nothing of it done.
+#[tokio::test(flavor = "multi_thread")]
+async fn hidden_role_changes_sql_in_strings_and_constant_conditions_are_refused() {
+    let (pg, sluice) = start_prod();
+    pg.psql(
+        "app",
+        "create role other nologin; grant other to sluice_scram",
+    );
+    let c = connect_to(&sluice, PROD).await;
+    for sql in [
+        "values (set_config('role', 'other', false))",
+        "select array[set_config('role', 'other', false)]",
+        "select set_config('role', 'other', false) collate \"C\"",
+        "begin; declare c cursor for select set_config('role', 'other', false); fetch all from c; commit",
+        "values (set_config('standard_conforming_strings', 'off', false))",
+        "select query_to_xml('select set_config(''role'', ''other'', false)', true, false, '')",
+        "merge into customers using (select 1) s on true when matched then delete",
+        "delete from customers where 1 in (1)",
+        "alter database app set role = 'other'",
+    ] {
+        let e = c.batch_execute(sql).await.unwrap_err();
+        assert_eq!(
+            e.as_db_error().map(|d| d.code().code()),
+            Some("42501"),
+            "{sql}: {e}"
+        );
+        c.batch_execute("rollback").await.unwrap();
+    }
+    let who = c.query_one("select current_user::text", &[]).await.unwrap();
+    assert_eq!(who.get::<_, String>(0), sluice_testkit::SCRAM_USER);
+    assert_eq!(count(&pg), "2");
+    assert_eq!(
+        pg.psql("app", "select count(*) from pg_db_role_setting"),
+        "0"
+    );
+
+    // A verdict for `ANALYZE 'off'` is not reused for `ANALYZE 'on'`.
+    c.batch_execute("explain (analyze 'off') delete from customers where id > 0")
+        .await
+        .unwrap();
+    let e = c
+        .batch_execute("explain (analyze 'on') delete from customers where id > 0")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.as_db_error().map(|d| d.code().code()),
+        Some("42501"),
+        "{e}"
+    );
+    assert_eq!(count(&pg), "2");
+}
+
+/// Sluice reads string literals with standard_conforming_strings on. A
+/// server session that reads them otherwise would run what Sluice took for
+/// a literal, so Sluice ends it, and refuses sessions that start that way.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_reads_backslashes_in_strings_is_refused() {
+    let (pg, sluice) = start_prod();
+    // A function made directly on the server, out of Sluice's sight.
+    pg.psql(
+        "app",
+        "create function flip() returns text language sql
+           as $$ select set_config('standard_conforming_strings', 'off', false) $$",
+    );
+    let c = connect_to(&sluice, TARGET).await;
+    let r = c.batch_execute("select flip()").await;
+    assert!(r.is_err(), "the session must end");
+    let e = c.batch_execute("select 1").await.unwrap_err();
+    assert!(e.is_closed(), "{e}");
+
+    pg.psql(
+        "app",
+        "alter database app set standard_conforming_strings = off",
+    );
+    let (ok, _, err) = psql_db(&sluice, TARGET, "select 1");
+    assert!(!ok);
+    assert!(
+        err.contains("standard_conforming_strings = off, which Sluice does not support"),
+        "{err}"
+    );
+    pg.psql(
+        "app",
+        "alter database app reset standard_conforming_strings",
+    );
+    let (ok, _, err) = psql_db(&sluice, TARGET, "select 1");
+    assert!(ok, "{err}");
+}
+
+/// Tables read where pg_query's own walk does not look, and search paths
+/// set at connect time or changed twice, still meet table policies.
+#[tokio::test(flavor = "multi_thread")]
+async fn table_policies_see_cursors_values_and_startup_search_paths() {
+    let pg = PgServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("payroll.cedar"),
+        r#"@id("no-payroll")
+@reason("hr.payroll is not readable through Sluice")
+forbid (principal, action, resource)
+when { context.relations_read.contains("hr.payroll") };"#,
+    )
+    .unwrap();
+    let config = format!(
+        "{}{}{}[policy]\ndir = \"{}\"\n",
+        listen(""),
+        target(TARGET, &pg.addr(), sluice_testkit::SCRAM_USER, "disable"),
+        user(USER, PASSWORD),
+        dir.path().display()
+    );
+    pg.psql(
+        "app",
+        "create schema hr authorization sluice_scram;
+         create table hr.payroll (name text, salary int); insert into hr.payroll values ('ceo', 999999);
+         alter table hr.payroll owner to sluice_scram;",
+    );
+    let sluice = SluiceProcess::builder(bin(), &config)
+        .env("TARGET_PW", sluice_testkit::SCRAM_PASSWORD)
+        .start();
+    let refused = |r: Result<(), tokio_postgres::Error>, sql: &str| {
+        let e = r.unwrap_err();
+        assert!(
+            e.as_db_error()
+                .is_some_and(|d| d.message().contains("no-payroll")),
+            "{sql}: {e}"
+        );
+    };
+    let c = connect(&sluice).await;
+    for sql in [
+        "begin; declare c cursor for select * from hr.payroll; fetch all from c; commit",
+        "values ((select salary from hr.payroll limit 1))",
+        "select array[(select salary from hr.payroll limit 1)]",
+    ] {
+        refused(c.batch_execute(sql).await, sql);
+        c.batch_execute("rollback").await.unwrap();
+    }
+    // Two SETs of one template: the second's path counts.
+    c.batch_execute("set search_path = 'public'").await.unwrap();
+    c.batch_execute("set search_path = 'hr'").await.unwrap();
+    refused(c.batch_execute("select * from payroll").await, "after set");
+
+    // A path given at connect time in `options`.
+    let conn = format!(
+        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={TARGET} sslmode=disable options='-c search_path=hr'",
+        sluice.pg_port()
+    );
+    let (c, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    refused(c.batch_execute("select * from payroll").await, "options");
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// A huge statement is not parsed (parsing would take hundreds of bytes of
+/// memory per byte): in production it is refused, and Sluice's memory
+/// stays flat; the session goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statement_too_long_to_parse_is_refused_cheaply() {
+    let (_pg, sluice) = start_prod();
+    let c = connect_to(&sluice, PROD).await;
+    c.batch_execute("select 1").await.unwrap();
+    let before = peak_rss_kib(sluice.pid());
+    let huge = format!("select {}", vec!["1"; 200_000].join(","));
+    let e = c.batch_execute(&huge).await.unwrap_err();
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "42501");
+    assert!(
+        db.message().contains("no-unparseable-in-production")
+            && db.message().contains("max_statement_size"),
+        "{}",
+        db.message()
+    );
+    let grown = peak_rss_kib(sluice.pid()).saturating_sub(before);
+    assert!(grown < 64 << 10, "peak RSS grew by {grown} KiB");
+    c.batch_execute("select 1").await.unwrap();
+}
+
+/// What a client sends is logged escaped: a newline in application_name
+/// cannot forge a log line.
+#[tokio::test(flavor = "multi_thread")]
+async fn client_values_cannot_forge_log_lines() {
+    let (_pg, sluice) = start_prod();
+    let conn = format!(
+        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={PROD} sslmode=disable application_name='x\nFORGED session started user=admin'",
+        sluice.pg_port()
+    );
+    let (c, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    c.batch_execute("select 1").await.unwrap();
+    let log = sluice.log();
+    assert!(log.contains("FORGED"), "the session was logged: {log}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("FORGED")),
+        "a client forged a log line: {log}"
+    );
+}

@@ -40,7 +40,7 @@ pub async fn authenticate(
         if p.name == user {
             return Ok(p);
         }
-        tracing::debug!(user, certificate = %p.name, "client certificate names another principal; asking for a password");
+        tracing::debug!(user = ?user, certificate = %p.name, "client certificate names another principal; asking for a password");
     }
     let local = rt.config.user(user);
     if local.is_none() && !rt.config.oidc.is_empty() {
@@ -98,14 +98,14 @@ async fn token(
     match result {
         Ok(v) => {
             if v.principal.name != user {
-                tracing::info!(user, principal = %v.principal.name, issuer = %v.issuer, "token sign-in under another startup user name; the token decides");
+                tracing::info!(user = ?user, principal = ?v.principal.name, issuer = %v.issuer, "token sign-in under another startup user name; the token decides");
             }
             Ok(v.principal)
         }
         Err(e) => {
             Metrics::inc(&rt.metrics.auth_failures_total);
             // The reason names what failed, never the token itself.
-            tracing::info!(user, reason = %e, detail = ?e, "token authentication failed");
+            tracing::info!(user = ?user, reason = %e, detail = ?e, "token authentication failed");
             Err(SessionError::fatal(
                 e.sqlstate(),
                 format!("sluice: token authentication failed for user \"{user}\": {e}"),

@@ -23,7 +23,7 @@ pub fn encoding_allowed(name: &str) -> bool {
 }
 
 fn check_setting(name: &str, value: &str) -> Result<(), SessionError> {
-    let lower = name.trim().to_ascii_lowercase().replace('-', "_");
+    let lower = setting_name(name);
     match lower.as_str() {
         "client_encoding" if !encoding_allowed(value) => Err(SessionError::fatal_hint(
             "22023",
@@ -72,10 +72,11 @@ fn split_options(options: &str) -> Vec<String> {
     out
 }
 
-/// Check an `options` string: only `-c name=value` and `--name=value` are
-/// accepted, each checked like a startup parameter.
-fn check_options(options: &str) -> Result<(), SessionError> {
+/// The `name=value` settings of an `options` string: only `-c name=value`
+/// and `--name=value` are accepted.
+fn option_settings(options: &str) -> Result<Vec<(String, String)>, SessionError> {
     let words = split_options(options);
+    let mut out = Vec::new();
     let mut it = words.iter();
     while let Some(w) = it.next() {
         let setting = if w == "-c" {
@@ -93,9 +94,53 @@ fn check_options(options: &str) -> Result<(), SessionError> {
                 ),
             ));
         };
-        check_setting(name, value)?;
+        out.push((name.to_owned(), value.to_owned()));
+    }
+    Ok(out)
+}
+
+/// Check an `options` string, each setting like a startup parameter.
+fn check_options(options: &str) -> Result<(), SessionError> {
+    for (name, value) in option_settings(options)? {
+        check_setting(&name, &value)?;
     }
     Ok(())
+}
+
+/// A setting's name as the server compares it.
+fn setting_name(name: &str) -> String {
+    name.trim().to_ascii_lowercase().replace('-', "_")
+}
+
+/// The search_path a session starts with when the client sets one: a
+/// `search_path` parameter, else the last one in `options` (the server
+/// applies `options` first, then the other parameters).
+pub fn startup_search_path(params: &[(String, String)]) -> Option<String> {
+    if let Some((_, v)) = params
+        .iter()
+        .rev()
+        .find(|(k, _)| setting_name(k) == "search_path")
+    {
+        return Some(v.clone());
+    }
+    params
+        .iter()
+        .filter(|(k, _)| k == "options")
+        .filter_map(|(_, v)| option_settings(v).ok())
+        .flatten()
+        .filter(|(n, _)| setting_name(n) == "search_path")
+        .map(|(_, v)| v)
+        .next_back()
+}
+
+/// The value of `standard_conforming_strings` the server reported at login,
+/// when it is not `on`: Sluice would read string literals differently.
+pub fn nonstandard_strings(server_params: &[(String, String)]) -> Option<&str> {
+    server_params
+        .iter()
+        .find(|(k, _)| k == "standard_conforming_strings")
+        .map(|(_, v)| v.as_str())
+        .filter(|v| *v != "on")
 }
 
 /// The settings Sluice itself sends upstream, so the database can see who
@@ -213,6 +258,41 @@ mod tests {
         assert_eq!(get("sluice.on_behalf_of"), Some("bob"));
         assert_eq!(get("sluice.attr.region"), Some("eu"));
         assert!(s.iter().all(|(k, _)| !k.contains("Bad")));
+    }
+
+    #[test]
+    fn search_path_from_parameters_and_options() {
+        let p = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        assert_eq!(startup_search_path(&p(&[("application_name", "x")])), None);
+        assert_eq!(
+            startup_search_path(&p(&[("options", "-c search_path=hr")])).as_deref(),
+            Some("hr")
+        );
+        assert_eq!(
+            startup_search_path(&p(&[("options", "--search-path=a,b -csearch_path=hr")]))
+                .as_deref(),
+            Some("hr")
+        );
+        assert_eq!(
+            startup_search_path(&p(&[
+                ("options", "-c search_path=hr"),
+                ("search_path", "app")
+            ]))
+            .as_deref(),
+            Some("app")
+        );
+        assert_eq!(
+            nonstandard_strings(&p(&[("standard_conforming_strings", "off")])),
+            Some("off")
+        );
+        assert_eq!(
+            nonstandard_strings(&p(&[("standard_conforming_strings", "on")])),
+            None
+        );
     }
 
     #[test]
