@@ -130,6 +130,22 @@ impl Kind {
         self as usize
     }
 
+    /// Can the value detectors find this kind inside a longer text? Names,
+    /// addresses, postal codes, dates of birth and national ids other than
+    /// SSNs are known only from the column they are in.
+    pub const fn found_by_detectors(self) -> bool {
+        !matches!(
+            self,
+            Kind::Name
+                | Kind::Address
+                | Kind::PostalCode
+                | Kind::DateOfBirth
+                | Kind::NationalId
+                | Kind::BankAccount
+                | Kind::Password
+        )
+    }
+
     /// Credentials and key material: knowing them grants access, so they are
     /// redacted by default and never partially shown.
     pub const fn is_secret(self) -> bool {

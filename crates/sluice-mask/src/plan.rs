@@ -36,6 +36,18 @@ pub mod oid {
     pub const DATE: u32 = 1082;
     /// `jsonb`
     pub const JSONB: u32 = 3802;
+    /// `record` (an anonymous row)
+    pub const RECORD: u32 = 2249;
+    /// `record[]`
+    pub const RECORD_ARRAY: u32 = 2287;
+    /// `anyarray` (`pg_stats.most_common_vals`, `histogram_bounds`)
+    pub const ANYARRAY: u32 = 2277;
+    /// `tsvector`
+    pub const TSVECTOR: u32 = 3614;
+    /// `tsquery`
+    pub const TSQUERY: u32 = 3615;
+    /// `jsonpath`
+    pub const JSONPATH: u32 = 4072;
     /// `text[]`, `varchar[]`, `bpchar[]`, `name[]`, `json[]`, `jsonb[]`, `xml[]`
     pub const TEXT_ARRAYS: [u32; 7] = [1009, 1015, 1014, 1003, 199, 3807, 143];
 }
@@ -67,8 +79,11 @@ pub enum ValueType {
     Jsonb,
     /// xml: binary = text.
     Xml,
-    /// Arrays of text-like types: text format scannable, binary not.
-    TextArray,
+    /// Arrays of text-like types and other values whose text form holds
+    /// text (records and composite types, `anyarray` as in `pg_stats`,
+    /// tsvector, tsquery, jsonpath, hstore): the text format is scanned,
+    /// the binary format cannot be masked.
+    Structured,
     /// date: binary = days since 2000-01-01 (i32).
     Date,
     /// inet: binary = family, bits, is_cidr, length, address.
@@ -90,7 +105,22 @@ impl ValueType {
             oid::XML => ValueType::Xml,
             oid::DATE => ValueType::Date,
             oid::INET => ValueType::Inet,
-            o if oid::TEXT_ARRAYS.contains(&o) => ValueType::TextArray,
+            o if oid::TEXT_ARRAYS.contains(&o) => ValueType::Structured,
+            oid::RECORD
+            | oid::RECORD_ARRAY
+            | oid::ANYARRAY
+            | oid::TSVECTOR
+            | oid::TSQUERY
+            | oid::JSONPATH => ValueType::Structured,
+            // The catalog lookup names composite types `record` (see
+            // sluice-proxy's catalog.rs); hstore has no fixed OID.
+            _ if matches!(
+                type_name.to_ascii_lowercase().as_str(),
+                "record" | "_record" | "hstore" | "_hstore"
+            ) =>
+            {
+                ValueType::Structured
+            }
             _ => match type_family(type_name) {
                 TypeFamily::Text => ValueType::Text,
                 TypeFamily::Json if type_name.to_ascii_lowercase().contains("jsonb") => {
@@ -98,7 +128,7 @@ impl ValueType {
                 }
                 TypeFamily::Json => ValueType::Json,
                 TypeFamily::Xml => ValueType::Xml,
-                TypeFamily::TextArray => ValueType::TextArray,
+                TypeFamily::TextArray => ValueType::Structured,
                 TypeFamily::Date => ValueType::Date,
                 TypeFamily::Inet => ValueType::Inet,
                 _ => ValueType::Other,
@@ -114,7 +144,7 @@ impl ValueType {
                 | ValueType::Json
                 | ValueType::Jsonb
                 | ValueType::Xml
-                | ValueType::TextArray
+                | ValueType::Structured
         )
     }
 }
@@ -188,7 +218,7 @@ fn fit_strategy(vt: ValueType, s: Strategy) -> Strategy {
             Strategy::FormatPreserving => Strategy::Token,
             Strategy::Redact => Strategy::Null,
         },
-        ValueType::Xml | ValueType::TextArray | ValueType::Other => Strategy::Null,
+        ValueType::Xml | ValueType::Structured | ValueType::Other => Strategy::Null,
     }
 }
 
@@ -208,8 +238,18 @@ impl Masker {
         let classified =
             || classify_column_in(col.table.as_deref(), &col.column, &col.pg_type_name);
         let mask = |kind: Kind, strategy: Option<Strategy>| {
-            if matches!(vt, ValueType::TextArray | ValueType::Xml) {
-                return ColumnPlan::Scan { value_type: vt };
+            if matches!(vt, ValueType::Structured | ValueType::Xml) {
+                // Masking the whole value would break its syntax, so the
+                // detectors look inside; what they cannot find (names,
+                // addresses, dates of birth) is withheld instead.
+                if kind.found_by_detectors() {
+                    return ColumnPlan::Scan { value_type: vt };
+                }
+                return ColumnPlan::Mask {
+                    kind,
+                    strategy: Strategy::Null,
+                    value_type: vt,
+                };
             }
             let s = strategy.unwrap_or_else(|| self.strategy_for(kind));
             ColumnPlan::Mask {
@@ -372,7 +412,7 @@ impl Masker {
                     _ => Outcome::Null,
                 }
             }
-            ValueType::Xml | ValueType::TextArray | ValueType::Other => Outcome::Null,
+            ValueType::Xml | ValueType::Structured | ValueType::Other => Outcome::Null,
         }
     }
 
@@ -437,13 +477,13 @@ impl Masker {
                 }
                 _ => Outcome::Unchanged,
             },
-            ValueType::TextArray if matches!(plan, ColumnPlan::Scan { .. }) => {
+            ValueType::Structured if matches!(plan, ColumnPlan::Scan { .. }) => {
                 match self.mask_binary_text_array(value, findings, report) {
                     Some(outcome) => outcome,
                     None => self.cannot(plan, report),
                 }
             }
-            ValueType::TextArray | ValueType::Other => match *plan {
+            ValueType::Structured | ValueType::Other => match *plan {
                 ColumnPlan::Mask {
                     kind,
                     strategy: Strategy::Null,
@@ -730,7 +770,7 @@ mod tests {
     fn binary_text_arrays_are_scanned_element_by_element() {
         let m = Masker::new(&[1u8; 32]);
         let plan = ColumnPlan::Scan {
-            value_type: ValueType::TextArray,
+            value_type: ValueType::Structured,
         };
         let (mut f, mut r) = (Vec::new(), MaskReport::default());
         let plain = text_array(&[Some("x"), None, Some("z")]);

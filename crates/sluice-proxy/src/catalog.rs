@@ -134,7 +134,13 @@ impl Catalog {
             let mut types = Vec::new();
             if !missing.types.is_empty() {
                 let mut sql = String::from(
-                    "SELECT oid::text, typname FROM pg_catalog.pg_type WHERE oid IN (",
+                    // Composite types (a table's row, `SELECT c FROM customers c`)
+                    // and arrays of them are named `record` / `_record`: masking
+                    // scans their text form.
+                    "SELECT t.oid::text, CASE WHEN t.typtype = 'c' THEN 'record' \
+                     WHEN e.typtype = 'c' THEN '_record' ELSE t.typname END \
+                     FROM pg_catalog.pg_type t LEFT JOIN pg_catalog.pg_type e ON e.oid = t.typelem \
+                     WHERE t.oid IN (",
                 );
                 for (i, oid) in missing.types.iter().enumerate() {
                     let sep = if i == 0 { "" } else { "," };

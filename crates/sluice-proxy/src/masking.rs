@@ -272,7 +272,7 @@ impl Masking {
                                 column,
                                 ColumnPlan::Mask {
                                     value_type: ValueType::Other
-                                        | ValueType::TextArray
+                                        | ValueType::Structured
                                         | ValueType::Xml,
                                     ..
                                 }

@@ -363,3 +363,80 @@ async fn values_a_type_cannot_mask_are_null_or_refused() {
     let r = c.query_one("select id from vault", &[]).await.unwrap();
     assert_eq!(r.get::<_, i32>(0), 1);
 }
+
+/// Values whose text form carries other values: whole rows, composite
+/// columns, `pg_stats` samples, text search vectors, COPY with options that
+/// share a template. A red team got raw PII out through each of these.
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_composites_statistics_and_arrays_are_masked() {
+    let (pg, sluice) = start_pii("");
+    pg.psql(
+        "app",
+        &format!(
+            "analyze customers;
+             create table households (id int, member_names text[]);
+             insert into households values (1, array['Alice Smith', 'Bob Jones']);
+             alter table households owner to {};",
+            sluice_testkit::SCRAM_USER
+        ),
+    );
+    let c = connect(&sluice).await;
+    let leaks =
+        |text: &str| text.contains(SSN) || text.contains(EMAIL) || text.contains("4111 1111");
+    for sql in [
+        "select c from customers c where id = 1",
+        "select row(email, ssn) from customers where id = 1",
+        "select array_agg(c) from customers c",
+        "select most_common_vals, histogram_bounds from pg_stats where tablename = 'customers'",
+        "select to_tsvector('simple', notes) from customers where id = 1",
+    ] {
+        let rows = simple_rows(&c.simple_query(sql).await.unwrap());
+        let text = format!("{rows:?}");
+        assert!(!leaks(&text), "{sql}: {text}");
+    }
+    // The row is still there, with its safe parts readable.
+    let rows = simple_rows(
+        &c.simple_query("select c from customers c where id = 1")
+            .await
+            .unwrap(),
+    );
+    let row = rows[0][0].clone().unwrap();
+    assert!(row.contains("gold"), "{row}");
+
+    // A classified array whose kind no detector finds is withheld whole.
+    let rows = simple_rows(
+        &c.simple_query("select id, member_names from households")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(rows[0][1], None, "{rows:?}");
+
+    // In binary, such values cannot be masked: NULL or refused, never raw.
+    match c.query("select c from customers c where id = 1", &[]).await {
+        Ok(rows) => assert!(rows.is_empty() || !format!("{rows:?}").contains(SSN)),
+        Err(e) => assert_eq!(
+            e.as_db_error().map(|d| d.code().code()),
+            Some("42501"),
+            "{e}"
+        ),
+    }
+
+    // Two COPYs that differ only in an option literal: the second is read
+    // with its own options.
+    for options in [
+        "(delimiter ',')",
+        "(delimiter ';')",
+        "(format csv, header 'true')",
+        "(format csv, header 'false')",
+    ] {
+        let sql = format!("copy (select id, email, ssn from customers) to stdout {options}");
+        let stream = c.copy_out(sql.as_str()).await.unwrap();
+        let chunks: Vec<_> = stream.collect().await;
+        let mut out = Vec::new();
+        for ch in chunks {
+            out.extend_from_slice(&ch.unwrap());
+        }
+        let text = String::from_utf8_lossy(&out);
+        assert!(!leaks(&text), "{sql}: {text}");
+    }
+}

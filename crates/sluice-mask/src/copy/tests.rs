@@ -252,7 +252,7 @@ fn binary_copy_round_trip() {
 fn binary_copy_fails_closed() {
     let m = Masker::new(&KEY);
     let arr = ColumnPlan::Scan {
-        value_type: ValueType::TextArray,
+        value_type: ValueType::Structured,
     };
     let masked_int = ColumnPlan::Mask {
         kind: Kind::Card,

@@ -306,7 +306,7 @@ fn plans() {
     assert_eq!(
         m.plan(&col("public", "users", "emails", "_text", 1009)),
         ColumnPlan::Scan {
-            value_type: ValueType::TextArray
+            value_type: ValueType::Structured
         }
     );
 }
