@@ -125,6 +125,77 @@ pub struct Masking {
     row_buf: Vec<u8>,
 }
 
+impl Masking {
+    /// A message outside the result rows with the sensitive values in its
+    /// text masked: the message, detail, hint and context of an
+    /// ErrorResponse or NoticeResponse (a unique violation's `Key
+    /// (email)=(…)`), a NOTIFY payload, and `application_name` in a
+    /// ParameterStatus (`set_config('application_name', ssn, …)`). `None`
+    /// when nothing was found or the message is not one of these.
+    pub fn out_of_band(&mut self, tag: u8, body: &[u8]) -> Option<Bytes> {
+        use sluice_wire::messages::{parameter_status, ErrorResponse};
+        use sluice_wire::tags::backend;
+        let mut report = std::mem::take(&mut self.report);
+        let mut scan = |text: &[u8]| {
+            self.masker
+                .mask_bytes_in_text(text, &mut self.findings, &mut report)
+        };
+        let out = match tag {
+            backend::ERROR_RESPONSE | backend::NOTICE_RESPONSE => {
+                let mut e = ErrorResponse::decode(body).ok()?;
+                let mut changed = false;
+                for (kind, value) in &mut e.fields {
+                    if matches!(*kind, b'M' | b'D' | b'H' | b'W' | b'q') {
+                        if let Some(m) = scan(value.as_bytes()) {
+                            *value = String::from_utf8_lossy(&m).into_owned();
+                            changed = true;
+                        }
+                    }
+                }
+                changed.then(|| {
+                    if tag == backend::ERROR_RESPONSE {
+                        e.encode()
+                    } else {
+                        e.encode_notice()
+                    }
+                })
+            }
+            backend::NOTIFICATION_RESPONSE => {
+                // process id, channel, payload
+                let pid = body.get(..4)?;
+                let rest = body.get(4..)?;
+                let channel_end = rest.iter().position(|&b| b == 0)?;
+                let payload = rest.get(channel_end + 1..)?;
+                let payload = payload.strip_suffix(&[0])?;
+                let masked = scan(payload)?;
+                let channel = &rest[..=channel_end];
+                let len = 4 + pid.len() + channel.len() + masked.len() + 1;
+                let mut m = BytesMut::with_capacity(1 + len);
+                m.extend_from_slice(&[backend::NOTIFICATION_RESPONSE]);
+                m.extend_from_slice(&u32::try_from(len).ok()?.to_be_bytes());
+                m.extend_from_slice(pid);
+                m.extend_from_slice(channel);
+                m.extend_from_slice(&masked);
+                m.extend_from_slice(&[0]);
+                Some(m.freeze())
+            }
+            backend::PARAMETER_STATUS => match parameter_status::decode(body).ok()? {
+                ("application_name", value) => {
+                    let masked = scan(value.as_bytes())?;
+                    Some(parameter_status::encode(
+                        "application_name",
+                        &String::from_utf8_lossy(&masked),
+                    ))
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        self.report = report;
+        out
+    }
+}
+
 /// What a DataRow became.
 pub enum RowOutcome {
     /// Forward it as it is.

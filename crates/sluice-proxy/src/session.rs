@@ -1018,6 +1018,23 @@ impl<'a> UpstreamWalk<'a> {
                 }
                 _ => {}
             }
+            if matches!(disposition, Disposition::Forward)
+                && matches!(
+                    header.tag,
+                    backend::ERROR_RESPONSE
+                        | backend::NOTICE_RESPONSE
+                        | backend::NOTIFICATION_RESPONSE
+                        | backend::PARAMETER_STATUS
+                )
+            {
+                if let Some(m) = self
+                    .masking
+                    .as_mut()
+                    .and_then(|m| m.out_of_band(header.tag, body))
+                {
+                    disposition = Disposition::Replace(m);
+                }
+            }
             match disposition {
                 Disposition::Forward if masked => {
                     if ready > 0 {

@@ -440,3 +440,70 @@ async fn rows_composites_statistics_and_arrays_are_masked() {
         assert!(!leaks(&text), "{sql}: {text}");
     }
 }
+
+/// Values that reach the client outside result rows: an error's detail
+/// (a unique violation shows the key), a notice and a NOTIFY payload.
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_notices_notifications_and_parameter_status_are_masked() {
+    let (pg, sluice) = start_pii("");
+    pg.psql(
+        "app",
+        &format!(
+            "create table contacts (email text unique); alter table contacts owner to {0};
+             create function shout(v text) returns int language plpgsql
+               as $$ begin raise notice 'value is %', v; return 1; end $$;
+             alter function shout(text) owner to {0};",
+            sluice_testkit::SCRAM_USER
+        ),
+    );
+    let conn = format!(
+        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={TARGET} sslmode=disable",
+        sluice.pg_port()
+    );
+    let (c, mut connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(m) = messages.next().await {
+            match m {
+                Ok(m) => {
+                    let _ = tx.send(format!("{m:?}"));
+                }
+                Err(_) => break,
+            }
+        }
+    });
+    c.batch_execute("insert into contacts select email from customers where id = 1")
+        .await
+        .unwrap();
+    let e = c
+        .batch_execute("insert into contacts select email from customers where id = 1")
+        .await
+        .unwrap_err();
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "23505");
+    let detail = db.detail().unwrap_or_default();
+    assert!(detail.contains("already exists"), "{detail}");
+    assert!(!detail.contains(EMAIL), "{detail}");
+
+    c.batch_execute("listen c").await.unwrap();
+    c.batch_execute(
+        "select shout(ssn) from customers where id = 1; select pg_notify('c', email) from customers where id = 1",
+    )
+    .await
+    .unwrap();
+    c.batch_execute("select 1").await.unwrap();
+    let mut seen = Vec::new();
+    while let Ok(m) = rx.try_recv() {
+        seen.push(m);
+    }
+    let seen = seen.join("\n");
+    assert!(seen.contains("value is"), "the notice arrived: {seen}");
+    assert!(
+        seen.contains("Notification"),
+        "the notification arrived: {seen}"
+    );
+    assert!(!seen.contains(SSN) && !seen.contains(EMAIL), "{seen}");
+}
