@@ -4,7 +4,9 @@
 //! and the audit record) even when many statements are pipelined.
 //!
 //! The client-to-upstream loop pushes entries just before it writes the
-//! messages; the upstream-to-client loop pops them as the answers complete.
+//! messages; the upstream-to-client loop pops them as the answers complete,
+//! and reports back which changes to prepared statements and portals the
+//! server confirmed or rejected ([`Change`]).
 //! Both loops run in the session's one task, so the lock is never contended;
 //! it is taken once per batch, not per message.
 
@@ -90,6 +92,18 @@ pub struct RowsGuard {
     pub swallow_ready: bool,
 }
 
+/// A change to the session's prepared statements or portals that holds only
+/// once the server confirms it (the client side keeps it pending till then).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    /// Its number on the client side.
+    pub id: u64,
+    /// In a simple Query: the statement (from 0) whose CommandComplete
+    /// confirms it. `None`: the entry's own answer does (ParseComplete,
+    /// BindComplete, CloseComplete, or a Query's ReadyForQuery).
+    pub statement: Option<usize>,
+}
+
 /// One message the server will answer.
 #[derive(Debug)]
 pub struct Expect {
@@ -116,6 +130,8 @@ pub struct Expect {
     pub audit: Option<Box<PendingAudit>>,
     /// An error to send in place of the server's first error for this entry.
     pub replace_error: Option<Bytes>,
+    /// Changes to prepared statements or portals its success confirms.
+    pub changes: Vec<Change>,
 }
 
 impl Expect {
@@ -133,6 +149,7 @@ impl Expect {
             quiet: false,
             audit: None,
             replace_error: None,
+            changes: Vec::new(),
         }
     }
 
@@ -177,6 +194,9 @@ struct State {
     finished: Vec<Finished>,
     /// The last error of one of Sluice's probes.
     probe_error: Option<Bytes>,
+    /// Changes answered since the client side last looked, in the server's
+    /// order: (id, confirmed).
+    resolved: Vec<(u64, bool)>,
 }
 
 /// A statement whose answer is complete, for the audit trail.
@@ -206,6 +226,7 @@ impl Default for Flight {
                 portal_plans: HashMap::new(),
                 finished: Vec::new(),
                 probe_error: None,
+                resolved: Vec::new(),
             })),
             drained: Arc::new(Notify::new()),
         }
@@ -238,6 +259,13 @@ impl Flight {
     /// The error a probe of Sluice's ended with, if any (taken).
     pub fn take_probe_error(&self) -> Option<Bytes> {
         self.lock().probe_error.take()
+    }
+
+    /// Move the changes answered so far, in order, into `into` (emptied
+    /// first): (id, confirmed by the server).
+    pub fn take_resolved(&self, into: &mut Vec<(u64, bool)>) {
+        into.clear();
+        std::mem::swap(&mut self.lock().resolved, into);
     }
 
     /// True when nothing is waiting for an answer.
@@ -303,6 +331,11 @@ pub struct Progress {
     pub copy_out: bool,
     /// The masking plan of the current result, once known.
     pub plan: Option<Arc<ResultPlan>>,
+    /// CommandCompletes of a simple Query so far (its statements done).
+    statements: usize,
+    /// Something other than ReadyForQuery answered the entry (a Query or
+    /// call that gets none was ignored: the server was skipping to Sync).
+    answered: bool,
 }
 
 impl Tracker<'_> {
@@ -355,7 +388,15 @@ impl Tracker<'_> {
         std::mem::take(&mut self.state.finished)
     }
 
-    fn pop(&mut self, progress: &mut Progress, completion: Completion) {
+    /// End the front entry. `confirmed`: it got its own success answer, so
+    /// the changes waiting for that answer hold; all others it carries did not.
+    fn pop(&mut self, progress: &mut Progress, completion: Completion, confirmed: bool) {
+        if let Some(front) = self.state.queue.front_mut() {
+            for c in front.changes.drain(..) {
+                let ok = confirmed && c.statement.is_none();
+                self.state.resolved.push((c.id, ok));
+            }
+        }
         if let Some(front) = self.state.queue.front() {
             // A new Bind or a Close replaces or ends the portal's plan.
             if matches!(front.awaiting, Awaiting::Bind | Awaiting::Close) {
@@ -395,6 +436,20 @@ impl Tracker<'_> {
     /// the server is the authority on what happened.
     pub fn on_message(&mut self, tag: u8, body: &[u8], progress: &mut Progress) -> Disposition {
         use sluice_wire::tags::backend as b;
+        if !matches!(
+            tag,
+            b::NOTICE_RESPONSE
+                | b::NOTIFICATION_RESPONSE
+                | b::PARAMETER_STATUS
+                | b::READY_FOR_QUERY
+        ) {
+            progress.answered = true;
+        }
+        if tag == b::COMMAND_COMPLETE {
+            // Counted before anything is swallowed: statements after one
+            // over the limit still ran (a PREPARE is not rolled back).
+            self.statement_done(progress);
+        }
         // After a statement went over the limit, the rest of its query
         // string is Sluice's to discard: the client hears only the refusal.
         if progress.over_limit.is_some()
@@ -421,7 +476,14 @@ impl Tracker<'_> {
                     self.on_row_description(None, progress);
                 }
                 let sluice = self.is_sluice();
-                self.pop(progress, Completion::default());
+                // Only the answer its message gets confirms a change.
+                let confirmed = match self.front().map(|e| e.awaiting) {
+                    Some(Awaiting::Parse) => tag == b::PARSE_COMPLETE,
+                    Some(Awaiting::Bind) => tag == b::BIND_COMPLETE,
+                    Some(Awaiting::Close) => tag == b::CLOSE_COMPLETE,
+                    _ => false,
+                };
+                self.pop(progress, Completion::default(), confirmed);
                 if sluice {
                     Disposition::Swallow
                 } else {
@@ -443,7 +505,7 @@ impl Tracker<'_> {
                         row_description: wants.then(|| Bytes::copy_from_slice(body)),
                         ..Completion::default()
                     };
-                    self.pop(progress, completion);
+                    self.pop(progress, completion, false);
                 }
                 d
             }
@@ -458,7 +520,7 @@ impl Tracker<'_> {
                     .is_some_and(|e| e.awaiting == Awaiting::Execute);
                 let d = self.own_or_forward();
                 if execute {
-                    self.pop(progress, Completion::default());
+                    self.pop(progress, Completion::default(), false);
                 }
                 d
             }
@@ -474,6 +536,7 @@ impl Tracker<'_> {
                             suspended: true,
                             ..Completion::default()
                         },
+                        false,
                     );
                 }
                 d
@@ -488,6 +551,35 @@ impl Tracker<'_> {
             // entry being answered.
             _ => self.own_or_forward(),
         }
+    }
+
+    /// A simple Query's statement completed: the changes it makes hold.
+    fn statement_done(&mut self, progress: &mut Progress) {
+        let Some(front) = self.state.queue.front_mut() else {
+            return;
+        };
+        if front.awaiting != Awaiting::Query {
+            return;
+        }
+        let done = progress.statements;
+        progress.statements += 1;
+        let resolved = &mut self.state.resolved;
+        front.changes.retain(|c| {
+            let now = c.statement == Some(done);
+            if now {
+                resolved.push((c.id, true));
+            }
+            !now
+        });
+    }
+
+    /// A Sync is queued after the front entry.
+    fn sync_follows(&self) -> bool {
+        self.state
+            .queue
+            .iter()
+            .skip(1)
+            .any(|e| e.awaiting == Awaiting::Sync)
     }
 
     fn own_or_forward(&self) -> Disposition {
@@ -531,7 +623,7 @@ impl Tracker<'_> {
                 over_limit: progress.over_limit,
                 ..Completion::default()
             };
-            self.pop(progress, completion);
+            self.pop(progress, completion, false);
         }
         if swallow {
             Disposition::Swallow
@@ -571,7 +663,7 @@ impl Tracker<'_> {
                     over_limit: progress.over_limit,
                     ..Completion::default()
                 };
-                self.pop(progress, completion);
+                self.pop(progress, completion, false);
             }
             None => {}
         }
@@ -596,12 +688,17 @@ impl Tracker<'_> {
             self.state.portal_plans.clear();
         }
         // Entries skipped after an error got no answer of their own; their
-        // statements never ran, so they leave no audit record.
-        while self.front().is_some_and(|e| !e.awaiting.ends_with_ready()) {
+        // statements never ran, so they leave no audit record. A Query or
+        // call sent before the Sync was skipped too if nothing answered it:
+        // this ReadyForQuery is the Sync's.
+        while self.front().is_some_and(|e| {
+            !e.awaiting.ends_with_ready()
+                || (e.awaiting != Awaiting::Sync && !progress.answered && self.sync_follows())
+        }) {
             if let Some(e) = self.state.queue.front_mut() {
                 e.audit = None;
             }
-            self.pop(progress, Completion::default());
+            self.pop(progress, Completion::default(), false);
         }
         let Some(front) = self.state.queue.front_mut() else {
             return Disposition::Forward;
@@ -630,7 +727,7 @@ impl Tracker<'_> {
             row_description: None,
             error_message: None,
         };
-        self.pop(progress, completion);
+        self.pop(progress, completion, true);
         match (swallow, prefix) {
             (true, _) => Disposition::Swallow,
             (false, Some(p)) => Disposition::Prefix(p),
@@ -745,5 +842,124 @@ mod tests {
                 Disposition::Prefix(Bytes::from_static(b"E..."))
             ]
         );
+    }
+
+    fn change(id: u64, statement: Option<usize>) -> Change {
+        Change { id, statement }
+    }
+
+    fn resolved(f: &Flight) -> Vec<(u64, bool)> {
+        let mut out = Vec::new();
+        f.take_resolved(&mut out);
+        out
+    }
+
+    #[test]
+    fn changes_hold_only_when_the_server_confirms_them() {
+        let f = Flight::default();
+        f.push([
+            Expect {
+                changes: vec![change(1, None)],
+                ..Expect::client(Awaiting::Parse)
+            },
+            Expect {
+                changes: vec![change(2, None)],
+                ..Expect::client(Awaiting::Close)
+            },
+            Expect::client(Awaiting::Sync),
+            Expect {
+                changes: vec![change(3, None)],
+                ..Expect::client(Awaiting::Parse)
+            },
+            Expect {
+                changes: vec![change(4, None)],
+                ..Expect::client(Awaiting::Close)
+            },
+            Expect::client(Awaiting::Sync),
+        ]);
+        run(
+            &f,
+            &[
+                (b::PARSE_COMPLETE, b""),
+                (b::CLOSE_COMPLETE, b""),
+                (b::READY_FOR_QUERY, b"I"),
+                (b::ERROR_RESPONSE, b"SERROR\0C42P05\0Mexists\0\0"),
+                (b::READY_FOR_QUERY, b"I"),
+            ],
+        );
+        assert_eq!(resolved(&f), [(1, true), (2, true), (3, false), (4, false)]);
+    }
+
+    #[test]
+    fn a_query_confirms_the_changes_of_the_statements_that_completed() {
+        let f = Flight::default();
+        f.push([Expect {
+            changes: vec![change(1, Some(0)), change(2, Some(2)), change(3, None)],
+            ..Expect::client(Awaiting::Query)
+        }]);
+        run(
+            &f,
+            &[
+                (b::COMMAND_COMPLETE, b"PREPARE\0"),
+                (b::COMMAND_COMPLETE, b"SELECT 1\0"),
+                (b::ERROR_RESPONSE, b"SERROR\0C25P02\0Maborted\0\0"),
+                (b::READY_FOR_QUERY, b"E"),
+            ],
+        );
+        // The third statement never ran; the unnamed statement was dropped.
+        assert_eq!(resolved(&f), [(1, true), (2, false), (3, true)]);
+    }
+
+    #[test]
+    fn statements_after_one_over_the_limit_still_count() {
+        let f = Flight::default();
+        f.push([Expect {
+            guard: Some(RowsGuard {
+                limit: 10,
+                swallow_ready: false,
+            }),
+            changes: vec![change(1, Some(1))],
+            ..Expect::client(Awaiting::Query)
+        }]);
+        run(
+            &f,
+            &[
+                (b::COMMAND_COMPLETE, b"DELETE 11\0"),
+                (b::COMMAND_COMPLETE, b"PREPARE\0"),
+                (b::READY_FOR_QUERY, b"T"),
+            ],
+        );
+        assert_eq!(resolved(&f), [(1, true)]);
+    }
+
+    #[test]
+    fn a_query_skipped_after_an_error_is_not_answered_by_the_sync() {
+        let f = Flight::default();
+        f.push([
+            Expect::client(Awaiting::Parse),
+            Expect {
+                changes: vec![change(1, None)],
+                ..Expect::client(Awaiting::Query)
+            },
+            Expect {
+                changes: vec![change(2, None)],
+                ..Expect::client(Awaiting::Parse)
+            },
+            Expect::client(Awaiting::Sync),
+            Expect {
+                changes: vec![change(3, None)],
+                ..Expect::client(Awaiting::Parse)
+            },
+        ]);
+        run(
+            &f,
+            &[
+                (b::ERROR_RESPONSE, b"SERROR\0C42601\0Mbad\0\0"),
+                (b::READY_FOR_QUERY, b"I"),
+                (b::PARSE_COMPLETE, b""),
+            ],
+        );
+        assert_eq!(resolved(&f), [(1, false), (2, false), (3, true)]);
+        assert!(f.is_empty());
     }
 }

@@ -92,6 +92,17 @@ pub struct ApprovalNeed {
     pub allowed: Arc<Allowed>,
 }
 
+/// What one statement does to the session's prepared statements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PreparedChange {
+    /// `PREPARE name AS …`, with the rows effect of what it prepares.
+    Define(String, RowsEffect),
+    /// `DEALLOCATE name`.
+    Remove(String),
+    /// `DEALLOCATE ALL` / `DISCARD ALL`.
+    RemoveAll,
+}
+
 /// What the session must know about an allowed string.
 #[derive(Debug, Default)]
 pub struct Allowed {
@@ -101,14 +112,10 @@ pub struct Allowed {
     pub rows: RowsEffect,
     /// It has more than one statement and controls transactions.
     pub controls_transactions: bool,
-    /// `PREPARE name AS …`: the names defined and their statements' rows effect.
-    pub prepares: Vec<(String, RowsEffect)>,
+    /// What its statements do to prepared statements: (statement index, change).
+    pub prepared: Vec<(usize, PreparedChange)>,
     /// `EXECUTE name`: the prepared statements run.
     pub executes: Vec<String>,
-    /// `DEALLOCATE name`.
-    pub deallocates: Vec<String>,
-    /// `DEALLOCATE ALL` / `DISCARD ALL`.
-    pub deallocates_all: bool,
     /// It creates, alters or drops schema objects (cached column names may change).
     pub changes_schema: bool,
     /// Its `COPY … TO STDOUT` statements.
@@ -127,13 +134,21 @@ impl Allowed {
             info,
             rows: a.rows_effect(),
             controls_transactions: a.statements.len() > 1 && a.controls_transactions(),
-            prepares: a
+            prepared: a
                 .statements
                 .iter()
-                .filter_map(|s| {
-                    s.prepares
-                        .clone()
-                        .map(|name| (name, s.prepared_rows_effect()))
+                .enumerate()
+                .filter_map(|(i, s)| {
+                    let change = if let Some(name) = &s.prepares {
+                        PreparedChange::Define(name.clone(), s.prepared_rows_effect())
+                    } else if let Some(name) = &s.deallocates {
+                        PreparedChange::Remove(name.clone())
+                    } else if s.deallocates_all {
+                        PreparedChange::RemoveAll
+                    } else {
+                        return None;
+                    };
+                    Some((i, change))
                 })
                 .collect(),
             executes: a
@@ -141,12 +156,6 @@ impl Allowed {
                 .iter()
                 .filter_map(|s| s.executes.clone())
                 .collect(),
-            deallocates: a
-                .statements
-                .iter()
-                .filter_map(|s| s.deallocates.clone())
-                .collect(),
-            deallocates_all: a.statements.iter().any(|s| s.deallocates_all),
             copy_out: a
                 .statements
                 .iter()

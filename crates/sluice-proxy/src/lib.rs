@@ -6,7 +6,8 @@
 //! - [`backend`]: the upstream connection, its TLS and its login;
 //! - [`session`]: the relay loops that carry messages both ways;
 //! - [`statements`], [`guard`], [`rows_guard`]: what each client statement
-//!   is, whether policy lets it run, and the rows-affected limit;
+//!   is, whether policy lets it run, and the rows-affected limit (`names`:
+//!   prepared statements and portals as the server confirmed them);
 //! - [`flight`]: which statement each upstream answer belongs to;
 //! - [`masking`], [`catalog`]: masking result values in flight;
 //! - [`cancel`]: mapping a client's cancel key to the upstream backend;
@@ -27,6 +28,7 @@ pub mod guard;
 mod io;
 pub mod masking;
 pub mod metrics;
+mod names;
 pub mod rows_guard;
 pub mod server;
 pub mod session;

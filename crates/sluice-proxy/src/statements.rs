@@ -4,9 +4,10 @@
 //! forwarding (a refusal, or the rows-affected guard).
 //!
 //! Prepared statements made by Parse and by SQL `PREPARE` share one
-//! namespace on the server, so they share one map here.
+//! namespace on the server, so they share one map here. Both maps follow the
+//! server's answers, not the client's requests (see [`Names`]): a rejected
+//! redefinition or removal must not change what an execution is judged as.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,12 +17,16 @@ use sluice_wire::messages::{bind, describe, execute};
 use sluice_wire::tags::frontend as tag;
 
 use crate::audit::{PendingAudit, SessionAudit, StatementInfo};
-use crate::flight::{Awaiting, Expect, Flight};
-use crate::guard::{parse_message, query_message, Guard, Verdict};
+use crate::flight::{Awaiting, Change, Expect, Flight};
+use crate::guard::{parse_message, query_message, Guard, PreparedChange, Verdict};
 use crate::masking::CopyPlan;
+use crate::names::Names;
 
-/// Most prepared statements one session may hold.
+/// Most prepared statements one session may hold, and most changes to
+/// statements and portals it may have waiting for the server's answer.
 const MAX_PREPARED: usize = 100_000;
+/// The name of the failing Parse that stands in for a refused Bind or Execute.
+const REFUSED: &str = "sluice_refused";
 /// Above this many portals, those whose transaction has ended are dropped.
 const PORTAL_SWEEP: usize = 256;
 
@@ -72,10 +77,8 @@ struct Prepared {
 
 #[derive(Debug, Clone)]
 struct Portal {
-    rows: RowsEffect,
-    text: Option<Arc<str>>,
-    info: Arc<StatementInfo>,
-    copy: Option<Arc<CopyPlan>>,
+    /// What its statement was when it was bound.
+    of: Prepared,
     /// The client described it since it was bound (so its columns are known).
     described: bool,
     /// Sync points sent before it was bound: once the server has reported
@@ -91,10 +94,16 @@ pub struct Statements<'a> {
     pub flight: Flight,
     /// Rows one UPDATE/DELETE may change (0: unlimited).
     pub rows_limit: u64,
-    prepared: HashMap<String, Prepared>,
+    prepared: Names<Prepared>,
     /// Extended-protocol messages were sent since the last Sync.
     segment_open: bool,
-    portals: HashMap<String, Portal>,
+    portals: Names<Portal>,
+    /// The number of the last change to statements or portals.
+    last_change: u64,
+    /// The changes of the simple Query being judged, for its entry.
+    query_changes: Vec<Change>,
+    /// Changes the server has answered (reused buffer).
+    resolved: Vec<(u64, bool)>,
     /// Sync points (Sync, Query, FunctionCall) pushed so far.
     syncs: u64,
     /// Entries for messages not yet written; pushed before the write.
@@ -135,9 +144,12 @@ impl<'a> Statements<'a> {
             guard,
             flight: Flight::default(),
             rows_limit,
-            prepared: HashMap::new(),
+            prepared: Names::default(),
             segment_open: false,
-            portals: HashMap::new(),
+            portals: Names::default(),
+            last_change: 0,
+            query_changes: Vec::new(),
+            resolved: Vec::new(),
             syncs: 0,
             pending: Vec::new(),
             masking: false,
@@ -172,6 +184,7 @@ impl<'a> Statements<'a> {
     /// Look at one complete client message (`msg` includes the header).
     pub fn on_message(&mut self, t: u8, msg: &[u8]) -> Step {
         let body = &msg[5..];
+        self.follow_server();
         if matches!(
             t,
             tag::QUERY | tag::PARSE | tag::FUNCTION_CALL | tag::EXECUTE
@@ -203,31 +216,41 @@ impl<'a> Statements<'a> {
         match t {
             tag::QUERY => self.query(body),
             tag::BIND => {
-                let (portal, prepared) = match bind::decode(body) {
-                    Ok(b) => (
-                        b.portal.to_owned(),
-                        self.prepared.get(b.statement).cloned().unwrap_or_default(),
-                    ),
+                let Ok(b) = bind::decode(body) else {
                     // The server will reject it; nothing is bound.
-                    Err(_) => {
-                        self.pending.push(Expect::client(Awaiting::Bind));
-                        return Step::Forward;
-                    }
+                    self.pending.push(Expect::client(Awaiting::Bind));
+                    return Step::Forward;
                 };
+                let judged = judge(self.prepared.candidates(b.statement, self.syncs));
+                if judged.mixed_copy || self.pending_changes() >= MAX_PREPARED {
+                    // For the audit record of the refusal.
+                    self.last_text = judged.of.text.clone();
+                    self.last_info = judged.of.info.clone();
+                    return if judged.mixed_copy {
+                        self.refuse_ambiguous(tag::BIND)
+                    } else {
+                        self.refuse_backlog(tag::BIND)
+                    };
+                }
                 self.sweep_portals();
-                self.pending
-                    .push(Expect::for_portal(Awaiting::Bind, &portal));
-                self.portals.insert(
-                    portal,
+                let id = self.next_change();
+                self.portals.define(
+                    b.portal,
                     Portal {
-                        rows: prepared.rows,
-                        text: prepared.text,
-                        info: prepared.info,
-                        copy: prepared.copy,
+                        of: judged.of,
                         described: false,
                         bound_after: self.syncs,
                     },
+                    id,
+                    self.syncs,
                 );
+                self.pending.push(Expect {
+                    changes: vec![Change {
+                        id,
+                        statement: None,
+                    }],
+                    ..Expect::for_portal(Awaiting::Bind, b.portal)
+                });
                 Step::Forward
             }
             tag::DESCRIBE => {
@@ -236,9 +259,8 @@ impl<'a> Statements<'a> {
                         Expect::client(Awaiting::DescribeStatement)
                     }
                     Ok(describe::Target::Portal(name)) => {
-                        if let Some(p) = self.portals.get_mut(name) {
-                            p.described = true;
-                        }
+                        self.portals
+                            .candidates_mut(name, self.syncs, |p| p.described = true);
                         Expect::for_portal(Awaiting::DescribePortal, name)
                     }
                     // Malformed: the server answers with an error.
@@ -249,20 +271,24 @@ impl<'a> Statements<'a> {
             }
             tag::EXECUTE => {
                 let portal = execute::decode(body).map(|(p, _)| p).unwrap_or("");
-                let (rows, described, info, text) = self
+                let segment = self.syncs;
+                let judged = judge(self.portals.candidates(portal, segment).map(|p| &p.of));
+                // Described only if whichever portal runs was described.
+                let mut known = false;
+                let described = self
                     .portals
-                    .get_mut(portal)
-                    .map(|p| {
-                        (
-                            p.rows,
-                            std::mem::replace(&mut p.described, true),
-                            p.info.clone(),
-                            p.text.clone(),
-                        )
-                    })
-                    .unwrap_or_default();
-                self.last_text = text;
-                self.will_run(&info);
+                    .candidates(portal, segment)
+                    .inspect(|_| known = true)
+                    .all(|p| p.described)
+                    && known;
+                self.portals
+                    .candidates_mut(portal, segment, |p| p.described = true);
+                self.last_text = judged.of.text.clone();
+                if judged.mixed_copy {
+                    self.last_info = judged.of.info.clone();
+                    return self.refuse_ambiguous(tag::EXECUTE);
+                }
+                self.will_run(&judged.of.info);
                 // The columns of what it returns must be known to mask
                 // them: describe the portal if the client did not.
                 let prefix = (self.masking && !described).then(|| {
@@ -270,16 +296,15 @@ impl<'a> Statements<'a> {
                         .push(Expect::for_portal(Awaiting::DescribePortal, portal).by_sluice());
                     describe::encode_describe_portal(portal)
                 });
-                if self.rows_limit > 0 && rows == RowsEffect::Countable {
+                if self.rows_limit > 0 && judged.of.rows == RowsEffect::Countable {
                     // The runner queues the Execute's entry itself.
                     self.prefix = prefix;
                     portal.clone_into(&mut self.guarded_portal);
                     return Step::GuardedExecute;
                 }
-                let copy = self.portals.get(portal).and_then(|p| p.copy.clone());
                 let audit = self.next_audit.take();
                 self.pending.push(Expect {
-                    copy,
+                    copy: judged.of.copy,
                     audit,
                     ..Expect::for_portal(Awaiting::Execute, portal)
                 });
@@ -291,12 +316,18 @@ impl<'a> Statements<'a> {
             tag::CLOSE => {
                 let e = match describe::decode(body) {
                     Ok(describe::Target::Statement(name)) => {
-                        self.prepared.remove(name);
-                        Expect::client(Awaiting::Close)
+                        let changes = self.statement_removal(name);
+                        Expect {
+                            changes,
+                            ..Expect::client(Awaiting::Close)
+                        }
                     }
                     Ok(describe::Target::Portal(name)) => {
-                        self.portals.remove(name);
-                        Expect::for_portal(Awaiting::Close, name)
+                        let changes = self.portal_removal(name);
+                        Expect {
+                            changes,
+                            ..Expect::for_portal(Awaiting::Close, name)
+                        }
                     }
                     Err(_) => Expect::client(Awaiting::Close),
                 };
@@ -337,9 +368,6 @@ impl<'a> Statements<'a> {
 
     fn query(&mut self, body: &[u8]) -> Step {
         self.syncs += 1;
-        // A simple query drops the unnamed statement and portal.
-        self.prepared.remove("");
-        self.portals.remove("");
         let text = match Reader::new(body, "Query").cstr() {
             Ok(q) => q.as_bytes(),
             // Not a valid string: judged as unparseable.
@@ -374,8 +402,32 @@ impl<'a> Statements<'a> {
         };
         self.will_run(&allowed.info);
         let mut rows = allowed.rows;
+        let mut mixed_copy = false;
         for name in &allowed.executes {
-            rows = rows.and(self.prepared.get(name).map(|p| p.rows).unwrap_or_default());
+            // Statements this string prepares itself may be the ones run.
+            let own: Vec<Prepared> = allowed
+                .prepared
+                .iter()
+                .filter_map(|(_, c)| match c {
+                    PreparedChange::Define(n, rows) if n == name => Some(Prepared {
+                        rows: *rows,
+                        ..Prepared::default()
+                    }),
+                    _ => None,
+                })
+                .collect();
+            let judged = judge(self.prepared.candidates(name, self.syncs).chain(&own));
+            rows = rows.and(judged.of.rows);
+            mixed_copy |= judged.mixed_copy;
+        }
+        if mixed_copy {
+            return self.refuse_ambiguous(tag::QUERY);
+        }
+        let full = allowed.prepared.iter().any(
+            |(_, c)| matches!(c, PreparedChange::Define(name, _) if !self.room_for_statement(name)),
+        );
+        if full {
+            return self.refuse_backlog(tag::QUERY);
         }
         if self.rows_limit > 0 && rows != RowsEffect::None {
             if let Some(marker) = self.uncheckable(rows, allowed.controls_transactions) {
@@ -421,8 +473,8 @@ impl<'a> Statements<'a> {
         };
         let name = name.to_owned();
         self.keep_text(text);
+        // A refused Parse changes nothing: its marker fails on the server.
         let refuse = |this: &mut Self, marker: String| {
-            this.prepared.remove(&name);
             this.pending.push(Expect::client(Awaiting::Parse));
             Step::Replace(parse_message(&name, &marker))
         };
@@ -466,15 +518,8 @@ impl<'a> Statements<'a> {
             );
             return refuse(self, marker);
         }
-        if !name.is_empty()
-            && self.prepared.len() >= MAX_PREPARED
-            && !self.prepared.contains_key(&name)
-        {
-            let marker = self.refuse_own(
-                "prepared-statement-limit",
-                &format!("this session already holds {MAX_PREPARED} prepared statements"),
-                "close (DEALLOCATE) prepared statements you no longer use",
-            );
+        if !self.room_for_statement(&name) {
+            let marker = self.backlog_marker();
             return refuse(self, marker);
         }
         if allowed.changes_schema {
@@ -488,8 +533,8 @@ impl<'a> Statements<'a> {
                 return Step::CopyOutParse(name, copy.clone());
             }
         }
-        self.prepared.insert(
-            name,
+        let e = self.define_statement(
+            &name,
             Prepared {
                 rows: allowed.rows,
                 text: self.last_text.clone(),
@@ -497,7 +542,7 @@ impl<'a> Statements<'a> {
                 copy: None,
             },
         );
-        self.pending.push(Expect::client(Awaiting::Parse));
+        self.pending.push(e);
         Step::Forward
     }
 
@@ -526,6 +571,7 @@ impl<'a> Statements<'a> {
     pub fn client_entry(&mut self, awaiting: Awaiting) -> Expect {
         Expect {
             audit: self.next_audit.take(),
+            changes: std::mem::take(&mut self.query_changes),
             ..Expect::client(awaiting)
         }
     }
@@ -556,6 +602,10 @@ impl<'a> Statements<'a> {
     /// Record a refusal of the statement just judged in the audit trail.
     pub fn audit_refusal(&mut self, held: bool, rule: &str) {
         self.next_audit = None;
+        // A refused string changes no statement.
+        for c in std::mem::take(&mut self.query_changes) {
+            self.resolve(c.id, false);
+        }
         if let Some(a) = &self.audit {
             a.refused(
                 &self.last_info,
@@ -602,7 +652,6 @@ impl<'a> Statements<'a> {
         match t {
             tag::PARSE => {
                 let name = Reader::new(body, "Parse").cstr().unwrap_or("").to_owned();
-                self.prepared.remove(&name);
                 self.pending.push(Expect::client(Awaiting::Parse));
                 Step::Replace(parse_message(&name, &marker))
             }
@@ -610,7 +659,7 @@ impl<'a> Statements<'a> {
             // so the pipeline fails there and skips to its Sync.
             tag::EXECUTE => {
                 self.pending.push(Expect::client(Awaiting::Parse));
-                Step::Replace(parse_message("sluice_refused", &marker))
+                Step::Replace(parse_message(REFUSED, &marker))
             }
             _ => {
                 self.pending.push(Expect::client(Awaiting::Query));
@@ -629,8 +678,8 @@ impl<'a> Statements<'a> {
         }
         match &step.parse {
             Some(name) => {
-                self.prepared.insert(
-                    name.clone(),
+                let e = self.define_statement(
+                    name,
                     Prepared {
                         rows: allowed.rows,
                         text: self.last_text.clone(),
@@ -640,7 +689,7 @@ impl<'a> Statements<'a> {
                 );
                 // Each execution is audited, not the Parse.
                 self.next_audit = None;
-                self.pending.push(Expect::client(Awaiting::Parse));
+                self.pending.push(e);
             }
             None => {
                 self.remember(&allowed);
@@ -666,7 +715,6 @@ impl<'a> Statements<'a> {
         let marker = self.guard.refuse(error, true, &step.need.rule);
         match &step.parse {
             Some(name) => {
-                self.prepared.remove(name);
                 self.pending.push(Expect::client(Awaiting::Parse));
                 parse_message(name, &marker)
             }
@@ -684,8 +732,8 @@ impl<'a> Statements<'a> {
         copy: Option<Arc<CopyPlan>>,
         replace_error: Option<Bytes>,
     ) {
-        self.prepared.insert(
-            name,
+        let e = self.define_statement(
+            &name,
             Prepared {
                 rows: RowsEffect::None,
                 text: self.last_text.clone(),
@@ -693,10 +741,7 @@ impl<'a> Statements<'a> {
                 copy,
             },
         );
-        self.pending.push(Expect {
-            replace_error,
-            ..Expect::client(Awaiting::Parse)
-        });
+        self.pending.push(Expect { replace_error, ..e });
     }
 
     /// The Describe to send before a guarded Execute, if one is needed.
@@ -704,32 +749,164 @@ impl<'a> Statements<'a> {
         self.prefix.take()
     }
 
-    /// Track what an allowed string does to prepared statements.
+    /// Track what an allowed string does to prepared statements: pending
+    /// changes, each confirmed by its statement's CommandComplete.
     fn remember(&mut self, allowed: &Arc<crate::guard::Allowed>) {
         if allowed.changes_schema {
             if let Some(c) = &self.catalog {
                 c.invalidate();
             }
         }
-        if allowed.deallocates_all {
-            self.prepared.clear();
-        }
-        for name in &allowed.deallocates {
-            self.prepared.remove(name);
-        }
-        for (name, rows) in &allowed.prepares {
-            if self.prepared.len() < MAX_PREPARED {
-                self.prepared.insert(
-                    name.clone(),
-                    Prepared {
+        let segment = self.syncs;
+        let mut changes = Vec::new();
+        for (at, change) in &allowed.prepared {
+            // Removing what is not known changes nothing.
+            let known = match change {
+                PreparedChange::Define(..) => true,
+                PreparedChange::Remove(name) => self.prepared.contains(name),
+                PreparedChange::RemoveAll => !self.prepared.is_empty(),
+            };
+            if !known {
+                continue;
+            }
+            let id = self.next_change();
+            match change {
+                PreparedChange::Define(name, rows) => {
+                    let p = Prepared {
                         rows: *rows,
                         text: None,
                         info: allowed.info.clone(),
                         copy: None,
-                    },
-                );
+                    };
+                    self.prepared.define(name, p, id, segment);
+                }
+                PreparedChange::Remove(name) => self.prepared.remove(name, id, segment),
+                PreparedChange::RemoveAll => self.prepared.clear(id),
             }
+            changes.push(Change {
+                id,
+                statement: Some(*at),
+            });
         }
+        // A simple query drops the unnamed statement and portal (whatever
+        // its statements do).
+        changes.extend(self.statement_removal(""));
+        changes.extend(self.portal_removal(""));
+        self.query_changes = changes;
+    }
+
+    /// The entry of a Parse defining `name` as `p`.
+    fn define_statement(&mut self, name: &str, p: Prepared) -> Expect {
+        let id = self.next_change();
+        self.prepared.define(name, p, id, self.syncs);
+        Expect {
+            changes: vec![Change {
+                id,
+                statement: None,
+            }],
+            ..Expect::client(Awaiting::Parse)
+        }
+    }
+
+    /// The pending removal of statement `name`, if there is one to track.
+    /// Untracked (over the bound), the old statement stays a candidate:
+    /// stricter, never looser.
+    fn statement_removal(&mut self, name: &str) -> Vec<Change> {
+        if !self.prepared.contains(name) || self.pending_changes() >= MAX_PREPARED {
+            return Vec::new();
+        }
+        let id = self.next_change();
+        self.prepared.remove(name, id, self.syncs);
+        vec![Change {
+            id,
+            statement: None,
+        }]
+    }
+
+    /// The pending removal of portal `name` (as [`Self::statement_removal`]).
+    fn portal_removal(&mut self, name: &str) -> Vec<Change> {
+        if !self.portals.contains(name) || self.pending_changes() >= MAX_PREPARED {
+            return Vec::new();
+        }
+        let id = self.next_change();
+        self.portals.remove(name, id, self.syncs);
+        vec![Change {
+            id,
+            statement: None,
+        }]
+    }
+
+    fn next_change(&mut self) -> u64 {
+        self.last_change += 1;
+        self.last_change
+    }
+
+    fn pending_changes(&self) -> usize {
+        self.prepared.pending() + self.portals.pending()
+    }
+
+    /// Whether a definition of statement `name` fits the session's bounds.
+    fn room_for_statement(&self, name: &str) -> bool {
+        self.pending_changes() < MAX_PREPARED
+            && (name.is_empty()
+                || self.prepared.contains(name)
+                || self.prepared.len() < MAX_PREPARED)
+    }
+
+    /// Apply what the server has answered about pending changes.
+    fn follow_server(&mut self) {
+        if self.pending_changes() == 0 {
+            return;
+        }
+        let mut resolved = std::mem::take(&mut self.resolved);
+        self.flight.take_resolved(&mut resolved);
+        for &(id, confirmed) in &resolved {
+            self.resolve(id, confirmed);
+        }
+        self.resolved = resolved;
+    }
+
+    fn resolve(&mut self, id: u64, confirmed: bool) {
+        if !self.prepared.resolve(id, confirmed) {
+            self.portals.resolve(id, confirmed);
+        }
+    }
+
+    /// Refuse message `t` (Query, Bind or Execute) in place: a failing
+    /// statement of Sluice's carries the refusal `marker`.
+    fn refuse_in_place(&mut self, t: u8, marker: &str) -> Step {
+        if t == tag::QUERY {
+            self.pending.push(Expect::client(Awaiting::Query));
+            Step::Replace(query_message(marker))
+        } else {
+            // A failing Parse: the pipeline fails there and skips to its Sync.
+            self.pending.push(Expect::client(Awaiting::Parse));
+            Step::Replace(parse_message(REFUSED, marker))
+        }
+    }
+
+    /// A statement that may stand for COPYs masked differently, depending
+    /// on which unanswered (re)definition the server accepted.
+    fn refuse_ambiguous(&mut self, t: u8) -> Step {
+        let marker = self.refuse_own(
+            "masking",
+            "the prepared statement or portal it uses was redefined or removed, and the server has not answered yet, so it is not known how its COPY data is to be masked",
+            "deallocate (Close) the statement or portal and wait for the answer before defining it again",
+        );
+        self.refuse_in_place(t, &marker)
+    }
+
+    fn backlog_marker(&mut self) -> String {
+        self.refuse_own(
+            "prepared-statement-limit",
+            &format!("this session already holds {MAX_PREPARED} prepared statements, or has as many definitions the server has not answered yet"),
+            "close (DEALLOCATE) prepared statements you no longer use, and read the server's answers",
+        )
+    }
+
+    fn refuse_backlog(&mut self, t: u8) -> Step {
+        let marker = self.backlog_marker();
+        self.refuse_in_place(t, &marker)
     }
 
     fn sweep_portals(&mut self) {
@@ -737,6 +914,44 @@ impl<'a> Statements<'a> {
             return;
         }
         let idle_through = self.flight.idle_through();
-        self.portals.retain(|_, p| p.bound_after >= idle_through);
+        self.portals.retain_held(|p| p.bound_after >= idle_through);
+    }
+}
+
+/// What a name stands for, judged by the worst of its candidates.
+struct Judged {
+    /// The newest candidate, with the worst rows effect of them all
+    /// (an unknown statement when there is none).
+    of: Prepared,
+    /// The candidates' COPY masking plans differ.
+    mixed_copy: bool,
+}
+
+fn judge<'p>(candidates: impl Iterator<Item = &'p Prepared>) -> Judged {
+    let mut of: Option<Prepared> = None;
+    let mut mixed_copy = false;
+    for c in candidates {
+        of = Some(match of {
+            None => c.clone(),
+            Some(prev) => {
+                mixed_copy |= !same_plan(prev.copy.as_ref(), c.copy.as_ref());
+                Prepared {
+                    rows: prev.rows.and(c.rows),
+                    ..c.clone()
+                }
+            }
+        });
+    }
+    Judged {
+        of: of.unwrap_or_default(),
+        mixed_copy,
+    }
+}
+
+fn same_plan(a: Option<&Arc<CopyPlan>>, b: Option<&Arc<CopyPlan>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
     }
 }

@@ -266,3 +266,291 @@ async fn effects_the_tag_cannot_count_are_refused_and_other_targets_are_free() {
         28
     );
 }
+
+// Prepared statements and portals follow the server: a redefinition or
+// removal the server rejects must not change what an execution is judged as.
+
+/// A raw protocol session on the production target.
+fn raw_prod(sluice: &SluiceProcess) -> Raw {
+    let mut raw = Raw::connect(sluice.pg_port());
+    raw.login(USER, PASSWORD, PROD);
+    raw
+}
+
+fn parse(name: &str, sql: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    for s in [name, sql] {
+        b.extend_from_slice(s.as_bytes());
+        b.push(0);
+    }
+    b.extend_from_slice(&0i16.to_be_bytes());
+    message(b'P', &b)
+}
+
+fn bind(portal: &str, statement: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    for s in [portal, statement] {
+        b.extend_from_slice(s.as_bytes());
+        b.push(0);
+    }
+    // No parameter formats, no parameters, no result formats.
+    b.extend_from_slice(&[0; 6]);
+    message(b'B', &b)
+}
+
+fn execute(portal: &str) -> Vec<u8> {
+    let mut b = portal.as_bytes().to_vec();
+    b.push(0);
+    b.extend_from_slice(&0i32.to_be_bytes());
+    message(b'E', &b)
+}
+
+fn close_statement(name: &str) -> Vec<u8> {
+    let mut b = vec![b'S'];
+    b.extend_from_slice(name.as_bytes());
+    b.push(0);
+    message(b'C', &b)
+}
+
+fn sync() -> Vec<u8> {
+    message(b'S', &[])
+}
+
+/// The messages up to and including the next ReadyForQuery.
+fn until_ready(raw: &mut Raw) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    loop {
+        let m = raw.recv().expect("connection closed before ReadyForQuery");
+        let done = m.0 == b'Z';
+        out.push(m);
+        if done {
+            return out;
+        }
+    }
+}
+
+/// The SQLSTATE and message of each ErrorResponse among `msgs`.
+fn errors(msgs: &[(u8, Vec<u8>)]) -> Vec<(String, String)> {
+    msgs.iter()
+        .filter(|(t, _)| *t == b'E')
+        .map(|(_, body)| {
+            let f = parse_fields(body);
+            (field(&f, b'C'), field(&f, b'M'))
+        })
+        .collect()
+}
+
+fn sqlstate(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.code().code().to_owned())
+        .unwrap_or_default()
+}
+
+fn assert_refused_by_rows_guard(msgs: &[(u8, Vec<u8>)]) {
+    let errs = errors(msgs);
+    assert!(
+        errs.iter()
+            .any(|(code, m)| code == "42501"
+                && m.starts_with("sluice: blocked by rows-affected-limit")),
+        "{errs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejected_prepare_does_not_redefine_the_statement() {
+    let (pg, sluice) = start_guarded();
+    let c = connect_to(&sluice, PROD).await;
+    c.batch_execute("prepare p as delete from customers where id > 0")
+        .await
+        .unwrap();
+    // The server keeps the DELETE: the name is taken.
+    let e = c.batch_execute("prepare p as select 1").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "42P05", "{e}");
+    let e = c.batch_execute("execute p").await.unwrap_err();
+    assert_rows_refusal(&e, 30);
+    assert_eq!(total(&pg), "30");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deallocate_rejected_in_a_failed_transaction_keeps_the_statement() {
+    let (pg, sluice) = start_guarded();
+    let c = connect_to(&sluice, PROD).await;
+    c.batch_execute("prepare p2 as delete from customers where id > 0")
+        .await
+        .unwrap();
+    c.batch_execute("begin").await.unwrap();
+    c.batch_execute("select 1/0").await.unwrap_err();
+    let e = c.batch_execute("deallocate p2").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "25P02", "{e}");
+    c.batch_execute("rollback").await.unwrap();
+    let e = c.batch_execute("execute p2").await.unwrap_err();
+    assert_rows_refusal(&e, 30);
+    assert_eq!(total(&pg), "30");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_discard_all_rejected_in_a_failed_transaction_keeps_the_statements() {
+    let (pg, sluice) = start_guarded();
+    let c = connect_to(&sluice, PROD).await;
+    c.batch_execute("prepare p3 as delete from customers where id > 0")
+        .await
+        .unwrap();
+    c.batch_execute("begin").await.unwrap();
+    c.batch_execute("select 1/0").await.unwrap_err();
+    let e = c.batch_execute("discard all").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "25P02", "{e}");
+    c.batch_execute("rollback").await.unwrap();
+    let e = c.batch_execute("execute p3").await.unwrap_err();
+    assert_rows_refusal(&e, 30);
+    assert_eq!(total(&pg), "30");
+    // Accepted, it does remove them.
+    c.batch_execute("discard all").await.unwrap();
+    let e = c.batch_execute("execute p3").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "26000", "{e}");
+}
+
+#[test]
+fn a_rejected_parse_does_not_redefine_the_statement() {
+    let (pg, sluice) = start_guarded();
+    let mut raw = raw_prod(&sluice);
+    raw.send(&[parse("s1", "delete from customers where id > 0"), sync()].concat());
+    assert_eq!(errors(&until_ready(&mut raw)), []);
+    raw.send(&[parse("s1", "select 1"), sync()].concat());
+    let errs = errors(&until_ready(&mut raw));
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].0, "42P05", "{errs:?}");
+    raw.send(&[bind("", "s1"), execute(""), sync()].concat());
+    assert_refused_by_rows_guard(&until_ready(&mut raw));
+    assert_eq!(total(&pg), "30");
+
+    // Pipelined, before any answer: either definition may be the one that
+    // runs, so the worse is judged.
+    raw.send(
+        &[
+            parse("s2", "delete from customers where id > 0"),
+            sync(),
+            parse("s2", "select 1"),
+            sync(),
+            bind("", "s2"),
+            execute(""),
+            sync(),
+        ]
+        .concat(),
+    );
+    assert_eq!(errors(&until_ready(&mut raw)), []);
+    assert_eq!(errors(&until_ready(&mut raw)).len(), 1);
+    assert_refused_by_rows_guard(&until_ready(&mut raw));
+    assert_eq!(total(&pg), "30");
+}
+
+#[test]
+fn a_close_skipped_after_an_error_keeps_the_statement() {
+    let (pg, sluice) = start_guarded();
+    let mut raw = raw_prod(&sluice);
+    raw.send(&[parse("s2", "delete from customers where id > 0"), sync()].concat());
+    assert_eq!(errors(&until_ready(&mut raw)), []);
+    // The Close comes after a failing Parse: the server skips it.
+    raw.send(
+        &[
+            parse("bad", "select * from no_such_table"),
+            close_statement("s2"),
+            sync(),
+            bind("", "s2"),
+            execute(""),
+            sync(),
+        ]
+        .concat(),
+    );
+    let errs = errors(&until_ready(&mut raw));
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].0, "42P01", "{errs:?}");
+    assert_refused_by_rows_guard(&until_ready(&mut raw));
+    assert_eq!(total(&pg), "30");
+    // Once the Close is answered, the statement is gone (the server agrees).
+    raw.send(&[close_statement("s2"), sync()].concat());
+    assert_eq!(errors(&until_ready(&mut raw)), []);
+    raw.send(&[bind("", "s2"), execute(""), sync()].concat());
+    let errs = errors(&until_ready(&mut raw));
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].0, "26000", "{errs:?}");
+}
+
+#[test]
+fn a_rejected_bind_does_not_redefine_the_portal() {
+    let (pg, sluice) = start_guarded();
+    let mut raw = raw_prod(&sluice);
+    raw.send(&query("begin"));
+    until_ready(&mut raw);
+    raw.send(
+        &[
+            parse("sd", "delete from customers where id > 0"),
+            bind("p", "sd"),
+            sync(),
+        ]
+        .concat(),
+    );
+    assert_eq!(errors(&until_ready(&mut raw)), []);
+    // Within a savepoint, so that the portal outlives the error.
+    raw.send(&query("savepoint a"));
+    until_ready(&mut raw);
+    raw.send(&[parse("ss", "select 1"), bind("p", "ss"), sync()].concat());
+    let errs = errors(&until_ready(&mut raw));
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].0, "42P03", "{errs:?}");
+    raw.send(&query("rollback to savepoint a"));
+    assert_eq!(errors(&until_ready(&mut raw)), []);
+    raw.send(&[execute("p"), sync()].concat());
+    assert_refused_by_rows_guard(&until_ready(&mut raw));
+    raw.send(&query("rollback"));
+    until_ready(&mut raw);
+    assert_eq!(total(&pg), "30");
+}
+
+#[test]
+fn close_and_parse_again_in_one_pipeline_judges_the_new_statement() {
+    let (pg, sluice) = start_guarded();
+    let mut raw = raw_prod(&sluice);
+    // What drivers do when they reuse a statement name.
+    raw.send(&[parse("s1", "select 1"), sync()].concat());
+    assert_eq!(errors(&until_ready(&mut raw)), []);
+    raw.send(
+        &[
+            close_statement("s1"),
+            parse("s1", "delete from customers where id > 0"),
+            bind("", "s1"),
+            execute(""),
+            sync(),
+        ]
+        .concat(),
+    );
+    assert_refused_by_rows_guard(&until_ready(&mut raw));
+    assert_eq!(total(&pg), "30");
+    raw.send(
+        &[
+            close_statement("s1"),
+            parse("s1", "select count(*) from customers"),
+            bind("", "s1"),
+            execute(""),
+            sync(),
+        ]
+        .concat(),
+    );
+    let msgs = until_ready(&mut raw);
+    assert_eq!(errors(&msgs), []);
+    let row = msgs.iter().find(|(t, _)| *t == b'D').expect("a row");
+    assert!(row.1.ends_with(b"30"), "{:?}", row.1);
+    // And the DELETE within the limit runs.
+    raw.send(
+        &[
+            close_statement("s1"),
+            parse("s1", "delete from customers where id > 25"),
+            bind("", "s1"),
+            execute(""),
+            sync(),
+        ]
+        .concat(),
+    );
+    let msgs = until_ready(&mut raw);
+    assert_eq!(errors(&msgs), []);
+    assert_eq!(total(&pg), "25");
+}
