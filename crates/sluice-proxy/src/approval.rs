@@ -153,7 +153,9 @@ pub async fn run(
             .map(|a| a.session.clone())
             .unwrap_or_default(),
         normalized: info.normalized.clone(),
-        statement: step.text.clone(),
+        // Approvers see the statement, not a password in it; the binding
+        // is the hash of the exact text (params_hash).
+        statement: sluice_sql::redact_secrets(&step.text),
         facts: serde_json::json!({
             "kind": info.kind,
             "tables_read": info.tables_read,

@@ -543,3 +543,34 @@ async fn a_statement_held_on_one_replica_is_approved_through_another() {
         found.text
     );
 }
+
+/// Approvers see what a statement does, not the password in it: the
+/// request's statement has its credential literals redacted, in the API
+/// and in the store.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_password_in_a_held_statement_is_not_shown_to_approvers() {
+    let pg = PgServer::start();
+    prepare(&pg);
+    let sluice = SluiceProcess::builder(bin(), &config(&pg, ""))
+        .env("TARGET_PW", SCRAM_PASSWORD)
+        .start();
+    let _held = hold(&sluice, "alter role sluice_scram password 'Hunter2-secret'");
+    let req = pending_via_api(&sluice);
+    assert_eq!(
+        req["statement"],
+        "alter role sluice_scram password '***'",
+        "{req}"
+    );
+    let all = get(&sluice, "/api/approvals", Some(DBA_TOKEN));
+    assert!(!all.text.contains("Hunter2"), "{}", all.text);
+    // The request is stored (SQLite in WAL mode: the file and its log).
+    let dir = sluice.data_dir().join("audit");
+    assert!(dir.join("audit.db").is_file());
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("Hunter2"),
+            "the password is in the approvals store"
+        );
+    }
+}
