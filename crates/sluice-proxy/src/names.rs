@@ -7,12 +7,23 @@
 
 use std::collections::{HashMap, VecDeque};
 
+/// PostgreSQL keys prepared statements and portals by their first
+/// `NAMEDATALEN - 1` bytes: two names that share those bytes are one name
+/// to the server, so they must be one here (or a statement could be run
+/// under a name Sluice does not know). This also bounds what a name costs.
+const SERVER_NAME_BYTES: usize = 63;
+
+fn key(name: &str) -> &[u8] {
+    let b = name.as_bytes();
+    &b[..b.len().min(SERVER_NAME_BYTES)]
+}
+
 /// One namespace of names (statements or portals).
 #[derive(Debug)]
 pub struct Names<T> {
-    slots: HashMap<String, Slot<T>>,
+    slots: HashMap<Box<[u8]>, Slot<T>>,
     /// Pending changes by id, oldest first (`None`: every name removed).
-    owners: VecDeque<(u64, Option<String>)>,
+    owners: VecDeque<(u64, Option<Box<[u8]>>)>,
 }
 
 #[derive(Debug)]
@@ -59,7 +70,7 @@ impl<T> Names<T> {
 
     /// The name is held or has pending changes.
     pub fn contains(&self, name: &str) -> bool {
-        self.slots.contains_key(name)
+        self.slots.contains_key(key(name))
     }
 
     /// A definition of `name` sent in `segment` (change `id`).
@@ -73,15 +84,16 @@ impl<T> Names<T> {
     }
 
     fn change(&mut self, name: &str, value: Option<T>, id: u64, segment: u64) {
-        let slot = match self.slots.get_mut(name) {
+        let k = key(name);
+        let slot = match self.slots.get_mut(k) {
             Some(s) => s,
-            None => self.slots.entry(name.to_owned()).or_insert(Slot {
+            None => self.slots.entry(k.into()).or_insert(Slot {
                 held: None,
                 pending: VecDeque::new(),
             }),
         };
         slot.pending.push_back(Pending { id, segment, value });
-        self.owners.push_back((id, Some(name.to_owned())));
+        self.owners.push_back((id, Some(k.into())));
     }
 
     /// A removal of every name (change `id`).
@@ -132,7 +144,7 @@ impl<T> Names<T> {
     /// message too (until Sync). Otherwise any pending change may or may
     /// not hold. Oldest first.
     pub fn candidates(&self, name: &str, segment: u64) -> impl Iterator<Item = &T> {
-        let slot = self.slots.get(name);
+        let slot = self.slots.get(key(name));
         let (only, all) = match slot.and_then(|s| s.pending.back()) {
             Some(last) if last.segment == segment => (last.value.as_ref(), None),
             _ => (None, slot),
@@ -146,7 +158,7 @@ impl<T> Names<T> {
 
     /// Run `f` on every candidate of `name` (as [`Names::candidates`]).
     pub fn candidates_mut(&mut self, name: &str, segment: u64, mut f: impl FnMut(&mut T)) {
-        let Some(slot) = self.slots.get_mut(name) else {
+        let Some(slot) = self.slots.get_mut(key(name)) else {
             return;
         };
         match slot.pending.back_mut() {
@@ -218,6 +230,18 @@ mod tests {
         n.resolve(6, true);
         assert_eq!(n.len(), 0);
         assert!(!n.resolve(7, true));
+    }
+
+    #[test]
+    fn names_are_what_the_server_compares() {
+        let mut n = Names::default();
+        let long = "s".repeat(63);
+        n.define(&format!("{long}_delete"), "delete", 1, 0);
+        n.resolve(1, true);
+        // The server sees one statement under both names.
+        assert_eq!(values(&n, &format!("{long}_other"), 1), ["delete"]);
+        assert_eq!(values(&n, &long, 1), ["delete"]);
+        assert_eq!(values(&n, &"s".repeat(62), 1), Vec::<&str>::new());
     }
 
     #[test]

@@ -557,8 +557,7 @@ async fn a_password_in_a_held_statement_is_not_shown_to_approvers() {
     let _held = hold(&sluice, "alter role sluice_scram password 'Hunter2-secret'");
     let req = pending_via_api(&sluice);
     assert_eq!(
-        req["statement"],
-        "alter role sluice_scram password '***'",
+        req["statement"], "alter role sluice_scram password '***'",
         "{req}"
     );
     let all = get(&sluice, "/api/approvals", Some(DBA_TOKEN));

@@ -554,3 +554,27 @@ fn close_and_parse_again_in_one_pipeline_judges_the_new_statement() {
     assert_eq!(errors(&msgs), []);
     assert_eq!(total(&pg), "25");
 }
+
+/// PostgreSQL compares statement names by their first 63 bytes: a Bind of
+/// another long name with the same start runs the same statement, and is
+/// judged as it.
+#[test]
+fn long_statement_names_are_compared_as_the_server_does() {
+    let (pg, sluice) = start_guarded();
+    let mut raw = raw_prod(&sluice);
+    let long = "s".repeat(63);
+    raw.send(
+        &[
+            parse(
+                &format!("{long}_delete"),
+                "delete from customers where id > 0",
+            ),
+            sync(),
+        ]
+        .concat(),
+    );
+    assert_eq!(errors(&until_ready(&mut raw)), []);
+    raw.send(&[bind("", &format!("{long}_other")), execute(""), sync()].concat());
+    assert_refused_by_rows_guard(&until_ready(&mut raw));
+    assert_eq!(total(&pg), "30");
+}
