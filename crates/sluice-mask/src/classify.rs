@@ -188,7 +188,8 @@ fn term(s: &str) -> Option<Hit> {
         | "ipadres" | "indirizzoip" | "direccionip" | "adresseip" | "clientaddr" => Pii(IpAddress),
         "macaddress" | "macaddr" | "webaddress" | "walletaddress" | "contractaddress"
         | "serveraddress" | "bindaddress" | "listenaddress" | "hostaddress" | "ipcount"
-        | "tokenizer" | "tokens" | "passwordpolicy" | "mailserver" | "mailhost"
+        | "tokenizer" | "tokens" | "passwordpolicy" | "passwordencryption" | "mailserver"
+        | "mailhost"
         | "mailtemplate" | "emailtemplate" | "phonetic" | "pancake" => NotPii,
         // credentials
         "password" | "passwd" | "pwd" | "pass" | "pw" | "passphrase" | "passwort" | "kennwort"
@@ -986,6 +987,8 @@ mod tests {
             ("hotel", "text"),
             ("pancake_count", "int4"),
             ("password_policy", "text"),
+            // `SHOW password_encryption`: psql's \password needs it.
+            ("password_encryption", "text"),
             ("email_template", "text"),
             ("description", "text"),
             ("status", "text"),
