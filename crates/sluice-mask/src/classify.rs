@@ -189,8 +189,7 @@ fn term(s: &str) -> Option<Hit> {
         "macaddress" | "macaddr" | "webaddress" | "walletaddress" | "contractaddress"
         | "serveraddress" | "bindaddress" | "listenaddress" | "hostaddress" | "ipcount"
         | "tokenizer" | "tokens" | "passwordpolicy" | "passwordencryption" | "mailserver"
-        | "mailhost"
-        | "mailtemplate" | "emailtemplate" | "phonetic" | "pancake" => NotPii,
+        | "mailhost" | "mailtemplate" | "emailtemplate" | "phonetic" | "pancake" => NotPii,
         // credentials
         "password" | "passwd" | "pwd" | "pass" | "pw" | "passphrase" | "passwort" | "kennwort"
         | "motdepasse" | "mdp" | "contrasena" | "contrasenya" | "clave" | "wachtwoord"
