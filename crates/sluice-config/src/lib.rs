@@ -793,8 +793,7 @@ pub struct Limits {
     pub workers: usize,
     /// Longest statement text Sluice parses, in bytes. Parsing takes
     /// hundreds of bytes of memory per byte of a pathological text, so a
-    /// longer one is not parsed: it counts as unparseable (refused in
-    /// production by the built-in guardrails, flagged elsewhere).
+    /// longer one is not parsed, and, unchecked, is refused everywhere.
     pub max_statement_size: usize,
 }
 

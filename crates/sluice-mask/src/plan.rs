@@ -36,6 +36,12 @@ pub mod oid {
     pub const DATE: u32 = 1082;
     /// `jsonb`
     pub const JSONB: u32 = 3802;
+    /// `cstring` (`record_out(c)`, `textout(x)`): binary = text.
+    pub const CSTRING: u32 = 2275;
+    /// `refcursor`: binary = text.
+    pub const REFCURSOR: u32 = 1790;
+    /// Arrays of cstring, refcursor, tsvector, tsquery, jsonpath.
+    pub const STRUCTURED_ARRAYS: [u32; 5] = [1263, 2201, 3643, 3645, 4073];
     /// `record` (an anonymous row)
     pub const RECORD: u32 = 2249;
     /// `record[]`
@@ -97,9 +103,14 @@ impl ValueType {
     /// OIDs (`citext`, domains over text).
     pub fn of(type_oid: u32, type_name: &str) -> ValueType {
         match type_oid {
-            oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::CHAR | oid::UNKNOWN => {
-                ValueType::Text
-            }
+            oid::TEXT
+            | oid::VARCHAR
+            | oid::BPCHAR
+            | oid::NAME
+            | oid::CHAR
+            | oid::UNKNOWN
+            | oid::CSTRING
+            | oid::REFCURSOR => ValueType::Text,
             oid::JSON => ValueType::Json,
             oid::JSONB => ValueType::Jsonb,
             oid::XML => ValueType::Xml,
@@ -112,6 +123,7 @@ impl ValueType {
             | oid::TSVECTOR
             | oid::TSQUERY
             | oid::JSONPATH => ValueType::Structured,
+            o if oid::STRUCTURED_ARRAYS.contains(&o) => ValueType::Structured,
             // The catalog lookup names composite types `record` (see
             // sluice-proxy's catalog.rs); hstore has no fixed OID.
             _ if matches!(

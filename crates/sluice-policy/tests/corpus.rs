@@ -137,6 +137,8 @@ const CORPUS: &[(&str, &str, &str)] = &[
     ("delete from t1 where coalesce(true)", "deny", "no-unfiltered-write-in-production"),
     ("delete from t1 where true is true", "deny", "no-unfiltered-write-in-production"),
     ("delete from t1 where $1", "deny", "no-unfiltered-write-in-production"),
+    ("delete from t1 where 1 is distinct from 2", "deny", "no-unfiltered-write-in-production"),
+    ("delete from t1 where 9007199254740993 <> 9007199254740992", "deny", "no-unfiltered-write-in-production"),
     ("merge into t1 using (select 1) s on true when matched then delete", "deny", "no-unfiltered-write-in-production"),
     ("merge into t1 using s on t1.id = s.id when matched then delete", "allow", ""),
     // ORMs write this for an empty IN list: it deletes nothing.

@@ -134,12 +134,24 @@ impl Catalog {
             let mut types = Vec::new();
             if !missing.types.is_empty() {
                 let mut sql = String::from(
-                    // Composite types (a table's row, `SELECT c FROM customers c`)
-                    // and arrays of them are named `record` / `_record`: masking
-                    // scans their text form.
-                    "SELECT t.oid::text, CASE WHEN t.typtype = 'c' THEN 'record' \
-                     WHEN e.typtype = 'c' THEN '_record' ELSE t.typname END \
-                     FROM pg_catalog.pg_type t LEFT JOIN pg_catalog.pg_type e ON e.oid = t.typelem \
+                    // Types whose text form carries text are named `record`
+                    // (masking scans their text form): composite types (a
+                    // table's row, `SELECT c FROM customers c`), ranges over
+                    // strings, and arrays of those, of domains over strings and
+                    // of the other structured types (`_record`).
+                    "SELECT t.oid::text, CASE \
+                       WHEN t.typtype = 'c' THEN 'record' \
+                       WHEN t.typtype = 'r' AND EXISTS (SELECT 1 FROM pg_catalog.pg_range r \
+                         JOIN pg_catalog.pg_type s ON s.oid = r.rngsubtype \
+                         WHERE r.rngtypid = t.oid AND s.typcategory = 'S') THEN 'record' \
+                       WHEN t.typcategory = 'A' AND (e.typtype IN ('c', 'r') OR e.typcategory = 'S' \
+                         OR coalesce(b.typcategory, '') = 'S' \
+                         OR e.typname IN ('tsvector', 'tsquery', 'jsonpath', 'json', 'jsonb', 'xml', 'hstore', 'cstring', 'refcursor')) \
+                         THEN '_record' \
+                       ELSE t.typname END \
+                     FROM pg_catalog.pg_type t \
+                     LEFT JOIN pg_catalog.pg_type e ON e.oid = t.typelem \
+                     LEFT JOIN pg_catalog.pg_type b ON b.oid = e.typbasetype AND e.typtype = 'd' \
                      WHERE t.oid IN (",
                 );
                 for (i, oid) in missing.types.iter().enumerate() {

@@ -389,6 +389,28 @@ impl<'a> Guard<'a> {
     fn judge(&mut self, text: Option<&[u8]>) -> (Verdict, bool) {
         Metrics::inc(&self.metrics.statements_checked_total);
         let text = text.and_then(|t| std::str::from_utf8(t).ok());
+        if let Some(t) = text.filter(|t| t.len() > self.max_statement_size) {
+            // Not parsed, so not checked: refused in every environment, or
+            // padding a statement would switch off policy and the rows limit.
+            let e = ErrorResponse::new(
+                Severity::Error,
+                "54000",
+                format!(
+                    "sluice: blocked by statement-too-long: the statement has {} bytes, more than the {} Sluice checks",
+                    t.len(),
+                    self.max_statement_size
+                ),
+            )
+            .hint("send bulk data with COPY or as bind parameters, or ask your administrator to raise limits.max_statement_size");
+            let verdict = Verdict::Refuse {
+                error: e.encode(),
+                held: false,
+                rule: "statement-too-long".into(),
+                info: Arc::new(StatementInfo::of(t, None)),
+                approval: None,
+            };
+            return (verdict, false);
+        }
         let analysis = text.and_then(|t| self.analyze(t));
         let info = Arc::new(StatementInfo::of(text.unwrap_or(""), analysis.as_ref()));
         // A search_path set in this very string applies to its own statements.

@@ -129,8 +129,8 @@ impl Masking {
     /// A message outside the result rows with the sensitive values in its
     /// text masked: the message, detail, hint and context of an
     /// ErrorResponse or NoticeResponse (a unique violation's `Key
-    /// (email)=(…)`), a NOTIFY payload, and `application_name` in a
-    /// ParameterStatus (`set_config('application_name', ssn, …)`). `None`
+    /// (email)=(…)`), a NOTIFY payload, and a ParameterStatus value
+    /// (`set_config('application_name', ssn, …)`). `None`
     /// when nothing was found or the message is not one of these.
     pub fn out_of_band(&mut self, tag: u8, body: &[u8]) -> Option<Bytes> {
         use sluice_wire::messages::{parameter_status, ErrorResponse};
@@ -145,7 +145,9 @@ impl Masking {
                 let mut e = ErrorResponse::decode(body).ok()?;
                 let mut changed = false;
                 for (kind, value) in &mut e.fields {
-                    if matches!(*kind, b'M' | b'D' | b'H' | b'W' | b'q') {
+                    // Every text a function can set (RAISE … USING COLUMN = v
+                    // sets 'c'), not severity, code, position or source.
+                    if !matches!(*kind, b'S' | b'V' | b'C' | b'P' | b'p' | b'F' | b'L' | b'R') {
                         if let Some(m) = scan(value.as_bytes()) {
                             *value = String::from_utf8_lossy(&m).into_owned();
                             changed = true;
@@ -179,16 +181,16 @@ impl Masking {
                 m.extend_from_slice(&[0]);
                 Some(m.freeze())
             }
-            backend::PARAMETER_STATUS => match parameter_status::decode(body).ok()? {
-                ("application_name", value) => {
-                    let masked = scan(value.as_bytes())?;
-                    Some(parameter_status::encode(
-                        "application_name",
-                        &String::from_utf8_lossy(&masked),
-                    ))
-                }
-                _ => None,
-            },
+            // Any reported setting can be set from a value
+            // (`set_config('TimeZone', …)`), not only application_name.
+            backend::PARAMETER_STATUS => {
+                let (name, value) = parameter_status::decode(body).ok()?;
+                let masked = scan(value.as_bytes())?;
+                Some(parameter_status::encode(
+                    name,
+                    &String::from_utf8_lossy(&masked),
+                ))
+            }
             _ => None,
         };
         self.report = report;

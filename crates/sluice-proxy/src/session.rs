@@ -519,6 +519,15 @@ async fn client_to_upstream(
                 let msg = &buf[ready..ready + header.total_len];
                 match st.on_message(header.tag, msg) {
                     Step::Forward => {}
+                    Step::Malformed(what) => {
+                        // What Sluice cannot read, it cannot judge: never
+                        // forward it (on a SQL_ASCII database the server
+                        // would accept a name that is not UTF-8).
+                        return violation(
+                            "08P01",
+                            format!("sluice: malformed {what} message (or one that is not UTF-8)"),
+                        );
+                    }
                     Step::Expired => {
                         // What came before goes on; then the session ends.
                         let before = buf.split_to(ready);

@@ -34,6 +34,9 @@ const PORTAL_SWEEP: usize = 256;
 pub enum Step {
     /// Forward it as it is.
     Forward,
+    /// A message Sluice cannot decode (malformed, or a name or text that is
+    /// not UTF-8): the session ends rather than forward what was not judged.
+    Malformed(&'static str),
     /// Send this instead (a refusal marker).
     Replace(Bytes),
     /// A simple Query under the rows-affected guard.
@@ -217,9 +220,7 @@ impl<'a> Statements<'a> {
             tag::QUERY => self.query(body),
             tag::BIND => {
                 let Ok(b) = bind::decode(body) else {
-                    // The server will reject it; nothing is bound.
-                    self.pending.push(Expect::client(Awaiting::Bind));
-                    return Step::Forward;
+                    return Step::Malformed("Bind");
                 };
                 let judged = judge(self.prepared.candidates(b.statement, self.syncs));
                 if judged.mixed_copy || self.pending_changes() >= MAX_PREPARED {
@@ -264,13 +265,15 @@ impl<'a> Statements<'a> {
                         Expect::for_portal(Awaiting::DescribePortal, name)
                     }
                     // Malformed: the server answers with an error.
-                    Err(_) => Expect::client(Awaiting::DescribePortal),
+                    Err(_) => return Step::Malformed("Describe"),
                 };
                 self.pending.push(e);
                 Step::Forward
             }
             tag::EXECUTE => {
-                let portal = execute::decode(body).map(|(p, _)| p).unwrap_or("");
+                let Ok((portal, _)) = execute::decode(body) else {
+                    return Step::Malformed("Execute");
+                };
                 let segment = self.syncs;
                 let judged = judge(self.portals.candidates(portal, segment).map(|p| &p.of));
                 // Described only if whichever portal runs was described.
@@ -329,7 +332,7 @@ impl<'a> Statements<'a> {
                             ..Expect::for_portal(Awaiting::Close, name)
                         }
                     }
-                    Err(_) => Expect::client(Awaiting::Close),
+                    Err(_) => return Step::Malformed("Close"),
                 };
                 self.pending.push(e);
                 Step::Forward
@@ -465,11 +468,7 @@ impl<'a> Statements<'a> {
         let mut r = Reader::new(body, "Parse");
         let (name, text) = match (r.cstr(), r.cstr()) {
             (Ok(name), Ok(q)) => (name, q.as_bytes()),
-            // Malformed: the server will reject it.
-            _ => {
-                self.pending.push(Expect::client(Awaiting::Parse));
-                return Step::Forward;
-            }
+            _ => return Step::Malformed("Parse"),
         };
         let name = name.to_owned();
         self.keep_text(text);

@@ -143,6 +143,10 @@ mod rows_effect_tests {
             RowsEffect::Uncountable
         );
         assert_eq!(
+            effect("insert into t values (generate_series(1, 100), 'x') on conflict (id) do update set v = 'y'"),
+            RowsEffect::Uncountable
+        );
+        assert_eq!(
             effect("insert into t select id from u on conflict do nothing"),
             RowsEffect::None
         );

@@ -156,9 +156,12 @@ fn visit_one(n: NodeRef<'_>, facts: &mut StatementFacts) {
                 // An upsert updates rows: as many as a VALUES list has rows,
                 // or as many as a query returns.
                 facts.actions.insert(Kind::Update);
+                // A VALUES list of plain rows: one row each. A function in
+                // it may return a set (`VALUES (generate_series(1, 1e6))`).
                 let from_values = matches!(
                     s.select_stmt.as_deref().and_then(|n| n.node.as_ref()),
                     Some(NodeEnum::SelectStmt(sel)) if !sel.values_lists.is_empty()
+                        && crate::sweep::sweep(&sel.values_lists).calls.is_empty()
                 );
                 facts.upsert = Some(if from_values {
                     crate::facts::Upsert::Values
@@ -777,8 +780,9 @@ fn always_false(node: &protobuf::Node, sensitive: &mut bool) -> bool {
         Some(NodeEnum::BoolExpr(b)) if b.boolop == BoolExprType::NotExpr as i32 => {
             b.args.first().is_some_and(|a| always_true(a, sensitive))
         }
-        // `1 = 0`, `1 <> 1`
-        Some(NodeEnum::AExpr(e)) => {
+        // `1 = 0`, `1 <> 1`: plain operators on small integers only, read
+        // exactly (not `IS DISTINCT FROM`, not numbers a float would round).
+        Some(NodeEnum::AExpr(e)) if e.kind == protobuf::AExprKind::AexprOp as i32 => {
             let (Some(l), Some(r)) = (e.lexpr.as_deref(), e.rexpr.as_deref()) else {
                 return false;
             };
@@ -789,11 +793,26 @@ fn always_false(node: &protobuf::Node, sensitive: &mut bool) -> bool {
                 },
                 _ => return false,
             };
-            if constant(l).is_none() || constant(r).is_none() {
+            let int = |n: &protobuf::Node| match n.node.as_ref() {
+                Some(NodeEnum::AConst(c)) => match &c.val {
+                    Some(a_const::Val::Ival(i)) => Some(i64::from(i.ival)),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let (Some(a), Some(b)) = (int(l), int(r)) else {
                 return false;
-            }
+            };
             *sensitive = true;
-            matches!(op, "=" | "<>" | "!=" | "<" | ">" | "<=" | ">=") && !compare_consts(l, r, op)
+            match op {
+                "=" => a != b,
+                "<>" | "!=" => a == b,
+                "<" => a >= b,
+                ">" => a <= b,
+                "<=" => a > b,
+                ">=" => a < b,
+                _ => false,
+            }
         }
         _ => false,
     }

@@ -374,6 +374,7 @@ async fn rows_composites_statistics_and_arrays_are_masked() {
         "app",
         &format!(
             "analyze customers;
+             create domain email_t as text;
              create table households (id int, member_names text[]);
              insert into households values (1, array['Alice Smith', 'Bob Jones']);
              alter table households owner to {};",
@@ -389,6 +390,10 @@ async fn rows_composites_statistics_and_arrays_are_masked() {
         "select array_agg(c) from customers c",
         "select most_common_vals, histogram_bounds from pg_stats where tablename = 'customers'",
         "select to_tsvector('simple', notes) from customers where id = 1",
+        "select array[to_tsvector('simple', notes)] from customers where id = 1",
+        "select record_out(c) from customers c where id = 1",
+        "select textout(ssn), email::refcursor from customers where id = 1",
+        "select array[email::email_t] from customers where id = 1",
     ] {
         let rows = simple_rows(&c.simple_query(sql).await.unwrap());
         let text = format!("{rows:?}");
@@ -452,7 +457,10 @@ async fn errors_notices_notifications_and_parameter_status_are_masked() {
             "create table contacts (email text unique); alter table contacts owner to {0};
              create function shout(v text) returns int language plpgsql
                as $$ begin raise notice 'value is %', v; return 1; end $$;
-             alter function shout(text) owner to {0};",
+             alter function shout(text) owner to {0};
+             create function fail_with(v text) returns int language plpgsql
+               as $$ begin raise exception 'failed' using column = v, detail = v; end $$;
+             alter function fail_with(text) owner to {0};",
             sluice_testkit::SCRAM_USER
         ),
     );
@@ -487,6 +495,15 @@ async fn errors_notices_notifications_and_parameter_status_are_masked() {
     let detail = db.detail().unwrap_or_default();
     assert!(detail.contains("already exists"), "{detail}");
     assert!(!detail.contains(EMAIL), "{detail}");
+
+    let e = c
+        .batch_execute("select fail_with(email) from customers where id = 1")
+        .await
+        .unwrap_err();
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.message(), "failed");
+    assert!(db.column().is_some_and(|v| !v.contains(EMAIL)), "{db:?}");
+    assert!(db.detail().is_some_and(|v| !v.contains(EMAIL)), "{db:?}");
 
     c.batch_execute("listen c").await.unwrap();
     c.batch_execute(

@@ -584,27 +584,34 @@ fn peak_rss_kib(pid: u32) -> u64 {
 }
 
 /// A huge statement is not parsed (parsing would take hundreds of bytes of
-/// memory per byte): in production it is refused, and Sluice's memory
-/// stays flat; the session goes on.
+/// memory per byte): it is refused in every environment (padding must not
+/// switch checks off), Sluice's memory stays flat, and the session goes on.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_statement_too_long_to_parse_is_refused_cheaply() {
-    let (_pg, sluice) = start_prod();
+    let (pg, sluice) = start_prod();
     let c = connect_to(&sluice, PROD).await;
     c.batch_execute("select 1").await.unwrap();
     let before = peak_rss_kib(sluice.pid());
     let huge = format!("select {}", vec!["1"; 200_000].join(","));
     let e = c.batch_execute(&huge).await.unwrap_err();
     let db = e.as_db_error().unwrap();
-    assert_eq!(db.code().code(), "42501");
+    assert_eq!(db.code().code(), "54000");
     assert!(
-        db.message().contains("no-unparseable-in-production")
-            && db.message().contains("max_statement_size"),
+        db.message().contains("statement-too-long"),
         "{}",
         db.message()
     );
     let grown = peak_rss_kib(sluice.pid()).saturating_sub(before);
     assert!(grown < 64 << 10, "peak RSS grew by {grown} KiB");
     c.batch_execute("select 1").await.unwrap();
+
+    // Padding a write past the limit does not slip it past the checks
+    // elsewhere either.
+    let dev = connect_to(&sluice, TARGET).await;
+    let padded = format!("delete from customers /* {} */", "x".repeat(300 << 10));
+    let e = dev.batch_execute(&padded).await.unwrap_err();
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("54000"));
+    assert_eq!(count(&pg), "2");
 }
 
 /// What a client sends is logged escaped: a newline in application_name

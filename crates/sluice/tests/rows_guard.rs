@@ -578,3 +578,26 @@ fn long_statement_names_are_compared_as_the_server_does() {
     assert_refused_by_rows_guard(&until_ready(&mut raw));
     assert_eq!(total(&pg), "30");
 }
+
+/// A message Sluice cannot decode is never forwarded unjudged: on a
+/// SQL_ASCII database the server would take a statement name that is not
+/// UTF-8, and what it names would run unchecked.
+#[test]
+fn a_statement_name_that_is_not_utf8_ends_the_session() {
+    let (pg, sluice) = start_guarded();
+    let mut raw = raw_prod(&sluice);
+    let mut body = b"s\xff\xfe\0".to_vec();
+    body.extend_from_slice(b"delete from customers where id > 0\0");
+    body.extend_from_slice(&0i16.to_be_bytes());
+    raw.send(&[message(b'P', &body), sync()].concat());
+    let m = raw.recv().expect("an error before the session ends");
+    assert_eq!(m.0, b'E');
+    let f = parse_fields(&m.1);
+    assert_eq!(field(&f, b'C'), "08P01");
+    assert!(
+        field(&f, b'M').starts_with("sluice: malformed Parse message"),
+        "{f:?}"
+    );
+    assert!(raw.recv().is_none(), "the session ends");
+    assert_eq!(total(&pg), "30");
+}
