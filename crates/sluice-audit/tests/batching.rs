@@ -498,9 +498,11 @@ fn a_time_range_is_exact_to_the_millisecond() {
     let w = AuditWriter::start(&config(), dir.path()).unwrap();
     let sink = w.sink();
     for _ in 0..5 {
-        // events a millisecond or more apart, so the bounds fall between them
-        let t = sluice_audit::util::now_ms();
+        // events a millisecond or more apart, so the bounds fall between
+        // them: the clock read after recording is at or past the event's
+        // time, so the next event is later
         sink.record(same("alice", "development")).unwrap();
+        let t = sluice_audit::util::now_ms();
         while sluice_audit::util::now_ms() == t {
             std::hint::spin_loop();
         }
