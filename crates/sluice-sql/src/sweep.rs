@@ -356,53 +356,29 @@ impl Sweep {
     }
 }
 
-impl ser::SerializeSeq for &mut Sweep {
-    type Ok = ();
-    type Error = Never;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> R {
-        self.element(value)
-    }
-    fn end(self) -> R {
-        self.elems.pop();
-        Ok(())
-    }
+/// The four sequence-like compound serializers: elements, counted.
+macro_rules! elements {
+    ($($trait:ident::$method:ident),*) => {$(
+        impl ser::$trait for &mut Sweep {
+            type Ok = ();
+            type Error = Never;
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> R {
+                self.element(value)
+            }
+            fn end(self) -> R {
+                self.elems.pop();
+                Ok(())
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeTuple for &mut Sweep {
-    type Ok = ();
-    type Error = Never;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> R {
-        self.element(value)
-    }
-    fn end(self) -> R {
-        self.elems.pop();
-        Ok(())
-    }
-}
-
-impl ser::SerializeTupleStruct for &mut Sweep {
-    type Ok = ();
-    type Error = Never;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> R {
-        self.element(value)
-    }
-    fn end(self) -> R {
-        self.elems.pop();
-        Ok(())
-    }
-}
-
-impl ser::SerializeTupleVariant for &mut Sweep {
-    type Ok = ();
-    type Error = Never;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> R {
-        self.element(value)
-    }
-    fn end(self) -> R {
-        self.elems.pop();
-        Ok(())
-    }
-}
+elements!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field
+);
 
 impl ser::SerializeMap for &mut Sweep {
     type Ok = ();
@@ -418,29 +394,28 @@ impl ser::SerializeMap for &mut Sweep {
     }
 }
 
-impl ser::SerializeStruct for &mut Sweep {
-    type Ok = ();
-    type Error = Never;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> R {
-        self.field(key, value)
-    }
-    fn end(self) -> R {
-        self.leave_struct();
-        Ok(())
-    }
+/// Structs and struct variants: named fields.
+macro_rules! fields {
+    ($($trait:ident),*) => {$(
+        impl ser::$trait for &mut Sweep {
+            type Ok = ();
+            type Error = Never;
+            fn serialize_field<T: Serialize + ?Sized>(
+                &mut self,
+                key: &'static str,
+                value: &T,
+            ) -> R {
+                self.field(key, value)
+            }
+            fn end(self) -> R {
+                self.leave_struct();
+                Ok(())
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeStructVariant for &mut Sweep {
-    type Ok = ();
-    type Error = Never;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> R {
-        self.field(key, value)
-    }
-    fn end(self) -> R {
-        self.leave_struct();
-        Ok(())
-    }
-}
+fields!(SerializeStruct, SerializeStructVariant);
 
 #[cfg(test)]
 mod tests {
