@@ -104,6 +104,16 @@ pub struct Change {
     pub statement: Option<usize>,
 }
 
+impl Change {
+    /// Change `id`, confirmed by the entry's own answer.
+    pub fn own(id: u64) -> Change {
+        Change {
+            id,
+            statement: None,
+        }
+    }
+}
+
 /// One message the server will answer.
 #[derive(Debug)]
 pub struct Expect {

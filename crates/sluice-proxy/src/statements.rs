@@ -246,10 +246,7 @@ impl<'a> Statements<'a> {
                     self.syncs,
                 );
                 self.pending.push(Expect {
-                    changes: vec![Change {
-                        id,
-                        statement: None,
-                    }],
+                    changes: vec![Change::own(id)],
                     ..Expect::for_portal(Awaiting::Bind, b.portal)
                 });
                 Step::Forward
@@ -321,14 +318,14 @@ impl<'a> Statements<'a> {
                     Ok(describe::Target::Statement(name)) => {
                         let changes = self.statement_removal(name);
                         Expect {
-                            changes,
+                            changes: changes.into_iter().collect(),
                             ..Expect::client(Awaiting::Close)
                         }
                     }
                     Ok(describe::Target::Portal(name)) => {
                         let changes = self.portal_removal(name);
                         Expect {
-                            changes,
+                            changes: changes.into_iter().collect(),
                             ..Expect::for_portal(Awaiting::Close, name)
                         }
                     }
@@ -799,10 +796,7 @@ impl<'a> Statements<'a> {
         let id = self.next_change();
         self.prepared.define(name, p, id, self.syncs);
         Expect {
-            changes: vec![Change {
-                id,
-                statement: None,
-            }],
+            changes: vec![Change::own(id)],
             ..Expect::client(Awaiting::Parse)
         }
     }
@@ -810,29 +804,21 @@ impl<'a> Statements<'a> {
     /// The pending removal of statement `name`, if there is one to track.
     /// Untracked (over the bound), the old statement stays a candidate:
     /// stricter, never looser.
-    fn statement_removal(&mut self, name: &str) -> Vec<Change> {
-        if !self.prepared.contains(name) || self.pending_changes() >= MAX_PREPARED {
-            return Vec::new();
-        }
-        let id = self.next_change();
-        self.prepared.remove(name, id, self.syncs);
-        vec![Change {
-            id,
-            statement: None,
-        }]
+    fn statement_removal(&mut self, name: &str) -> Option<Change> {
+        let room = self.pending_changes() < MAX_PREPARED;
+        let id = self.last_change + 1;
+        let change = track_removal(&mut self.prepared, name, room, id, self.syncs)?;
+        self.last_change = id;
+        Some(change)
     }
 
     /// The pending removal of portal `name` (as [`Self::statement_removal`]).
-    fn portal_removal(&mut self, name: &str) -> Vec<Change> {
-        if !self.portals.contains(name) || self.pending_changes() >= MAX_PREPARED {
-            return Vec::new();
-        }
-        let id = self.next_change();
-        self.portals.remove(name, id, self.syncs);
-        vec![Change {
-            id,
-            statement: None,
-        }]
+    fn portal_removal(&mut self, name: &str) -> Option<Change> {
+        let room = self.pending_changes() < MAX_PREPARED;
+        let id = self.last_change + 1;
+        let change = track_removal(&mut self.portals, name, room, id, self.syncs)?;
+        self.last_change = id;
+        Some(change)
     }
 
     fn next_change(&mut self) -> u64 {
@@ -953,4 +939,20 @@ fn same_plan(a: Option<&Arc<CopyPlan>>, b: Option<&Arc<CopyPlan>>) -> bool {
         (Some(a), Some(b)) => Arc::ptr_eq(a, b),
         _ => false,
     }
+}
+
+/// Track the removal of `name` as change `id`, when the name is known and
+/// there is `room`.
+fn track_removal<T>(
+    names: &mut Names<T>,
+    name: &str,
+    room: bool,
+    id: u64,
+    segment: u64,
+) -> Option<Change> {
+    if !names.contains(name) || !room {
+        return None;
+    }
+    names.remove(name, id, segment);
+    Some(Change::own(id))
 }

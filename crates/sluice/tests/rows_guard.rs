@@ -371,6 +371,15 @@ async fn a_rejected_prepare_does_not_redefine_the_statement() {
     assert_eq!(total(&pg), "30");
 }
 
+/// Send `sql` inside a failed transaction (the server rejects it), then roll back.
+async fn rejected_in_a_failed_transaction(c: &tokio_postgres::Client, sql: &str) {
+    c.batch_execute("begin").await.unwrap();
+    c.batch_execute("select 1/0").await.unwrap_err();
+    let e = c.batch_execute(sql).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "25P02", "{sql}: {e}");
+    c.batch_execute("rollback").await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deallocate_rejected_in_a_failed_transaction_keeps_the_statement() {
     let (pg, sluice) = start_guarded();
@@ -378,11 +387,7 @@ async fn a_deallocate_rejected_in_a_failed_transaction_keeps_the_statement() {
     c.batch_execute("prepare p2 as delete from customers where id > 0")
         .await
         .unwrap();
-    c.batch_execute("begin").await.unwrap();
-    c.batch_execute("select 1/0").await.unwrap_err();
-    let e = c.batch_execute("deallocate p2").await.unwrap_err();
-    assert_eq!(sqlstate(&e), "25P02", "{e}");
-    c.batch_execute("rollback").await.unwrap();
+    rejected_in_a_failed_transaction(&c, "deallocate p2").await;
     let e = c.batch_execute("execute p2").await.unwrap_err();
     assert_rows_refusal(&e, 30);
     assert_eq!(total(&pg), "30");
@@ -395,11 +400,7 @@ async fn a_discard_all_rejected_in_a_failed_transaction_keeps_the_statements() {
     c.batch_execute("prepare p3 as delete from customers where id > 0")
         .await
         .unwrap();
-    c.batch_execute("begin").await.unwrap();
-    c.batch_execute("select 1/0").await.unwrap_err();
-    let e = c.batch_execute("discard all").await.unwrap_err();
-    assert_eq!(sqlstate(&e), "25P02", "{e}");
-    c.batch_execute("rollback").await.unwrap();
+    rejected_in_a_failed_transaction(&c, "discard all").await;
     let e = c.batch_execute("execute p3").await.unwrap_err();
     assert_rows_refusal(&e, 30);
     assert_eq!(total(&pg), "30");
