@@ -26,6 +26,11 @@ use crate::AuditError;
 /// Events the writer takes from the queue at once. A deep queue gives big
 /// batches, so the fsyncs and store commits per event shrink as load grows.
 const BATCH_MAX: usize = 16384;
+/// How long the writer lets events gather after a small batch while it
+/// competes for the CPU (see [`Contention`]).
+const GROUP_WINDOW: Duration = Duration::from_millis(5);
+/// A batch this large is not followed by a window.
+const GROUP_TARGET: usize = 512;
 /// Entries the store gets per transaction.
 const STORE_BATCH: usize = 8192;
 /// Unstored entries kept in memory; beyond this they are re-read from the
@@ -135,6 +140,9 @@ enum Msg {
 
 struct SinkShared {
     tx: SyncSender<Msg>,
+    /// The writer thread, woken early by flushes and a filling queue
+    /// (`None` for the discard sink).
+    writer: Option<std::thread::Thread>,
     counters: Arc<Counters>,
     log_literals: bool,
     spool_max: u64,
@@ -147,6 +155,14 @@ struct SinkShared {
 #[derive(Clone)]
 pub struct AuditSink {
     inner: Arc<SinkShared>,
+}
+
+impl SinkShared {
+    fn wake(&self) {
+        if let Some(t) = &self.writer {
+            t.unpark();
+        }
+    }
 }
 
 impl std::fmt::Debug for AuditSink {
@@ -166,6 +182,7 @@ impl AuditSink {
         AuditSink {
             inner: Arc::new(SinkShared {
                 tx,
+                writer: None,
                 counters: Arc::new(Counters::default()),
                 log_literals: false,
                 spool_max: u64::MAX,
@@ -211,10 +228,15 @@ impl AuditSink {
             body,
         };
         // Counted before the send so the writer's decrement never underflows.
-        s.counters.queue_depth.fetch_add(1, Ordering::Relaxed);
+        let depth = s.counters.queue_depth.fetch_add(1, Ordering::Relaxed) + 1;
         match s.tx.try_send(Msg::Event(Box::new(ev))) {
             Ok(()) => {
                 s.counters.recorded.fetch_add(1, Ordering::Relaxed);
+                // A writer waiting out its group-commit window is woken
+                // before the queue can fill.
+                if depth == s.capacity / 4 + 1 {
+                    s.wake();
+                }
                 Ok(())
             }
             Err(e) => {
@@ -277,7 +299,10 @@ impl AuditSink {
         // The queue may be full for a moment; the flush waits its turn.
         loop {
             match self.inner.tx.try_send(msg) {
-                Ok(()) => break,
+                Ok(()) => {
+                    self.inner.wake();
+                    break;
+                }
                 Err(TrySendError::Full(m)) => {
                     if Instant::now() > deadline {
                         return None;
@@ -495,16 +520,6 @@ impl AuditWriter {
         w.publish();
 
         let (tx, rx) = std::sync::mpsc::sync_channel(config.queue_capacity);
-        let sink = AuditSink {
-            inner: Arc::new(SinkShared {
-                tx,
-                counters,
-                log_literals: config.log_literals,
-                spool_max: config.spool_max_bytes,
-                on_full: config.on_spool_full,
-                capacity: config.queue_capacity as u64,
-            }),
-        };
         let public = w.signer.public();
         let thread = std::thread::Builder::new()
             .name("sluice-audit".into())
@@ -513,6 +528,17 @@ impl AuditWriter {
                 path: "audit writer thread".into(),
                 source: e,
             })?;
+        let sink = AuditSink {
+            inner: Arc::new(SinkShared {
+                tx,
+                writer: Some(thread.thread().clone()),
+                counters,
+                log_literals: config.log_literals,
+                spool_max: config.spool_max_bytes,
+                on_full: config.on_spool_full,
+                capacity: config.queue_capacity as u64,
+            }),
+        };
         Ok(AuditWriter {
             sink,
             thread: Some(thread),
@@ -554,6 +580,7 @@ impl AuditWriter {
             .tx
             .send(Msg::Retention { now_ms, reply })
             .map_err(|_| AuditError::Stopped)?;
+        self.sink.inner.wake();
         rx.recv_timeout(timeout)
             .map_err(|_| AuditError::Stopped)?
             .map_err(AuditError::Store)
@@ -571,6 +598,7 @@ impl AuditWriter {
             return Ok(());
         };
         let _ = self.sink.inner.tx.send(Msg::Shutdown);
+        self.sink.inner.wake();
         t.join().map_err(|_| AuditError::Stopped)
     }
 }
@@ -578,6 +606,75 @@ impl AuditWriter {
 impl Drop for AuditWriter {
     fn drop(&mut self) {
         let _ = self.stop();
+    }
+}
+
+/// Whether the writer competes for the CPU, from the share of its
+/// runnable time it spent waiting for one (`/proc/thread-self/schedstat`),
+/// sampled every [`CONTENTION_SAMPLE`]. Only then does a group-commit
+/// window pay: it saves the store's per-commit work and the wakeups. On an
+/// idle machine it would only add latency (a parked writer leaves CPUs to
+/// go idle, and waking them is slow on virtual machines).
+#[derive(Default)]
+struct Contention {
+    last: Option<(SchedStat, Instant)>,
+    on: bool,
+}
+
+const CONTENTION_SAMPLE: Duration = Duration::from_millis(50);
+/// Waiting share above which the writer counts as contended …
+const CONTENDED_ABOVE: f64 = 0.4;
+/// … and below which it no longer does.
+const UNCONTENDED_BELOW: f64 = 0.2;
+
+/// Nanoseconds a thread has run and waited to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SchedStat {
+    run_ns: u64,
+    wait_ns: u64,
+}
+
+impl SchedStat {
+    fn parse(text: &str) -> Option<SchedStat> {
+        let mut f = text.split_ascii_whitespace().map(str::parse::<u64>);
+        Some(SchedStat {
+            run_ns: f.next()?.ok()?,
+            wait_ns: f.next()?.ok()?,
+        })
+    }
+}
+
+impl Contention {
+    fn contended(&mut self) -> bool {
+        let now = Instant::now();
+        if matches!(self.last, Some((_, at)) if now.duration_since(at) < CONTENTION_SAMPLE) {
+            return self.on;
+        }
+        // Without schedstat (not Linux), never a window.
+        let Some(stat) = std::fs::read_to_string("/proc/thread-self/schedstat")
+            .ok()
+            .as_deref()
+            .and_then(SchedStat::parse)
+        else {
+            return false;
+        };
+        if let Some((before, _)) = self.last {
+            self.on = next_contended(self.on, before, stat);
+        }
+        self.last = Some((stat, now));
+        self.on
+    }
+}
+
+/// The contention state after a sample, with hysteresis.
+fn next_contended(on: bool, before: SchedStat, now: SchedStat) -> bool {
+    let run = now.run_ns.saturating_sub(before.run_ns);
+    let wait = now.wait_ns.saturating_sub(before.wait_ns);
+    let share = wait as f64 / (run + wait).max(1) as f64;
+    if on {
+        share > UNCONTENDED_BELOW
+    } else {
+        share > CONTENDED_ABOVE
     }
 }
 
@@ -712,7 +809,15 @@ impl Writer {
     }
 
     fn run(mut self, rx: Receiver<Msg>) {
+        // Whether the last batch was small: then the writer waits out a
+        // group-commit window, parked rather than blocked on the queue, so
+        // recording an event wakes no thread and the next batch is larger.
+        let mut linger = false;
+        let mut contention = Contention::default();
         loop {
+            if linger {
+                std::thread::park_timeout(GROUP_WINDOW);
+            }
             let timeout = if self.pending.is_empty() && !self.from_disk && !self.unsynced {
                 Duration::from_secs(1)
             } else {
@@ -751,6 +856,7 @@ impl Writer {
             self.counters
                 .queue_depth
                 .fetch_sub(events.len() as u64, Ordering::Relaxed);
+            linger = !events.is_empty() && events.len() < GROUP_TARGET && contention.contended();
             self.note_dropped(&mut events);
             self.write_events(events);
             if !flushes.is_empty() {
@@ -1171,5 +1277,47 @@ impl Writer {
             self.try_store(true);
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedstat_is_read_from_procfs_format() {
+        assert_eq!(
+            SchedStat::parse("2950635122 489237135 48512\n"),
+            Some(SchedStat {
+                run_ns: 2_950_635_122,
+                wait_ns: 489_237_135
+            })
+        );
+        assert_eq!(SchedStat::parse("12\n"), None);
+        assert_eq!(SchedStat::parse("x 1 2"), None);
+    }
+
+    #[test]
+    fn group_commit_starts_when_the_writer_waits_for_a_cpu_and_stops_with_hysteresis() {
+        let at = |run_ns, wait_ns| SchedStat { run_ns, wait_ns };
+        let base = at(1_000, 1_000);
+        // Two thirds of its runnable time waiting: contended.
+        assert!(next_contended(false, base, at(2_000, 3_000)));
+        // A third: not enough to start …
+        assert!(!next_contended(false, base, at(3_000, 2_000)));
+        // … but enough to keep going once started.
+        assert!(next_contended(true, base, at(3_000, 2_000)));
+        // A tenth: stop.
+        assert!(!next_contended(true, base, at(10_000, 2_000)));
+        // An idle writer (no time at all) is not contended.
+        assert!(!next_contended(true, base, base));
+    }
+
+    #[test]
+    fn this_thread_has_a_schedstat_on_linux() {
+        if cfg!(target_os = "linux") {
+            let text = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+            assert!(SchedStat::parse(&text).is_some(), "{text}");
+        }
     }
 }
