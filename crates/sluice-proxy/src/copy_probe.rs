@@ -61,8 +61,10 @@ pub async fn run(
         send(w, &[&execute::FLUSH]).await?;
         st.flight.drained().await;
     }
-    // In a failed transaction the COPY will fail too: nothing to plan.
-    if st.flight.status() == TransactionStatus::Failed {
+    // In a failed transaction the COPY will fail too, and after a failed
+    // extended-protocol message the server discards it: nothing to plan
+    // (a probe's own Sync would end the server's skipping early).
+    if st.flight.status() == TransactionStatus::Failed || st.flight.skipping() {
         let entry = st.client_entry(Awaiting::Query);
         st.expect(entry);
         st.commit();
@@ -127,9 +129,10 @@ pub async fn run_parse(
     lookup: &CatalogAccess<'_>,
 ) -> Result<(), GuardError> {
     let in_transaction = st.flight.status() == TransactionStatus::InTransaction;
+    // Never while the server skips to a Sync: the probe's Sync would end it.
     let probed = match &copy.probe {
-        Some(sql) => probe(w, st, sql, masker, lookup).await?,
-        None => None,
+        Some(sql) if !st.flight.skipping() => probe(w, st, sql, masker, lookup).await?,
+        _ => None,
     };
     let probe_error = st.flight.take_probe_error().filter(|_| in_transaction);
     let refuse = st.refuse_unmaskable;

@@ -80,6 +80,9 @@ pub struct Completion {
     pub row_description: Option<Bytes>,
     /// The whole ErrorResponse the entry ended with (kept for Sluice's probes).
     pub error_message: Option<Bytes>,
+    /// The server skipped it: it came after an error and before the Sync
+    /// that ends the skipping, so it never ran and gets no answer.
+    pub skipped: bool,
 }
 
 /// A limit on the rows one UPDATE, DELETE or MERGE may change.
@@ -207,6 +210,38 @@ struct State {
     /// Changes answered since the client side last looked, in the server's
     /// order: (id, confirmed).
     resolved: Vec<(u64, bool)>,
+    /// An extended-protocol message failed and no ReadyForQuery has come
+    /// since: the server discards everything up to the next Sync.
+    skipping: bool,
+}
+
+impl State {
+    /// Nothing sent so far will be answered before another Sync is sent:
+    /// the queue is empty, or the server skips to a Sync none of its
+    /// entries is.
+    fn waits_for_sync(&self) -> bool {
+        self.queue.is_empty()
+            || (self.skipping && !self.queue.iter().any(|e| e.awaiting == Awaiting::Sync))
+    }
+
+    /// Tell whoever waits for an entry the server will skip that it was
+    /// skipped (it stays queued until the Sync's ReadyForQuery).
+    fn complete_skipped(&mut self) {
+        if !self.skipping {
+            return;
+        }
+        for e in self.queue.iter_mut() {
+            if e.awaiting == Awaiting::Sync {
+                break;
+            }
+            if let Some(done) = e.done.take() {
+                let _ = done.send(Completion {
+                    skipped: true,
+                    ..Completion::default()
+                });
+            }
+        }
+    }
 }
 
 /// A statement whose answer is complete, for the audit trail.
@@ -237,6 +272,7 @@ impl Default for Flight {
                 finished: Vec::new(),
                 probe_error: None,
                 resolved: Vec::new(),
+                skipping: false,
             })),
             drained: Arc::new(Notify::new()),
         }
@@ -252,7 +288,17 @@ impl Flight {
 
     /// Queue entries for messages about to be written upstream.
     pub fn push(&self, entries: impl IntoIterator<Item = Expect>) {
-        self.lock().queue.extend(entries);
+        let mut state = self.lock();
+        state.queue.extend(entries);
+        // Sent while the server skips to a Sync: they will never be answered.
+        state.complete_skipped();
+    }
+
+    /// The server is skipping to a Sync (an extended-protocol message
+    /// failed) and none has been sent: whatever is sent now is discarded.
+    pub fn skipping(&self) -> bool {
+        let state = self.lock();
+        state.skipping && !state.queue.iter().any(|e| e.awaiting == Awaiting::Sync)
     }
 
     /// The transaction status of the last ReadyForQuery.
@@ -283,13 +329,14 @@ impl Flight {
         self.lock().queue.is_empty()
     }
 
-    /// Wait until the server has answered everything sent so far.
+    /// Wait until the server has answered everything sent so far, or
+    /// skips what is left of it (an error, and no Sync sent after it).
     pub async fn drained(&self) {
         loop {
             let notified = self.drained.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.lock().queue.is_empty() {
+            if self.lock().waits_for_sync() {
                 return;
             }
             notified.await;
@@ -301,7 +348,7 @@ impl Flight {
         let mut state = self.lock();
         let mut tracker = Tracker { state: &mut state };
         let r = f(&mut tracker);
-        if state.queue.is_empty() {
+        if state.waits_for_sync() {
             self.drained.notify_waiters();
         }
         r
@@ -674,6 +721,8 @@ impl Tracker<'_> {
                     ..Completion::default()
                 };
                 self.pop(progress, completion, false);
+                self.state.skipping = true;
+                self.state.complete_skipped();
             }
             None => {}
         }
@@ -693,6 +742,7 @@ impl Tracker<'_> {
             .and_then(TransactionStatus::from_byte)
             .unwrap_or(TransactionStatus::Idle);
         self.state.status = status;
+        self.state.skipping = false;
         if status == TransactionStatus::Idle {
             // Every portal ends with its transaction.
             self.state.portal_plans.clear();
@@ -736,6 +786,7 @@ impl Tracker<'_> {
             status: Some(status),
             row_description: None,
             error_message: None,
+            skipped: false,
         };
         self.pop(progress, completion, true);
         match (swallow, prefix) {
@@ -778,6 +829,54 @@ mod tests {
         );
         assert_eq!(d, vec![Disposition::Forward, Disposition::Forward]);
         assert!(f.lock().queue.is_empty());
+    }
+
+    #[test]
+    fn entries_the_server_skips_after_an_error_complete_at_once() {
+        let f = Flight::default();
+        let (before, before_rx) = oneshot::channel();
+        f.push([
+            Expect::client(Awaiting::Parse),
+            Expect {
+                done: Some(before),
+                ..Expect::client(Awaiting::Execute)
+            },
+        ]);
+        assert!(!f.skipping());
+        run(&f, &[(b::ERROR_RESPONSE, b"SERROR\0C42P01\0Mbad\0\0")]);
+        // Queued before the error arrived: told now, not at the Sync.
+        assert!(before_rx.blocking_recv().unwrap().skipped);
+        assert!(f.skipping());
+        // Queued after it, before any Sync: told as it is queued.
+        let (after, after_rx) = oneshot::channel();
+        f.push([Expect {
+            done: Some(after),
+            ..Expect::client(Awaiting::Query)
+        }]);
+        assert!(after_rx.blocking_recv().unwrap().skipped);
+        // Nothing more can be answered until a Sync is sent.
+        assert!(f.lock().waits_for_sync());
+        // Once a Sync is queued, what follows it runs.
+        let (later, mut later_rx) = oneshot::channel();
+        f.push([
+            Expect::client(Awaiting::Sync),
+            Expect {
+                done: Some(later),
+                ..Expect::client(Awaiting::Execute)
+            },
+        ]);
+        assert!(!f.skipping());
+        assert!(later_rx.try_recv().is_err());
+        run(
+            &f,
+            &[
+                (b::READY_FOR_QUERY, b"I"),
+                (b::COMMAND_COMPLETE, b"SELECT 1\0"),
+            ],
+        );
+        let c = later_rx.blocking_recv().unwrap();
+        assert!(!c.skipped);
+        assert!(!f.skipping());
     }
 
     #[test]

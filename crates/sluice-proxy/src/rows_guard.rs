@@ -90,6 +90,15 @@ pub async fn run_query(
         send(w, &[&execute::FLUSH]).await?;
         st.flight.drained().await;
     }
+    // After a failed extended-protocol message the server discards
+    // everything up to the client's Sync, this Query too: nothing to guard.
+    if st.flight.skipping() {
+        let entry = st.client_entry(Awaiting::Query);
+        st.expect(entry);
+        st.commit();
+        send(w, &[&msg]).await?;
+        return Ok(());
+    }
     let (tx, rx) = oneshot::channel();
     match st.flight.status() {
         TransactionStatus::Idle => {
@@ -181,6 +190,8 @@ pub async fn run_execute(
     // Flush: the server holds its answers until Sync or Flush, and the
     // client's Sync stays here until the count is known.
     send(w, &[&msg, &execute::FLUSH]).await?;
+    // Skipped by the server (an error came before it): it never ran, and
+    // the completion says so at once rather than never.
     let c = wait(rx).await?;
     let error = match (c.over_limit, c.suspended) {
         (Some(n), _) => over_limit_error(n, limit, environment),

@@ -120,6 +120,11 @@ pub enum Risk {
     LoadLibrary,
     /// Ending or signalling other sessions (pg_terminate_backend, …).
     SignalBackend,
+    /// Locking tables against writes or reads for as long as the statement
+    /// or its transaction runs: `LOCK` in EXCLUSIVE or ACCESS EXCLUSIVE mode, `VACUUM
+    /// FULL`, `CLUSTER`, `REINDEX` and `REFRESH MATERIALIZED VIEW` without
+    /// `CONCURRENTLY`.
+    BlockingLock,
 }
 
 impl Risk {
@@ -147,6 +152,7 @@ impl Risk {
             Risk::SluiceSetting => "sluice_setting",
             Risk::LoadLibrary => "load_library",
             Risk::SignalBackend => "signal_backend",
+            Risk::BlockingLock => "blocking_lock",
         }
     }
 }

@@ -255,6 +255,27 @@ fn visit_one(n: NodeRef<'_>, facts: &mut StatementFacts) {
         NodeRef::AlterSystemStmt(_) => {
             facts.risks.insert(Risk::AlterSystem);
         }
+        // Statements that lock tables against writes (or reads) for as long
+        // as they run or their transaction lasts.
+        NodeRef::LockStmt(l) if l.mode >= EXCLUSIVE_LOCK => {
+            facts.risks.insert(Risk::BlockingLock);
+        }
+        NodeRef::VacuumStmt(v)
+            if v.is_vacuumcmd && option_on(&v.options, "full", &mut facts.literal_sensitive) =>
+        {
+            facts.risks.insert(Risk::BlockingLock);
+        }
+        NodeRef::ClusterStmt(_) => {
+            facts.risks.insert(Risk::BlockingLock);
+        }
+        NodeRef::ReindexStmt(r)
+            if !option_on(&r.params, "concurrently", &mut facts.literal_sensitive) =>
+        {
+            facts.risks.insert(Risk::BlockingLock);
+        }
+        NodeRef::RefreshMatViewStmt(r) if !r.concurrent => {
+            facts.risks.insert(Risk::BlockingLock);
+        }
         NodeRef::VariableSetStmt(s) => {
             if s.name.eq_ignore_ascii_case("search_path") {
                 // The path differs by literal: no verdict reuse across them.
@@ -446,9 +467,15 @@ fn split_search_path(value: &str) -> Vec<String> {
 
 /// True for EXPLAIN (ANALYZE [true]) and EXPLAIN ANALYZE: the statement runs.
 fn explain_analyzes(e: &protobuf::ExplainStmt, sensitive: &mut bool) -> bool {
-    e.options.iter().any(|o| match o.node.as_ref() {
-        Some(NodeEnum::DefElem(d)) if d.defname.eq_ignore_ascii_case("analyze") => {
-            // `ANALYZE 'off'` and `ANALYZE 'on'` share a template.
+    option_on(&e.options, "analyze", sensitive)
+}
+
+/// Whether the option `name` is given and not switched off (`FULL`,
+/// `FULL true`, `FULL 'on'`). A value makes the verdict literal-sensitive:
+/// `'off'` and `'on'` share a template.
+fn option_on(options: &[protobuf::Node], name: &str, sensitive: &mut bool) -> bool {
+    options.iter().any(|o| match o.node.as_ref() {
+        Some(NodeEnum::DefElem(d)) if d.defname.eq_ignore_ascii_case(name) => {
             *sensitive |= d.arg.is_some();
             match d.arg.as_deref().and_then(|a| a.node.as_ref()) {
                 None => true,
@@ -458,13 +485,19 @@ fn explain_analyzes(e: &protobuf::ExplainStmt, sensitive: &mut bool) -> bool {
                     "false" | "off" | "0" | "no"
                 ),
                 Some(NodeEnum::Integer(i)) => i.ival != 0,
-                // Anything else: assume it runs.
+                // Anything else: assume it is on.
                 Some(_) => true,
             }
         }
         _ => false,
     })
 }
+
+/// `LOCK TABLE` in EXCLUSIVE mode blocks every write and most locks, and
+/// in ACCESS EXCLUSIVE (the default) every read too, until the transaction
+/// ends. SHARE and SHARE ROW EXCLUSIVE, which applications take to read a
+/// table while it cannot change, are left alone.
+const EXCLUSIVE_LOCK: i32 = 7;
 
 /// An UPDATE or DELETE: the table it writes, and whether its WHERE filters.
 fn filtered_write(

@@ -476,6 +476,48 @@ fn a_close_skipped_after_an_error_keeps_the_statement() {
     assert_eq!(errs[0].0, "26000", "{errs:?}");
 }
 
+/// After an error the server skips every message up to the next Sync, a
+/// guarded statement included: Sluice must not wait for an answer that
+/// cannot come, and the client's Sync must still get through.
+#[test]
+fn a_guarded_statement_skipped_after_an_error_does_not_hang_the_session() {
+    let (pg, sluice) = start_guarded();
+    let mut raw = raw_prod(&sluice);
+    raw.send(&[parse("sd", "delete from customers where id > 0"), sync()].concat());
+    assert_eq!(errors(&until_ready(&mut raw)), []);
+    // An Execute and a simple Query after a failed Parse, before the Sync.
+    raw.send(
+        &[
+            parse("bad", "select * from no_such_table"),
+            bind("", "sd"),
+            execute(""),
+            query("delete from customers where id > 0"),
+            // A COPY whose columns Sluice would probe for masking: the
+            // probe's own Sync must not end the server's skipping early.
+            query("copy customers to stdout"),
+            sync(),
+        ]
+        .concat(),
+    );
+    let msgs = until_ready(&mut raw);
+    let errs = errors(&msgs);
+    assert_eq!(errs.len(), 1, "{msgs:?}");
+    assert_eq!(errs[0].0, "42P01", "{errs:?}");
+    // Nothing ran: only the error and the Sync's ReadyForQuery came back.
+    assert_eq!(
+        msgs.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+        [b'E', b'Z'],
+        "{msgs:?}"
+    );
+    assert_eq!(total(&pg), "30");
+    // The session goes on, guarded as before.
+    raw.send(&query("delete from customers where id > 0"));
+    assert_refused_by_rows_guard(&until_ready(&mut raw));
+    raw.send(&query("select 1"));
+    assert_eq!(errors(&until_ready(&mut raw)), []);
+    assert_eq!(total(&pg), "30");
+}
+
 #[test]
 fn a_rejected_bind_does_not_redefine_the_portal() {
     let (pg, sluice) = start_guarded();
