@@ -16,7 +16,8 @@
 //! named like PII is not PII text; dates of birth may be `date`/`timestamp`;
 //! numbers (phone, SSN, card, account, national id, postal code) may be
 //! integers or numeric; `inet` is always an IP address; `bytea` may hold
-//! secrets.
+//! any of them. Arrays, ranges and multiranges of dates and timestamps may
+//! hold dates of birth.
 //!
 //! **Bare `name`** (and `nom`, `nome`, `nombre`, `naam`) is ambiguous: a
 //! product, a company or a person. It is a person's name only when the
@@ -36,6 +37,10 @@ pub(crate) enum TypeFamily {
     TextArray,
     Date,
     Timestamp,
+    /// Arrays of dates or timestamps.
+    DateArray,
+    /// Ranges and multiranges of dates or timestamps, and their arrays.
+    DateRange,
     Integer,
     Inet,
     Bytea,
@@ -68,11 +73,15 @@ pub(crate) fn type_family(pg_type: &str) -> TypeFamily {
         | "decimal" => TypeFamily::Integer,
         "inet" => TypeFamily::Inet,
         "bytea" => TypeFamily::Bytea,
+        "daterange" | "tsrange" | "tstzrange" | "datemultirange" | "tsmultirange"
+        | "tstzmultirange" => TypeFamily::DateRange,
         _ => TypeFamily::Other,
     };
     match (array, fam) {
         (false, f) => f,
         (true, TypeFamily::Text | TypeFamily::Json) => TypeFamily::TextArray,
+        (true, TypeFamily::Date | TypeFamily::Timestamp) => TypeFamily::DateArray,
+        (true, TypeFamily::DateRange) => TypeFamily::DateRange,
         (true, _) => TypeFamily::Other,
     }
 }
@@ -80,7 +89,10 @@ pub(crate) fn type_family(pg_type: &str) -> TypeFamily {
 fn type_allows(fam: TypeFamily, kind: Kind) -> bool {
     match fam {
         TypeFamily::Text | TypeFamily::Json | TypeFamily::Xml | TypeFamily::TextArray => true,
-        TypeFamily::Date | TypeFamily::Timestamp => kind == Kind::DateOfBirth,
+        TypeFamily::Date
+        | TypeFamily::Timestamp
+        | TypeFamily::DateArray
+        | TypeFamily::DateRange => kind == Kind::DateOfBirth,
         TypeFamily::Integer => matches!(
             kind,
             Kind::Phone
@@ -91,10 +103,8 @@ fn type_allows(fam: TypeFamily, kind: Kind) -> bool {
                 | Kind::PostalCode
         ),
         TypeFamily::Inet => kind == Kind::IpAddress,
-        TypeFamily::Bytea => matches!(
-            kind,
-            Kind::PrivateKey | Kind::Secret | Kind::PasswordHash | Kind::Password | Kind::ApiKey
-        ),
+        // bytes can hold any text: `email bytea`, `email::bytea`
+        TypeFamily::Bytea => true,
         TypeFamily::Other => false,
     }
 }

@@ -12,6 +12,7 @@
 //! - [`MaskReport`]: which detectors fired, never the values.
 #![warn(missing_docs)]
 
+mod bytea;
 mod classify;
 mod config;
 pub mod copy;
@@ -23,6 +24,7 @@ mod plan;
 mod report;
 mod strategy;
 
+pub use bytea::{redact_hex_in_place, window_is_text};
 pub use classify::{classify_column, classify_column_in};
 pub use config::{ColumnRule, ConfigError, MaskingConfig};
 pub use detect::{detect, scan, scan_bytes, scan_into, Finding};

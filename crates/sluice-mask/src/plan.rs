@@ -34,6 +34,8 @@ pub mod oid {
     pub const VARCHAR: u32 = 1043;
     /// `date`
     pub const DATE: u32 = 1082;
+    /// `date[]`
+    pub const DATE_ARRAY: u32 = 1182;
     /// `jsonb`
     pub const JSONB: u32 = 3802;
     /// `cstring` (`record_out(c)`, `textout(x)`): binary = text.
@@ -92,9 +94,14 @@ pub enum ValueType {
     Structured,
     /// date: binary = days since 2000-01-01 (i32).
     Date,
+    /// `date[]`: each element masked as a date.
+    DateArray,
+    /// bytea: text format `\x…` (or escape format), binary = the bytes.
+    /// Scanned after decoding; masked whole, it can only be NULL.
+    Bytea,
     /// inet: binary = family, bits, is_cidr, length, address.
     Inet,
-    /// Anything else (numbers, bytea, timestamps, uuid, …).
+    /// Anything else (numbers, timestamps, uuid, …).
     Other,
 }
 
@@ -115,6 +122,8 @@ impl ValueType {
             oid::JSONB => ValueType::Jsonb,
             oid::XML => ValueType::Xml,
             oid::DATE => ValueType::Date,
+            oid::DATE_ARRAY => ValueType::DateArray,
+            oid::BYTEA => ValueType::Bytea,
             oid::INET => ValueType::Inet,
             o if oid::TEXT_ARRAYS.contains(&o) => ValueType::Structured,
             oid::RECORD
@@ -142,7 +151,13 @@ impl ValueType {
                 TypeFamily::Xml => ValueType::Xml,
                 TypeFamily::TextArray => ValueType::Structured,
                 TypeFamily::Date => ValueType::Date,
+                TypeFamily::DateArray
+                    if matches!(type_name.to_ascii_lowercase().as_str(), "_date" | "date[]") =>
+                {
+                    ValueType::DateArray
+                }
                 TypeFamily::Inet => ValueType::Inet,
+                TypeFamily::Bytea => ValueType::Bytea,
                 _ => ValueType::Other,
             },
         }
@@ -158,6 +173,11 @@ impl ValueType {
                 | ValueType::Xml
                 | ValueType::Structured
         )
+    }
+
+    /// Values the detectors can look into: text, or bytes that may hold text.
+    pub fn is_scannable(self) -> bool {
+        self.is_textual() || self == ValueType::Bytea
     }
 }
 
@@ -225,12 +245,14 @@ pub type BinaryOutcome = Outcome;
 fn fit_strategy(vt: ValueType, s: Strategy) -> Strategy {
     match vt {
         ValueType::Text | ValueType::Json | ValueType::Jsonb => s,
-        ValueType::Date | ValueType::Inet => match s {
+        ValueType::Date | ValueType::DateArray | ValueType::Inet => match s {
             Strategy::Partial | Strategy::Token | Strategy::Null => s,
             Strategy::FormatPreserving => Strategy::Token,
             Strategy::Redact => Strategy::Null,
         },
-        ValueType::Xml | ValueType::Structured | ValueType::Other => Strategy::Null,
+        ValueType::Xml | ValueType::Structured | ValueType::Bytea | ValueType::Other => {
+            Strategy::Null
+        }
     }
 }
 
@@ -272,7 +294,7 @@ impl Masker {
         };
         match rule {
             Some(ColumnRule::Pass) => ColumnPlan::Pass,
-            Some(ColumnRule::Scan) if vt.is_textual() => ColumnPlan::Scan { value_type: vt },
+            Some(ColumnRule::Scan) if vt.is_scannable() => ColumnPlan::Scan { value_type: vt },
             Some(ColumnRule::Scan) => ColumnPlan::Pass,
             Some(ColumnRule::Mask { kind, strategy }) => {
                 let kind = kind.or_else(classified).unwrap_or(Kind::Secret);
@@ -280,7 +302,7 @@ impl Masker {
             }
             None => match classified() {
                 Some(kind) => mask(kind, None),
-                None if rules.scan_unclassified && vt.is_textual() => {
+                None if rules.scan_unclassified && vt.is_scannable() => {
                     ColumnPlan::Scan { value_type: vt }
                 }
                 None => ColumnPlan::Pass,
@@ -315,6 +337,9 @@ impl Masker {
     ) -> Outcome {
         match *plan {
             ColumnPlan::Pass => Outcome::Unchanged,
+            ColumnPlan::Scan {
+                value_type: ValueType::Bytea,
+            } => self.scan_bytea_text(plan, value, findings, report),
             ColumnPlan::Scan { value_type } if value_type.is_textual() => {
                 match self.mask_bytes_in_text(value, findings, report) {
                     Some(v) => {
@@ -409,6 +434,10 @@ impl Masker {
                 Some(d) => Outcome::Masked(d.into_bytes()),
                 None => Outcome::Null,
             },
+            ValueType::DateArray => match self.mask_date_array_text(strategy, &text) {
+                Some(a) => Outcome::Masked(a.into_bytes()),
+                None => Outcome::Null,
+            },
             ValueType::Inet => {
                 if text.trim().parse::<IpAddr>().is_err() && !text.contains('/') {
                     return Outcome::Null;
@@ -424,8 +453,79 @@ impl Masker {
                     _ => Outcome::Null,
                 }
             }
-            ValueType::Xml | ValueType::Structured | ValueType::Other => Outcome::Null,
+            ValueType::Xml | ValueType::Structured | ValueType::Bytea | ValueType::Other => {
+                Outcome::Null
+            }
         }
+    }
+
+    /// A text-format bytea holding UTF-8 text, decoded and scanned like
+    /// text; what is found is masked and the whole value re-encoded in hex.
+    /// Binary data is sent as it is (see `bytea::decode_text_if_utf8`).
+    fn scan_bytea_text(
+        &self,
+        plan: &ColumnPlan,
+        value: &[u8],
+        findings: &mut Vec<Finding>,
+        report: &mut MaskReport,
+    ) -> Outcome {
+        let mut bytes = Vec::new();
+        match crate::bytea::decode_text_if_utf8(value, &mut bytes) {
+            Some(true) => {}
+            Some(false) => return Outcome::Unchanged,
+            None => return self.cannot(plan, report),
+        }
+        match self.mask_bytes_in_text(&bytes, findings, report) {
+            Some(m) => {
+                report.values_masked += 1;
+                let mut out = Vec::with_capacity(2 + 2 * m.len());
+                crate::bytea::encode_hex(&m, &mut out);
+                Outcome::Masked(out)
+            }
+            None => Outcome::Unchanged,
+        }
+    }
+
+    /// A `date[]` in text form (`{1985-03-14,NULL}`, also with dimensions
+    /// `[0:1]={…}` or nested), each date masked as a `date` column's is.
+    /// `None` (NULL) when an element is not an ISO date or infinity.
+    fn mask_date_array_text(&self, strategy: Strategy, text: &str) -> Option<String> {
+        let b = text.as_bytes();
+        let mut out = String::with_capacity(text.len());
+        let mut i = 0;
+        if b.first() == Some(&b'[') {
+            // dimension decoration: copied up to and including `=`
+            let eq = text.find('=')?;
+            out.push_str(&text[..=eq]);
+            i = eq + 1;
+        }
+        while i < b.len() {
+            match b[i] {
+                b'{' | b'}' | b',' | b' ' => {
+                    out.push(char::from(b[i]));
+                    i += 1;
+                }
+                _ => {
+                    let (elem, quoted, next) = if b[i] == b'"' {
+                        let end = i + 1 + text[i + 1..].find('"')?;
+                        (&text[i + 1..end], true, end + 1)
+                    } else {
+                        let end = text[i..].find([',', '}']).map_or(text.len(), |e| i + e);
+                        (&text[i..end], false, end)
+                    };
+                    if (!quoted && elem.eq_ignore_ascii_case("NULL"))
+                        || elem == "infinity"
+                        || elem == "-infinity"
+                    {
+                        out.push_str(&text[i..next]);
+                    } else {
+                        out.push_str(&self.mask_date_text(strategy, elem)?);
+                    }
+                    i = next;
+                }
+            }
+        }
+        Some(out)
     }
 
     /// Dates in ISO text (`DateStyle` ISO, PostgreSQL's default): partial
@@ -433,14 +533,30 @@ impl Masker {
     /// give NULL.
     fn mask_date_text(&self, strategy: Strategy, text: &str) -> Option<String> {
         let (y, m, d) = parse_iso_date(text.trim())?;
-        let (y2, m2, d2) = match strategy {
-            Strategy::Partial => (y, 1, 1),
-            Strategy::Token | Strategy::FormatPreserving => {
-                self.date_token_for(&format!("{y:04}-{m:02}-{d:02}"))
-            }
-            Strategy::Redact | Strategy::Null => return None,
-        };
+        let (y2, m2, d2) = self.mask_ymd(strategy, (y, m, d))?;
         Some(format!("{y2:04}-{m2:02}-{d2:02}"))
+    }
+
+    /// Partial keeps the year, token is a keyed date; `None` for the others.
+    fn mask_ymd(&self, strategy: Strategy, (y, m, d): (i32, u32, u32)) -> Option<(i32, u32, u32)> {
+        match strategy {
+            Strategy::Partial => Some((y, 1, 1)),
+            Strategy::Token | Strategy::FormatPreserving => {
+                Some(self.date_token_for(&format!("{y:04}-{m:02}-{d:02}")))
+            }
+            Strategy::Redact | Strategy::Null => None,
+        }
+    }
+
+    /// A binary `date` (days since 2000-01-01) masked; infinity is kept
+    /// (not a birth date). `None`: NULL.
+    fn mask_days(&self, strategy: Strategy, days: i32) -> Option<i32> {
+        if days == i32::MAX || days == i32::MIN {
+            return Some(days);
+        }
+        let ymd = civil_from_days(i64::from(days) + DAYS_1970_TO_2000);
+        let (y, m, d) = self.mask_ymd(strategy, ymd)?;
+        i32::try_from(days_from_civil(y, m, d) - DAYS_1970_TO_2000).ok()
     }
 
     /// Mask one non-NULL field in the binary format. Text-like types are
@@ -489,13 +605,48 @@ impl Masker {
                 }
                 _ => Outcome::Unchanged,
             },
+            ValueType::DateArray => match *plan {
+                ColumnPlan::Mask {
+                    kind,
+                    strategy: strategy @ (Strategy::Partial | Strategy::Token),
+                    ..
+                } => {
+                    report.record(kind);
+                    match self.mask_binary_date_array(strategy, value) {
+                        Some(v) => {
+                            report.values_masked += 1;
+                            Outcome::Masked(v)
+                        }
+                        None => self.cannot(plan, report),
+                    }
+                }
+                ColumnPlan::Mask { kind, .. } => {
+                    report.record(kind);
+                    report.values_nulled += 1;
+                    Outcome::Null
+                }
+                _ => Outcome::Unchanged,
+            },
+            // a bytea's binary form is its bytes: scanned when they are text
+            ValueType::Bytea if matches!(plan, ColumnPlan::Scan { .. }) => {
+                if std::str::from_utf8(value).is_err() {
+                    return Outcome::Unchanged;
+                }
+                match self.mask_bytes_in_text(value, findings, report) {
+                    Some(m) => {
+                        report.values_masked += 1;
+                        Outcome::Masked(m)
+                    }
+                    None => Outcome::Unchanged,
+                }
+            }
             ValueType::Structured if matches!(plan, ColumnPlan::Scan { .. }) => {
                 match self.mask_binary_text_array(value, findings, report) {
                     Some(outcome) => outcome,
                     None => self.cannot(plan, report),
                 }
             }
-            ValueType::Structured | ValueType::Other => match *plan {
+            ValueType::Structured | ValueType::Bytea | ValueType::Other => match *plan {
                 ColumnPlan::Mask {
                     kind,
                     strategy: Strategy::Null,
@@ -598,6 +749,40 @@ impl Masker {
         })
     }
 
+    /// A binary `date[]` (array header, then 4-byte elements or -1 for
+    /// NULL) with each date masked in place. `None`: not an array of dates
+    /// this can read.
+    fn mask_binary_date_array(&self, strategy: Strategy, value: &[u8]) -> Option<Vec<u8>> {
+        let i32_at = |at: usize| -> Option<i32> {
+            value
+                .get(at..at + 4)
+                .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let ndim = usize::try_from(i32_at(0)?).ok()?;
+        if ndim > 6 || i32_at(8)? as u32 != oid::DATE {
+            return None;
+        }
+        let mut count: usize = usize::from(ndim > 0);
+        for d in 0..ndim {
+            count = count.checked_mul(usize::try_from(i32_at(12 + 8 * d)?).ok()?)?;
+        }
+        let mut out = value.to_vec();
+        let mut pos = 12 + 8 * ndim;
+        for _ in 0..count {
+            match i32_at(pos)? {
+                -1 => pos += 4,
+                4 => {
+                    let masked = self.mask_days(strategy, i32_at(pos + 4)?)?;
+                    out.get_mut(pos + 4..pos + 8)?
+                        .copy_from_slice(&masked.to_be_bytes());
+                    pos += 8;
+                }
+                _ => return None,
+            }
+        }
+        (pos == value.len()).then_some(out)
+    }
+
     fn cannot(&self, plan: &ColumnPlan, report: &mut MaskReport) -> Outcome {
         if let ColumnPlan::Mask { kind, .. } = plan {
             report.record(*kind);
@@ -621,22 +806,15 @@ impl Masker {
         if days == i32::MAX || days == i32::MIN {
             return Outcome::Unchanged;
         }
-        let (y, m, d) = civil_from_days(i64::from(days) + DAYS_1970_TO_2000);
-        let masked = match strategy {
-            Strategy::Partial => (y, 1, 1),
-            Strategy::Token | Strategy::FormatPreserving => {
-                self.date_token_for(&format!("{y:04}-{m:02}-{d:02}"))
+        match self.mask_days(strategy, days) {
+            Some(v) => {
+                report.values_masked += 1;
+                Outcome::Masked(v.to_be_bytes().to_vec())
             }
-            Strategy::Redact | Strategy::Null => {
+            None => {
                 report.values_nulled += 1;
-                return Outcome::Null;
+                Outcome::Null
             }
-        };
-        let out = days_from_civil(masked.0, masked.1, masked.2) - DAYS_1970_TO_2000;
-        report.values_masked += 1;
-        match i32::try_from(out) {
-            Ok(v) => Outcome::Masked(v.to_be_bytes().to_vec()),
-            Err(_) => Outcome::Null,
         }
     }
 

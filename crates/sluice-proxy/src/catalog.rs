@@ -136,15 +136,19 @@ impl Catalog {
                 let mut sql = String::from(
                     // Types whose text form carries text are named `record`
                     // (masking scans their text form): composite types (a
-                    // table's row, `SELECT c FROM customers c`), ranges over
-                    // strings, and arrays of those, of domains over strings and
-                    // of the other structured types (`_record`).
+                    // table's row, `SELECT c FROM customers c`), ranges and
+                    // multiranges over strings, and arrays of those, of domains
+                    // over strings and of the other structured types (`_record`).
+                    // `rngmultitypid` is read through jsonb: before PostgreSQL
+                    // 14 it does not exist and naming it would fail the query.
                     "SELECT t.oid::text, CASE \
                        WHEN t.typtype = 'c' THEN 'record' \
-                       WHEN t.typtype = 'r' AND EXISTS (SELECT 1 FROM pg_catalog.pg_range r \
+                       WHEN t.typtype IN ('r', 'm') AND EXISTS (SELECT 1 FROM pg_catalog.pg_range r \
                          JOIN pg_catalog.pg_type s ON s.oid = r.rngsubtype \
-                         WHERE r.rngtypid = t.oid AND s.typcategory = 'S') THEN 'record' \
-                       WHEN t.typcategory = 'A' AND (e.typtype IN ('c', 'r') OR e.typcategory = 'S' \
+                         WHERE (r.rngtypid = t.oid \
+                           OR (pg_catalog.to_jsonb(r) ->> 'rngmultitypid')::oid = t.oid) \
+                         AND s.typcategory = 'S') THEN 'record' \
+                       WHEN t.typcategory = 'A' AND (e.typtype IN ('c', 'r', 'm') OR e.typcategory = 'S' \
                          OR coalesce(b.typcategory, '') = 'S' \
                          OR e.typname IN ('tsvector', 'tsquery', 'jsonpath', 'json', 'jsonb', 'xml', 'hstore', 'cstring', 'refcursor')) \
                          THEN '_record' \
@@ -305,7 +309,10 @@ pub fn builtin_type(oid: u32) -> Option<&'static str> {
         1082 => "date",
         1083 => "time",
         1114 => "timestamp",
+        1115 => "_timestamp",
+        1182 => "_date",
         1184 => "timestamptz",
+        1185 => "_timestamptz",
         1186 => "interval",
         1266 => "timetz",
         1560 => "bit",
@@ -317,6 +324,19 @@ pub fn builtin_type(oid: u32) -> Option<&'static str> {
         3614 => "tsvector",
         3802 => "jsonb",
         3807 => "_jsonb",
+        // ranges and multiranges of dates (masked as dates of birth by name)
+        3908 => "tsrange",
+        3909 => "_tsrange",
+        3910 => "tstzrange",
+        3911 => "_tstzrange",
+        3912 => "daterange",
+        3913 => "_daterange",
+        4533 => "tsmultirange",
+        4534 => "tstzmultirange",
+        4535 => "datemultirange",
+        6152 => "_tsmultirange",
+        6153 => "_tstzmultirange",
+        6155 => "_datemultirange",
         _ => return None,
     })
 }

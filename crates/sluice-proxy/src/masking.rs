@@ -114,6 +114,8 @@ pub struct Masking {
     generation: u64,
     plans: HashMap<Bytes, Arc<ResultPlan>>,
     findings: Vec<Finding>,
+    /// Decoded bytes of a streamed bytea, reused.
+    bytes: Vec<u8>,
     /// What was masked since the report was last taken.
     pub report: MaskReport,
     /// Fail the statement instead of sending NULL for a value that cannot be masked.
@@ -219,6 +221,7 @@ impl Masking {
             catalog,
             plans: HashMap::new(),
             findings: Vec::new(),
+            bytes: Vec::new(),
             report: MaskReport::default(),
             refuse_unmaskable: false,
             noted_plan: None,
@@ -345,6 +348,7 @@ impl Masking {
                                 column,
                                 ColumnPlan::Mask {
                                     value_type: ValueType::Other
+                                        | ValueType::Bytea
                                         | ValueType::Structured
                                         | ValueType::Xml,
                                     ..
@@ -453,6 +457,9 @@ impl Masking {
             field: 0,
             field_left: 0,
             pending: Vec::new(),
+            value_sent: 0,
+            escape_bytea: false,
+            binary_data: false,
         }
     }
 
@@ -499,6 +506,12 @@ pub struct StreamingRow {
     field_left: usize,
     /// Held-back bytes of a scanned value.
     pending: Vec<u8>,
+    /// Bytes of the current value already sent.
+    value_sent: usize,
+    /// The current value is a bytea in the escape format.
+    escape_bytea: bool,
+    /// The current value is a bytea holding binary data, not text.
+    binary_data: bool,
 }
 
 /// A streamed row that cannot be masked while keeping its length.
@@ -598,7 +611,10 @@ impl StreamingRow {
             |vt: ValueType| matches!(vt, ValueType::Text | ValueType::Json | ValueType::Xml);
         let ok = match column {
             ColumnPlan::Pass => true,
-            ColumnPlan::Scan { value_type } => !binary || textual(value_type),
+            // a binary bytea is its bytes: redacted in place like text
+            ColumnPlan::Scan { value_type } => {
+                !binary || textual(value_type) || value_type == ValueType::Bytea
+            }
             ColumnPlan::Mask { value_type, .. } => !binary || textual(value_type),
         };
         if let (false, Some(label)) = (ok, self.plan.labels.get(self.field)) {
@@ -622,11 +638,13 @@ impl StreamingRow {
             ColumnPlan::Scan { .. } => {
                 self.pending.extend_from_slice(chunk);
                 if self.pending.len() >= 2 * SCAN_WINDOW {
-                    masking.redact_in_place(&mut self.pending);
-                    let keep = SCAN_WINDOW;
-                    let send = self.pending.len() - keep;
+                    self.redact_pending(masking);
+                    // an even cut keeps hex pairs whole
+                    let mut send = self.pending.len() - SCAN_WINDOW;
+                    send -= send % 2;
                     out.extend_from_slice(&self.pending[..send]);
                     self.pending.drain(..send);
+                    self.value_sent += send;
                 }
             }
         }
@@ -634,9 +652,60 @@ impl StreamingRow {
 
     fn finish_value(&mut self, masking: &mut Masking, out: &mut Vec<u8>) {
         if !self.pending.is_empty() {
-            masking.redact_in_place(&mut self.pending);
+            self.redact_pending(masking);
             out.extend_from_slice(&self.pending);
             self.pending.clear();
+        }
+        self.value_sent = 0;
+        self.escape_bytea = false;
+        self.binary_data = false;
+    }
+
+    /// Redact findings in the held-back bytes of a scanned value. A
+    /// text-format bytea is scanned as the bytes its hex digits stand for;
+    /// one in the escape format cannot be decoded piecewise, so it is
+    /// overwritten whole with `*` (still a valid escape-format bytea). A
+    /// bytea that turns out not to be text is left alone from there on, as
+    /// a held one is (masking random bytes would corrupt the file).
+    fn redact_pending(&mut self, masking: &mut Masking) {
+        let binary = self.plan.formats.get(self.field).copied().unwrap_or(0) == 1;
+        let bytea = matches!(
+            self.column(),
+            ColumnPlan::Scan {
+                value_type: ValueType::Bytea
+            }
+        );
+        if bytea && self.binary_data {
+            return;
+        }
+        if !bytea || binary {
+            if bytea && !sluice_mask::window_is_text(&self.pending, self.value_sent == 0) {
+                self.binary_data = true;
+                return;
+            }
+            masking.redact_in_place(&mut self.pending);
+            return;
+        }
+        if self.value_sent == 0 && !self.pending.starts_with(b"\\x") {
+            self.escape_bytea = true;
+        }
+        if self.escape_bytea {
+            self.pending.fill(b'*');
+            masking.report.cannot_mask += 1;
+            return;
+        }
+        let skip = if self.value_sent == 0 { 2 } else { 0 };
+        if let Some(hex) = self.pending.get_mut(skip..) {
+            let start = self.value_sent == 0;
+            match sluice_mask::redact_hex_in_place(
+                hex,
+                start,
+                &mut masking.bytes,
+                &mut masking.findings,
+            ) {
+                Some(kinds) => kinds.into_iter().for_each(|k| masking.report.record(k)),
+                None => self.binary_data = true,
+            }
         }
     }
 }

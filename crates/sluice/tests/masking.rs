@@ -524,3 +524,231 @@ async fn errors_notices_notifications_and_parameter_status_are_masked() {
     );
     assert!(!seen.contains(SSN) && !seen.contains(EMAIL), "{seen}");
 }
+
+/// Any column in binary format, as its raw bytes (`None` for NULL).
+struct RawValue(Vec<u8>);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for RawValue {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(RawValue(raw.to_vec()))
+    }
+
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+}
+
+/// A text-format bytea (`\x…` or the escape format) as bytes.
+fn bytea_text(v: &str) -> Vec<u8> {
+    if let Some(hex) = v.strip_prefix("\\x") {
+        return (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+    }
+    let b = v.as_bytes();
+    let (mut out, mut i) = (Vec::new(), 0);
+    while i < b.len() {
+        if b[i] == b'\\' && b[i + 1] == b'\\' {
+            out.push(b'\\');
+            i += 2;
+        } else if b[i] == b'\\' {
+            out.push(u8::from_str_radix(&v[i + 1..i + 4], 8).unwrap());
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn people(pg: &PgServer) {
+    pg.psql(
+        "app",
+        &format!(
+            "create table people (id int, date_of_birth date, birth_dates date[],
+               dob_history date[], contact_email bytea, note_bytes bytea, photo bytea);
+             insert into people values (1, '1985-03-14', '{{1985-03-14,NULL,1990-07-01}}',
+               array['1985-03-14'::date], convert_to('{EMAIL}', 'UTF8'),
+               convert_to('ssn {SSN} on file', 'UTF8'), '\\x89504e470d0a1a0a00ff');
+             create type textrange as range (subtype = text);
+             alter table people owner to {0};",
+            sluice_testkit::SCRAM_USER
+        ),
+    );
+}
+
+/// Dates of birth in arrays: masked per element as the `date` column is,
+/// in text and in binary.
+#[tokio::test(flavor = "multi_thread")]
+async fn date_arrays_of_birth_dates_are_masked() {
+    let (pg, sluice) = start_pii("");
+    people(&pg);
+    let c = connect(&sluice).await;
+    let rows = simple_rows(
+        &c.simple_query(
+            "select date_of_birth, birth_dates, dob_history,
+                    array_agg(date_of_birth) over () as birth_dates from people",
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(rows[0][0].as_deref(), Some("1985-01-01"), "{rows:?}");
+    assert_eq!(
+        rows[0][1].as_deref(),
+        Some("{1985-01-01,NULL,1990-01-01}"),
+        "same strategy as the date column, NULL kept"
+    );
+    assert_eq!(rows[0][2].as_deref(), Some("{1985-01-01}"));
+    assert_eq!(rows[0][3].as_deref(), Some("{1985-01-01}"));
+    assert!(!format!("{rows:?}").contains("03-14"), "{rows:?}");
+
+    // Binary (tokio-postgres' extended protocol): each element rebuilt.
+    let r = c
+        .query_one("select birth_dates from people", &[])
+        .await
+        .unwrap();
+    let v = r.get::<_, RawValue>(0).0;
+    let day = |at: usize| i32::from_be_bytes(v[at..at + 4].try_into().unwrap());
+    assert_eq!(day(8), 1082, "still an array of dates");
+    // days since 2000-01-01: 1985-01-01 and 1990-01-01, the NULL kept
+    assert_eq!((day(20), day(24), day(28)), (4, -5478, -1));
+    assert_eq!((day(32), day(36)), (4, -3652));
+    // timestamps of birth in an array cannot be masked per element: NULL
+    let r = c
+        .query_one(
+            "select array[date_of_birth::timestamptz] as birth_dates from people",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(r.get::<_, Option<RawValue>>(0).is_none());
+    // COPY is masked the same way.
+    let stream = c
+        .copy_out("copy (select birth_dates from people) to stdout")
+        .await
+        .unwrap();
+    let chunks: Vec<_> = stream.collect().await;
+    let text: Vec<u8> = chunks.into_iter().flat_map(|c| c.unwrap()).collect();
+    assert_eq!(
+        String::from_utf8_lossy(&text),
+        "{1985-01-01,NULL,1990-01-01}\n"
+    );
+}
+
+/// Text hidden in bytea: decoded and scanned (hex and escape output, binary
+/// format, COPY, a row too large to hold); a bytea named like PII is
+/// withheld; real binary data goes through as it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn bytea_holding_text_is_masked() {
+    let (pg, sluice) = start_pii("");
+    people(&pg);
+    let c = connect(&sluice).await;
+    let raw_ssn_hex: String = SSN.bytes().map(|b| format!("{b:02x}")).collect();
+    for output in ["hex", "escape"] {
+        c.batch_execute(&format!("set bytea_output = {output}"))
+            .await
+            .unwrap();
+        let rows = simple_rows(
+            &c.simple_query(
+                "select convert_to(ssn, 'UTF8'), customers.email::bytea, note_bytes, photo,
+                        customers.email, contact_email
+                 from customers, people where customers.id = 1",
+            )
+            .await
+            .unwrap(),
+        );
+        let row = &rows[0];
+        let text = format!("{row:?}");
+        assert!(!text.contains(&raw_ssn_hex), "{output}: {text}");
+        let ssn = String::from_utf8(bytea_text(row[0].as_deref().unwrap())).unwrap();
+        assert_eq!(ssn, "***-**-6789", "{output}");
+        assert_eq!(row[1], None, "a bytea named email is withheld: {output}");
+        let scan = String::from_utf8(bytea_text(row[2].as_deref().unwrap())).unwrap();
+        assert_eq!(scan, "ssn ***-**-6789 on file", "{output}");
+        assert_eq!(
+            bytea_text(row[3].as_deref().unwrap()),
+            b"\x89PNG\r\n\x1a\n\x00\xff",
+            "binary data passes: {output}"
+        );
+        assert_ne!(row[4].as_deref(), Some(EMAIL));
+        assert_eq!(row[5], None, "{output}");
+    }
+    // Binary format: the bytes are scanned as they are.
+    let r = c
+        .query_one(
+            "select convert_to(ssn, 'UTF8'), customers.email::bytea, photo from customers, people
+             where customers.id = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, Vec<u8>>(0), b"***-**-6789");
+    assert_eq!(r.get::<_, Option<Vec<u8>>>(1), None);
+    assert_eq!(r.get::<_, Vec<u8>>(2), b"\x89PNG\r\n\x1a\n\x00\xff");
+    // COPY, text and binary.
+    for sql in [
+        "copy (select convert_to(ssn, 'UTF8') from customers) to stdout",
+        "copy (select convert_to(ssn, 'UTF8') from customers) to stdout (format binary)",
+    ] {
+        let stream = c.copy_out(sql).await.unwrap();
+        let chunks: Vec<_> = stream.collect().await;
+        let data: Vec<u8> = chunks.into_iter().flat_map(|c| c.unwrap()).collect();
+        let text = String::from_utf8_lossy(&data);
+        assert!(
+            !text.contains(SSN) && !text.contains(&raw_ssn_hex),
+            "{sql}: {text}"
+        );
+    }
+    // A row over 16 MiB is streamed: the finding is redacted in place.
+    c.batch_execute("set bytea_output = hex").await.unwrap();
+    let rows = simple_rows(
+        &c.simple_query(
+            "select convert_to(ssn || ' ' || repeat('x', 9000000), 'UTF8') from customers where id = 1",
+        )
+        .await
+        .unwrap(),
+    );
+    let big = rows[0][0].as_deref().unwrap();
+    assert_eq!(big.len(), 2 + 2 * (SSN.len() + 1 + 9_000_000));
+    let bytes = bytea_text(big);
+    assert!(bytes.starts_with(b"*********** xxx"), "{:?}", &bytes[..20]);
+}
+
+/// Multiranges are treated as ranges: over strings their text is scanned
+/// (binary: NULL), over dates a column named as a date of birth is withheld.
+#[tokio::test(flavor = "multi_thread")]
+async fn multiranges_are_masked_like_ranges() {
+    let (pg, sluice) = start_pii("");
+    people(&pg);
+    let c = connect(&sluice).await;
+    let rows = simple_rows(
+        &c.simple_query(
+            "select textmultirange(textrange(customers.email, customers.email || 'z')),
+                    array[textmultirange(textrange(ssn, ssn || ' z'))],
+                    datemultirange(daterange(date_of_birth, date_of_birth, '[]')) as date_of_birth,
+                    array[daterange(date_of_birth, date_of_birth, '[]')] as dob_ranges
+             from customers, people where customers.id = 1",
+        )
+        .await
+        .unwrap(),
+    );
+    let text = format!("{rows:?}");
+    assert!(!text.contains(EMAIL) && !text.contains(SSN), "{text}");
+    assert!(rows[0][0].as_deref().unwrap().starts_with("{["), "{text}");
+    assert_eq!(rows[0][2], None, "{text}");
+    assert_eq!(rows[0][3], None, "{text}");
+    // Binary: a multirange over strings cannot be rebuilt, so it is NULL.
+    let r = c
+        .query_one(
+            "select textmultirange(textrange(email, email || 'z')) from customers where id = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(r.get::<_, Option<RawValue>>(0).is_none());
+}

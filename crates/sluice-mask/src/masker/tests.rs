@@ -508,3 +508,154 @@ fn mask_into_writes_what_mask_with_returns() {
         }
     }
 }
+
+fn text(m: &Masker, plan: &ColumnPlan, v: &str) -> Outcome {
+    m.mask_text(
+        plan,
+        v.as_bytes(),
+        &mut Vec::new(),
+        &mut MaskReport::default(),
+    )
+}
+
+#[test]
+fn date_arrays_of_birth_dates_are_masked_per_element() {
+    let m = m();
+    for (name, ty, oid) in [
+        ("birth_dates", "_date", 1182),
+        ("dob_history", "_date", 1182),
+    ] {
+        assert_eq!(
+            m.plan(&col("public", "people", name, ty, oid)),
+            ColumnPlan::Mask {
+                kind: Kind::DateOfBirth,
+                strategy: Strategy::Partial,
+                value_type: ValueType::DateArray
+            },
+            "{name}"
+        );
+    }
+    let plan = m.plan(&col("public", "people", "birth_dates", "_date", 1182));
+    assert_eq!(
+        text(&m, &plan, "{1985-03-14,NULL,infinity,1990-07-01}"),
+        Outcome::Masked(b"{1985-01-01,NULL,infinity,1990-01-01}".to_vec())
+    );
+    assert_eq!(
+        text(&m, &plan, "[0:1]={{1985-03-14},{1990-07-01}}"),
+        Outcome::Masked(b"[0:1]={{1985-01-01},{1990-01-01}}".to_vec())
+    );
+    // not ISO (another DateStyle, BC): withheld whole
+    assert_eq!(text(&m, &plan, "{03/14/1985}"), Outcome::Null);
+    assert_eq!(text(&m, &plan, "{\"0044-03-15 BC\"}"), Outcome::Null);
+    // timestamps, ranges and multiranges of dates can only be NULL
+    for (ty, oid) in [
+        ("_timestamptz", 1185),
+        ("daterange", 3912),
+        ("datemultirange", 4535),
+        ("_datemultirange", 6155),
+    ] {
+        let p = m.plan(&col("public", "people", "date_of_birth", ty, oid));
+        assert!(
+            matches!(
+                p,
+                ColumnPlan::Mask {
+                    kind: Kind::DateOfBirth,
+                    strategy: Strategy::Null,
+                    ..
+                }
+            ),
+            "{ty}: {p:?}"
+        );
+    }
+    // dates nobody named a birth date pass
+    assert_eq!(
+        m.plan(&col("public", "orders", "ship_dates", "_date", 1182)),
+        ColumnPlan::Pass
+    );
+}
+
+#[test]
+fn binary_date_arrays_are_masked_per_element() {
+    let m = m();
+    let plan = m.plan(&col("public", "people", "birth_dates", "_date", 1182));
+    // 1985-03-14 is day -5406 from 2000-01-01; 1985-01-01 is -5478
+    let mut v = Vec::new();
+    for x in [1i32, 1, 1082, 2, 1] {
+        v.extend_from_slice(&x.to_be_bytes());
+    }
+    v.extend_from_slice(&4i32.to_be_bytes());
+    v.extend_from_slice(&(-5406i32).to_be_bytes());
+    v.extend_from_slice(&(-1i32).to_be_bytes());
+    let (mut f, mut r) = (Vec::new(), MaskReport::default());
+    let Outcome::Masked(out) = m.mask_binary(&plan, &v, &mut f, &mut r) else {
+        panic!("not masked");
+    };
+    assert_eq!(&out[..24], &v[..24]);
+    assert_eq!(&out[24..28], &(-5478i32).to_be_bytes());
+    assert_eq!(&out[28..], &(-1i32).to_be_bytes());
+    assert_eq!(
+        m.mask_binary(&plan, &v[..v.len() - 1], &mut f, &mut r),
+        Outcome::CannotMask
+    );
+}
+
+#[test]
+fn bytea_holding_text_is_scanned_after_decoding() {
+    let m = m();
+    let scan = m.plan(&col("public", "t", "convert_to", "bytea", 17));
+    assert_eq!(
+        scan,
+        ColumnPlan::Scan {
+            value_type: ValueType::Bytea
+        }
+    );
+    let hex = |s: &[u8]| -> String {
+        let mut out = Vec::new();
+        crate::bytea::encode_hex(s, &mut out);
+        String::from_utf8(out).unwrap()
+    };
+    let decode = |o: Outcome| -> String {
+        let Outcome::Masked(v) = o else {
+            panic!("not masked: {o:?}");
+        };
+        let mut out = Vec::new();
+        assert!(crate::bytea::decode_text(&v, &mut out));
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let masked = decode(text(&m, &scan, &hex(b"ssn 123-45-6789")));
+    assert_eq!(masked, "ssn ***-**-6789");
+    // escape format (bytea_output = escape)
+    let masked = decode(text(&m, &scan, "mail carol@example.net\\000"));
+    assert!(!masked.contains("carol@") && masked.starts_with("mail "));
+    // bytes that are not UTF-8 are binary data, never rewritten
+    assert_eq!(
+        text(&m, &scan, &hex(b"carol@example.net\xff")),
+        Outcome::Unchanged
+    );
+    // images and hashes: nothing found, sent as they are
+    assert_eq!(
+        text(&m, &scan, &hex(&[0x89, b'P', b'N', b'G', 0, 1, 2, 3])),
+        Outcome::Unchanged
+    );
+    // binary format: the bytes themselves
+    let (mut f, mut r) = (Vec::new(), MaskReport::default());
+    let Outcome::Masked(out) = m.mask_binary(&scan, b"to carol@example.net", &mut f, &mut r) else {
+        panic!("not masked");
+    };
+    assert!(out.starts_with(b"to ") && !out.windows(6).any(|w| w == b"carol@"));
+    // named like PII: withheld whole, in both formats
+    let named = m.plan(&col("public", "t", "email", "bytea", 17));
+    assert!(matches!(
+        named,
+        ColumnPlan::Mask {
+            kind: Kind::Email,
+            strategy: Strategy::Null,
+            ..
+        }
+    ));
+    assert_eq!(text(&m, &named, &hex(b"a@b.example")), Outcome::Null);
+    assert_eq!(
+        m.mask_binary(&named, b"a@b.example", &mut f, &mut r),
+        Outcome::Null
+    );
+}
