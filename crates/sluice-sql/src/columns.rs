@@ -673,4 +673,57 @@ mod tests {
             assert!(r.contains(&c.to_string()), "{c} in {r:?}");
         }
     }
+
+    #[test]
+    fn columns_inside_values_arrays_windows_and_cursors_are_read() {
+        for (sql, col) in [
+            ("select array(select email from users)", "users.email"),
+            (
+                "select array[(select email from users limit 1)]",
+                "users.email",
+            ),
+            ("select array[u.ssn, u.email] from users u", "users.ssn"),
+            ("values ((select email from users limit 1))", "users.email"),
+            (
+                "select * from (values ((select ssn from p limit 1))) v",
+                "p.ssn",
+            ),
+            ("select (values (email)) from users", "users.email"),
+            (
+                "select v.x from users u, lateral (values (u.email)) v(x)",
+                "users.email",
+            ),
+            (
+                "insert into t values ((select email from users limit 1))",
+                "users.email",
+            ),
+            (
+                "with x as (values ((select ssn from p))) select * from x",
+                "p.ssn",
+            ),
+            (
+                "declare c cursor for select email from users",
+                "users.email",
+            ),
+            (
+                "select 1 from users u window w as (order by u.email)",
+                "users.email",
+            ),
+            (
+                "select row_number() over (partition by email) from users",
+                "users.email",
+            ),
+            ("select email collate \"C\" from users", "users.email"),
+            (
+                "select x from t limit (select count(email) from users)",
+                "users.email",
+            ),
+        ] {
+            assert!(
+                read(sql).contains(&col.to_owned()),
+                "{sql}: {:?}",
+                read(sql)
+            );
+        }
+    }
 }
