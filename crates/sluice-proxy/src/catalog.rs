@@ -222,7 +222,7 @@ impl Catalog {
 }
 
 /// Run one simple query and return its rows as text.
-async fn simple_query(
+pub(crate) async fn simple_query(
     up: &mut crate::backend::Upstream,
     sql: &str,
 ) -> Result<Vec<Vec<Option<String>>>, UpstreamError> {

@@ -116,7 +116,7 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
             reason: "the login did not finish in time".into(),
         })
     });
-    let up = match login {
+    let mut up = match login {
         Ok(up) => up,
         Err(e) => {
             Metrics::inc(&rt.metrics.upstream_errors_total);
@@ -154,6 +154,30 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
         frontend::refuse(&mut stream, &err).await;
         return;
     }
+
+    // The search_path the session really starts with: the role's and the
+    // database's defaults (`ALTER ROLE … SET search_path`, set outside
+    // Sluice) apply as well as the client's. Unqualified table names are
+    // judged against it.
+    let server_search_path = if rt.config.policy.enabled {
+        match crate::catalog::simple_query(
+            &mut up,
+            "SELECT pg_catalog.current_setting('search_path')",
+        )
+        .await
+        {
+            Ok(rows) => rows
+                .first()
+                .and_then(|r| r.first().cloned().flatten())
+                .map(|v| frontend::params::split_search_path(&v)),
+            Err(e) => {
+                tracing::debug!(target = %target.name, error = %e, "could not read the session's search_path");
+                None
+            }
+        }
+    } else {
+        None
+    };
 
     let (client_key, _cancel_guard) = rt.cancels.register(CancelTarget {
         upstream: target.upstream.clone(),
@@ -246,15 +270,13 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
     guard.client_address = peer.ip().to_string();
     guard.upstream_user = target.user.clone();
     let start_path = frontend::params::startup_search_path(&upstream_params)
-        .map(|v| {
-            v.split(',')
-                .map(|s| s.trim().trim_matches('"').to_owned())
-                .filter(|s| !s.is_empty())
-                .collect::<Vec<_>>()
-        })
+        .map(|v| frontend::params::split_search_path(&v))
         .unwrap_or_else(sluice_sql::default_search_path);
     let upstream_user = guard.upstream_user.clone();
     guard.widen_search_path(&start_path, &upstream_user);
+    if let Some(path) = &server_search_path {
+        guard.widen_search_path(path, &upstream_user);
+    }
     let refusals = guard.refusals.clone();
     let marker_prefix = guard.marker_prefix.clone();
     let mut statements = Statements::new(guard, target.max_rows_affected);

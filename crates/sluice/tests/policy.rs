@@ -511,7 +511,8 @@ async fn a_server_that_reads_backslashes_in_strings_is_refused() {
 }
 
 /// Tables read where pg_query's own walk does not look, and search paths
-/// set at connect time or changed twice, still meet table policies.
+/// set at connect time, changed twice or set for the role outside Sluice,
+/// still meet table policies.
 #[tokio::test(flavor = "multi_thread")]
 async fn table_policies_see_cursors_values_and_startup_search_paths() {
     let pg = PgServer::start();
@@ -572,6 +573,21 @@ when { context.relations_read.contains("hr.payroll") };"#,
         .unwrap();
     tokio::spawn(connection);
     refused(c.batch_execute("select * from payroll").await, "options");
+
+    // A path the role starts with, set outside Sluice (ALTER ROLE … SET).
+    pg.psql(
+        "app",
+        "alter role sluice_scram in database app set search_path = hr, public",
+    );
+    let c = connect(&sluice).await;
+    refused(
+        c.batch_execute("select * from payroll").await,
+        "role default",
+    );
+    refused(
+        c.batch_execute("select count(*) from payroll").await,
+        "role default",
+    );
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
