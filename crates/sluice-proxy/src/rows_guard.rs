@@ -91,16 +91,15 @@ pub async fn run_query(
         st.flight.drained().await;
     }
     // After a failed extended-protocol message the server discards
-    // everything up to the client's Sync, this Query too: nothing to guard.
-    if st.flight.skipping() {
-        let entry = st.client_entry(Awaiting::Query);
-        st.expect(entry);
-        st.commit();
-        send(w, &[&msg]).await?;
-        return Ok(());
-    }
+    // everything up to the client's Sync, this Query too: like a failed
+    // transaction, it runs nothing.
+    let status = if st.flight.skipping() {
+        TransactionStatus::Failed
+    } else {
+        st.flight.status()
+    };
     let (tx, rx) = oneshot::channel();
-    match st.flight.status() {
+    match status {
         TransactionStatus::Idle => {
             st.expect(Expect::sluice(Awaiting::Query));
             let entry = st.client_entry(Awaiting::Query);
@@ -156,7 +155,8 @@ pub async fn run_query(
                 send(w, &[&query_message(&marker)]).await?;
             }
         }
-        // A failed transaction runs nothing: the server refuses it itself.
+        // A failed transaction (or a skipping server) runs nothing: the
+        // server refuses or discards it itself.
         TransactionStatus::Failed => {
             let entry = st.client_entry(Awaiting::Query);
             st.expect(entry);
