@@ -220,8 +220,13 @@ impl State {
     /// the queue is empty, or the server skips to a Sync none of its
     /// entries is.
     fn waits_for_sync(&self) -> bool {
-        self.queue.is_empty()
-            || (self.skipping && !self.queue.iter().any(|e| e.awaiting == Awaiting::Sync))
+        self.queue.is_empty() || self.discards_what_comes()
+    }
+
+    /// The server skips to a Sync and none is queued: whatever is sent
+    /// now is discarded.
+    fn discards_what_comes(&self) -> bool {
+        self.skipping && !self.queue.iter().any(|e| e.awaiting == Awaiting::Sync)
     }
 
     /// Tell whoever waits for an entry the server will skip that it was
@@ -297,8 +302,7 @@ impl Flight {
     /// The server is skipping to a Sync (an extended-protocol message
     /// failed) and none has been sent: whatever is sent now is discarded.
     pub fn skipping(&self) -> bool {
-        let state = self.lock();
-        state.skipping && !state.queue.iter().any(|e| e.awaiting == Awaiting::Sync)
+        self.lock().discards_what_comes()
     }
 
     /// The transaction status of the last ReadyForQuery.

@@ -169,7 +169,7 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
             Ok(rows) => rows
                 .first()
                 .and_then(|r| r.first().cloned().flatten())
-                .map(|v| frontend::params::split_search_path(&v)),
+                .map(|v| sluice_sql::split_search_path(&v)),
             Err(e) => {
                 tracing::debug!(target = %target.name, error = %e, "could not read the session's search_path");
                 None
@@ -270,7 +270,7 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
     guard.client_address = peer.ip().to_string();
     guard.upstream_user = target.user.clone();
     let start_path = frontend::params::startup_search_path(&upstream_params)
-        .map(|v| frontend::params::split_search_path(&v))
+        .map(|v| sluice_sql::split_search_path(&v))
         .unwrap_or_else(sluice_sql::default_search_path);
     let upstream_user = guard.upstream_user.clone();
     guard.widen_search_path(&start_path, &upstream_user);

@@ -20,7 +20,7 @@ mod walk;
 pub use facts::{Analysis, CopyFormat, CopyOut, Kind, Risk, RowsEffect, StatementFacts, Upsert};
 pub use normalize::{normalize, redact_secrets};
 pub use template::template;
-pub use walk::default_search_path;
+pub use walk::{default_search_path, split_search_path};
 
 /// A statement the parser refused.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -59,6 +59,18 @@ pub fn fingerprint_and_normalize(sql: &str) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn search_path_values_split_like_the_server_reads_them() {
+        assert_eq!(split_search_path("\"$user\", public"), ["$user", "public"]);
+        assert_eq!(split_search_path("Secret ,  PUBLIC"), ["secret", "public"]);
+        assert_eq!(
+            split_search_path("\"My, Schema\" , \"a\"\"b\",hr"),
+            ["My, Schema", "a\"b", "hr"]
+        );
+        assert_eq!(split_search_path(""), Vec::<String>::new());
+        assert_eq!(split_search_path("  , app"), ["app"]);
+    }
 
     fn reusable(sql: &str) -> bool {
         analyze(sql, Dialect::default())

@@ -450,19 +450,49 @@ fn search_path_of(s: &protobuf::VariableSetStmt) -> Vec<String> {
         .collect()
 }
 
-/// A search_path value as text (`a, "B", public`).
-fn split_search_path(value: &str) -> Vec<String> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(
-            |s| match s.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
-                Some(quoted) => quoted.replace("\"\"", "\""),
-                None => s.to_ascii_lowercase(),
-            },
-        )
-        .collect()
+/// The schemas of a search_path value as text, as the server shows it
+/// (`"$user", public, "My Schema"`): split at commas outside double
+/// quotes, quotes removed (`""` inside them is one `"`), unquoted names
+/// folded to lower case as the server folds them.
+pub fn split_search_path(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut name = String::new();
+    let mut quoted = false;
+    let mut was_quoted = false;
+    let mut chars = value.chars().peekable();
+    let mut push = |name: &mut String, was_quoted: &mut bool| {
+        let n = if *was_quoted {
+            std::mem::take(name)
+        } else {
+            std::mem::take(name).trim().to_lowercase()
+        };
+        if !n.is_empty() {
+            out.push(n);
+        }
+        *was_quoted = false;
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                name.push('"');
+            }
+            '"' => {
+                if !quoted {
+                    // What came before the quote on this item was blanks.
+                    name.clear();
+                }
+                quoted = !quoted;
+                was_quoted = true;
+            }
+            ',' if !quoted => push(&mut name, &mut was_quoted),
+            // Blanks after a closing quote.
+            _ if !quoted && was_quoted => {}
+            c => name.push(c),
+        }
+    }
+    push(&mut name, &mut was_quoted);
+    out
 }
 
 /// True for EXPLAIN (ANALYZE [true]) and EXPLAIN ANALYZE: the statement runs.

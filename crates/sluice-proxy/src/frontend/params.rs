@@ -112,51 +112,6 @@ fn setting_name(name: &str) -> String {
     name.trim().to_ascii_lowercase().replace('-', "_")
 }
 
-/// The schemas of a search_path value as the server shows it
-/// (`"$user", public, "My Schema"`): split at commas outside double
-/// quotes, quotes removed (`""` inside them is one `"`), unquoted names
-/// folded to lower case as the server folds them.
-pub fn split_search_path(value: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut name = String::new();
-    let mut quoted = false;
-    let mut was_quoted = false;
-    let mut chars = value.chars().peekable();
-    let mut push = |name: &mut String, was_quoted: &mut bool| {
-        let n = if *was_quoted {
-            std::mem::take(name)
-        } else {
-            std::mem::take(name).trim().to_lowercase()
-        };
-        if !n.is_empty() {
-            out.push(n);
-        }
-        *was_quoted = false;
-    };
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if quoted && chars.peek() == Some(&'"') => {
-                chars.next();
-                name.push('"');
-            }
-            '"' => {
-                if !quoted {
-                    // What came before the quote on this item was blanks.
-                    name.clear();
-                }
-                quoted = !quoted;
-                was_quoted = true;
-            }
-            ',' if !quoted => push(&mut name, &mut was_quoted),
-            // Blanks after a closing quote.
-            _ if !quoted && was_quoted => {}
-            c => name.push(c),
-        }
-    }
-    push(&mut name, &mut was_quoted);
-    out
-}
-
 /// The search_path a session starts with when the client sets one: a
 /// `search_path` parameter, else the last one in `options` (the server
 /// applies `options` first, then the other parameters).
@@ -356,17 +311,5 @@ mod tests {
         ] {
             assert!(!encoding_allowed(bad), "{bad}");
         }
-    }
-
-    #[test]
-    fn search_path_values_split_like_the_server_reads_them() {
-        assert_eq!(split_search_path("\"$user\", public"), ["$user", "public"]);
-        assert_eq!(split_search_path("Secret ,  PUBLIC"), ["secret", "public"]);
-        assert_eq!(
-            split_search_path("\"My, Schema\" , \"a\"\"b\",hr"),
-            ["My, Schema", "a\"b", "hr"]
-        );
-        assert_eq!(split_search_path(""), Vec::<String>::new());
-        assert_eq!(split_search_path("  , app"), ["app"]);
     }
 }
