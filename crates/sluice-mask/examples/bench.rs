@@ -211,6 +211,13 @@ fn main() {
         }
     );
     let mut rng = Rng(0x5eed_1234_abcd_ef01);
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("hex") {
+        let vals: Vec<String> = (0..10_000)
+            .map(|_| format!("{:016x}{:016x}{}", rng.next(), rng.next(), "x".repeat(30)))
+            .collect();
+        bench("md5 hex + 30 x, 62 B", &vals, 1000);
+        return;
+    }
     // BENCH_ONLY=N: only category N of ordinary values (for profiling)
     if let Some(k) = std::env::var("BENCH_ONLY")
         .ok()
@@ -248,6 +255,16 @@ fn main() {
         bench(&format!("  {}", LABELS[k as usize]), &vals, 100);
     }
     bench("sensitive values", &sensitive, 30);
+    // digests as bench/run.sh's `big` table holds them: md5 hex, and md5
+    // hex followed by padding
+    let hex =
+        |rng: &mut Rng| -> String { (0..2).map(|_| format!("{:016x}", rng.next())).collect() };
+    let digests: Vec<String> = (0..10_000).map(|_| hex(&mut rng)).collect();
+    let padded: Vec<String> = (0..10_000)
+        .map(|_| hex(&mut rng) + &"x".repeat(30))
+        .collect();
+    bench("md5 hex digest, 32 B", &digests, 100);
+    bench("md5 hex + 30 x, 62 B", &padded, 100);
     let adversarial: Vec<(&str, Vec<u8>)> = vec![
         ("1 MB of digits", b"1".repeat(1 << 20)),
         ("1 MB 'a@' repeated", b"a@".repeat(1 << 19)),

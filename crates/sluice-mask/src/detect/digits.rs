@@ -10,7 +10,7 @@
 
 use super::checks::{card_valid, es_dni_valid, fr_nir_valid, ssn_valid};
 use super::words::scan_iban_at;
-use super::{find_digit, is_word_char, Finding};
+use super::{find_digit, is_word_char, run_end_in, Finding, IDENT};
 use crate::Kind;
 
 const MAX_GROUPS: usize = 12;
@@ -191,9 +191,7 @@ pub(crate) fn scan_digits(b: &[u8], out: &mut Vec<Finding>) {
                 i = p + 8;
                 continue;
             }
-            while i < n && is_word_char(b[i]) {
-                i += 1;
-            }
+            i = run_end_in(b, i, IDENT);
             continue;
         }
         // fast path: a short number on its own (`200`, `12345`, `10:30`)

@@ -49,6 +49,10 @@ pub(crate) const B64: u16 = 1 << 8;
 /// Base64url alphabet without `+` and `/`: `A-Z a-z 0-9 _ -`.
 pub(crate) const WORD: u16 = 1 << 9;
 pub(crate) const HEX: u16 = 1 << 10;
+/// Lower-case hex digit `0-9 a-f` (digests, UUIDs without dashes).
+pub(crate) const LHEX: u16 = 1 << 11;
+/// Inside an identifier or number: `A-Z a-z 0-9 _` (see [`is_word_char`]).
+pub(crate) const IDENT: u16 = 1 << 12;
 pub(crate) const ALNUM: u16 = DIGIT | UPPER | LOWER;
 
 const fn build_classes() -> [u16; 256] {
@@ -58,22 +62,25 @@ const fn build_classes() -> [u16; 256] {
         let c = i as u8;
         let mut k = 0u16;
         if c.is_ascii_digit() {
-            k |= DIGIT | B64 | WORD | HEX;
+            k |= DIGIT | B64 | WORD | HEX | LHEX | IDENT;
         }
         if c.is_ascii_uppercase() {
-            k |= UPPER | B64 | WORD;
+            k |= UPPER | B64 | WORD | IDENT;
         }
         if c.is_ascii_lowercase() {
-            k |= LOWER | B64 | WORD;
+            k |= LOWER | B64 | WORD | IDENT;
         }
         if matches!(c, b'a'..=b'f' | b'A'..=b'F') {
             k |= HEX;
+        }
+        if matches!(c, b'a'..=b'f') {
+            k |= LHEX;
         }
         match c {
             b'@' => k |= AT,
             b'$' => k |= DOLLAR,
             b'-' => k |= DASH | B64 | WORD,
-            b'_' => k |= B64 | WORD,
+            b'_' => k |= B64 | WORD | IDENT,
             b'+' | b'/' => k |= B64,
             b'=' => k |= EQ,
             b':' => k |= COLON,
@@ -100,7 +107,27 @@ pub(crate) fn is_alnum(c: u8) -> bool {
 /// A letter, digit or `_`: the inside of an identifier or number.
 #[inline]
 pub(crate) fn is_word_char(c: u8) -> bool {
-    c == b'_' || is_alnum(c)
+    class(c) & IDENT != 0
+}
+
+/// End of the run of class-`k` bytes starting at `j` (`k` one of `B64`,
+/// `WORD`, `IDENT`, `LHEX`). At 8-byte-aligned offsets a whole word is
+/// tested at once ([`word_all`]), so long runs (digests, tokens, words)
+/// cost a few operations per eight bytes; the edges are read byte by byte.
+#[inline]
+pub(crate) fn run_end_in(b: &[u8], mut j: usize, k: u16) -> usize {
+    let n = b.len();
+    while j < n {
+        if j.is_multiple_of(8) && j + 8 <= n && word_all(word_at(b, j), k) {
+            j += 8;
+            continue;
+        }
+        if class(b[j]) & k == 0 {
+            break;
+        }
+        j += 1;
+    }
+    j
 }
 
 const LO: u64 = 0x0101_0101_0101_0101;
@@ -119,6 +146,47 @@ fn word_at(b: &[u8], i: usize) -> u64 {
 fn eq_mask(w: u64, x: u8) -> u64 {
     let v = w ^ (LO * u64::from(x));
     v.wrapping_sub(LO) & !v & HI
+}
+
+/// High bit set in each byte of `w` equal to `x`, exactly (no borrow
+/// between bytes, unlike [`eq_mask`]).
+#[inline]
+fn eq_exact(w: u64, x: u8) -> u64 {
+    let v = w ^ (LO * u64::from(x));
+    !(((v & !HI).wrapping_add(!HI)) | v) & HI
+}
+
+/// High bit set in each ASCII byte of `w` in `lo..=hi` (`0 < lo ≤ hi < 0x80`).
+/// The sums run on the low seven bits of each byte: for x < 0x80,
+/// `x + (0x80 - lo)` and `x + (0x7f - hi)` stay below 0x100, so no carry
+/// crosses into the next byte; non-ASCII bytes are then masked out.
+#[inline]
+pub(crate) fn in_range(w: u64, lo: u8, hi: u8) -> u64 {
+    let low = w & !HI;
+    let ge = low.wrapping_add(LO * u64::from(0x80 - lo));
+    let gt = low.wrapping_add(LO * u64::from(0x7f - hi));
+    ge & !gt & !w & HI
+}
+
+/// Is every byte of the word `w` of class `k` (`B64`, `WORD`, `IDENT` or
+/// `LHEX`; any other class answers false)?
+#[inline]
+fn word_all(w: u64, k: u16) -> bool {
+    let digit = in_range(w, b'0', b'9');
+    let m = match k {
+        LHEX => digit | in_range(w, b'a', b'f'),
+        _ => {
+            // `| 0x20` folds A-Z onto a-z and moves nothing else there
+            let ident = digit | in_range(w | (LO * 0x20), b'a', b'z') | eq_exact(w, b'_');
+            match k {
+                IDENT => ident,
+                WORD => ident | eq_exact(w, b'-'),
+                B64 => ident | eq_exact(w, b'-') | eq_exact(w, b'+') | eq_exact(w, b'/'),
+                _ => 0,
+            }
+        }
+    };
+    m == HI
 }
 
 /// First byte at or after `from` equal to `x` or `y`, eight bytes at a time.
@@ -163,6 +231,37 @@ pub(crate) fn find_digit(b: &[u8], from: usize) -> Option<usize> {
         .map(|o| i + o)
 }
 
+/// ASCII digits in `b`, eight bytes at a time: per-byte 0/1 flags summed
+/// in the bytes of one word (at most 255 words, so no byte overflows),
+/// then added up across the word.
+fn count_digits(b: &[u8]) -> usize {
+    let mut total = 0usize;
+    let mut chunks = b.chunks_exact(8);
+    loop {
+        let mut acc = 0u64;
+        let mut words = 0;
+        for c in (&mut chunks).take(255) {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(c);
+            acc += in_range(u64::from_le_bytes(a), b'0', b'9') >> 7;
+            words += 1;
+        }
+        // byte lanes (≤ 255 each) → 16-bit lanes (≤ 510) → one 16-bit sum (≤ 2040)
+        const LANES16: u64 = 0x00ff_00ff_00ff_00ff;
+        let pairs = (acc & LANES16) + ((acc >> 8) & LANES16);
+        total += (pairs.wrapping_mul(0x0001_0001_0001_0001) >> 48) as usize;
+        if words < 255 {
+            break;
+        }
+    }
+    total
+        + chunks
+            .remainder()
+            .iter()
+            .filter(|c| c.is_ascii_digit())
+            .count()
+}
+
 /// What the first pass learned about a text.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Profile {
@@ -171,9 +270,9 @@ pub(crate) struct Profile {
     /// Bit k: aligned 8-byte block k (k < 64) is all base64 characters.
     /// Every run of ≥ 16 base64 characters contains such a block, so the
     /// token scanner only looks at runs around these blocks.
-    b64_blocks: u64,
+    pub(crate) b64_blocks: u64,
     /// Such a block exists beyond the first 64 (long texts: walk all runs).
-    b64_far: bool,
+    pub(crate) b64_far: bool,
 }
 
 impl Profile {
@@ -209,9 +308,9 @@ impl Profile {
         for &c in chunks.remainder() {
             classes |= class(c);
         }
-        // counted only when there are digits at all (a vectorised count)
+        // counted only when there are digits at all
         let digits = if classes & DIGIT != 0 {
-            b.iter().filter(|c| c.is_ascii_digit()).count()
+            count_digits(b)
         } else {
             0
         };
@@ -223,7 +322,7 @@ impl Profile {
         }
     }
 
-    fn has(&self, k: u16) -> bool {
+    pub(crate) fn has(&self, k: u16) -> bool {
         self.classes & k != 0
     }
 
@@ -258,9 +357,15 @@ pub fn scan_bytes(b: &[u8]) -> Vec<Finding> {
 pub fn scan_into(b: &[u8], out: &mut Vec<Finding>) {
     out.clear();
     let p = Profile::of(b);
-    if !p.interesting() {
-        return;
+    if p.interesting() {
+        scan_detectors(b, &p, out);
     }
+}
+
+/// The detectors whose anchors occur in `b`. Kept out of line so that the
+/// first pass, all most texts get, stays small and fast.
+#[inline(never)]
+fn scan_detectors(b: &[u8], p: &Profile, out: &mut Vec<Finding>) {
     // spans where generic entropy does not apply: URLs, public PEM blocks
     let mut quiet: Vec<Range<usize>> = Vec::new();
     if p.has(DASH) {
@@ -280,10 +385,8 @@ pub fn scan_into(b: &[u8], out: &mut Vec<Finding>) {
         // also finds IBANs: their check digits follow two capitals
         digits::scan_digits(b, out);
     }
-    if p.b64_far {
-        words::scan_tokens(b, None, &quiet, out);
-    } else if p.b64_blocks != 0 {
-        words::scan_tokens(b, Some(p.b64_blocks), &quiet, out);
+    if p.b64_far || p.b64_blocks != 0 {
+        words::scan_tokens(b, p, &quiet, out);
     }
     resolve(out);
 }

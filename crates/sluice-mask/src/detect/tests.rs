@@ -503,3 +503,89 @@ fn swar_searches_match_naive() {
         }
     }
 }
+
+/// The word-at-a-time helpers agree with the byte table on every byte
+/// value, at every position of a word, and on random texts.
+#[test]
+fn word_at_a_time_helpers_agree_with_the_byte_table() {
+    let classes = [B64, WORD, IDENT, LHEX];
+    let base = *b"aZ09_-+/";
+    for c in 0..=255u8 {
+        for pos in 0..8 {
+            for filler in [b'a', b'7', b'_', b'-', b'/', b'f', b'G'] {
+                let mut bytes = [filler; 8];
+                bytes[pos] = c;
+                let w = u64::from_le_bytes(bytes);
+                for k in classes {
+                    let want = bytes.iter().all(|&x| class(x) & k != 0);
+                    assert_eq!(
+                        word_all(w, k),
+                        want,
+                        "byte {c:#04x} at {pos} in {bytes:?}, class {k:#x}"
+                    );
+                }
+                assert_eq!(
+                    (in_range(w, b'0', b'9') >> 7).wrapping_mul(LO) >> 56,
+                    bytes.iter().filter(|x| x.is_ascii_digit()).count() as u64
+                );
+                let eq = eq_exact(w, b'_');
+                for (i, &x) in bytes.iter().enumerate() {
+                    assert_eq!(eq >> (8 * i + 7) & 1 == 1, x == b'_', "{bytes:?}");
+                }
+            }
+        }
+        let w = u64::from_le_bytes(base);
+        assert!(word_all(w, B64) && !word_all(w, WORD));
+    }
+    // random texts: runs and digit counts as a byte loop computes them
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let alphabet = b"abcdef0123456789xyzXYZ_-+/ .\xc3\xa9@";
+    for _ in 0..2000 {
+        // some past 255 words, where the digit count flushes its lanes
+        let len = (next() % if next() % 4 == 0 { 5000 } else { 700 }) as usize;
+        let text: Vec<u8> = (0..len)
+            .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+            .collect();
+        assert_eq!(
+            count_digits(&text),
+            text.iter().filter(|c| c.is_ascii_digit()).count()
+        );
+        for k in classes {
+            let from = if len == 0 {
+                0
+            } else {
+                (next() % len as u64) as usize
+            };
+            let mut want = from;
+            while want < len && class(text[want]) & k != 0 {
+                want += 1;
+            }
+            assert_eq!(
+                run_end_in(&text, from, k),
+                want,
+                "class {k:#x} from {from} in {text:?}"
+            );
+        }
+    }
+}
+
+/// Digests and digests followed by padding are never findings, and a
+/// secret after a long hex run is still found.
+#[test]
+fn hex_runs_are_crossed_without_missing_what_follows() {
+    none(&[
+        "c4ca4238a0b923820dcc509a6f75849b",
+        "c81e728d9d4c2f636f067f89cc14862cxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+        "da39a3ee5e6b4b0d3255bfef95601890afd80709",
+    ]);
+    let t = "c4ca4238a0b923820dcc509a6f75849b key AKIAIOSFODNN7EXAMPLE";
+    assert_eq!(kinds(t), vec![(Kind::AwsKey, "AKIAIOSFODNN7EXAMPLE")]);
+    let t = "c4ca4238a0b923820dcc509a6f75849b,4111 1111 1111 1111";
+    assert_eq!(kinds(t), vec![(Kind::Card, "4111 1111 1111 1111")]);
+}

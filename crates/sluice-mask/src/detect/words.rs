@@ -4,7 +4,7 @@
 use std::ops::Range;
 
 use super::checks::{iban_length, iban_mod97_valid, it_codice_fiscale_valid};
-use super::{class, is_alnum, Finding, B64, DIGIT, LOWER, UPPER, WORD};
+use super::{class, is_alnum, run_end_in, Finding, Profile, B64, DIGIT, LHEX, LOWER, UPPER, WORD};
 use crate::Kind;
 
 fn is_upper_or_digit(c: u8) -> bool {
@@ -57,53 +57,47 @@ fn run_end(b: &[u8], mut j: usize, k: u16) -> usize {
 }
 
 /// Token-shaped secrets in runs of ≥ 16 base64 characters: bearer tokens,
-/// JWTs, vendor prefixes, the codice fiscale and generic secrets. With
-/// `blocks` (bit k = aligned block k is all base64) only the runs around
-/// those blocks are read; without, every run is walked.
+/// JWTs, vendor prefixes, the codice fiscale and generic secrets. When
+/// every base64 block lies in the first 64 (`!p.b64_far`), only the runs
+/// around those blocks are read; otherwise every run is walked.
 /// `quiet` spans (URL paths, public PEM blocks) get no entropy check.
-pub(crate) fn scan_tokens(
-    b: &[u8],
-    blocks: Option<u64>,
-    quiet: &[Range<usize>],
-    out: &mut Vec<Finding>,
-) {
+pub(crate) fn scan_tokens(b: &[u8], p: &Profile, quiet: &[Range<usize>], out: &mut Vec<Finding>) {
     let n = b.len();
+    // a generic secret mixes cases: without both in the text, none can be
+    let mixed_case = p.has(UPPER) && p.has(LOWER);
     let mut q = 0; // index into `quiet`, which is sorted
     let mut done = 0; // runs before this offset are handled
-    match blocks {
-        Some(mut mask) => {
-            while mask != 0 {
-                let k = mask.trailing_zeros() as usize;
-                mask &= mask - 1;
-                let mut s = 8 * k;
-                if s < done {
-                    continue;
-                }
-                while s > done && class(b[s - 1]) & B64 != 0 {
-                    s -= 1;
-                }
-                let e = run_end(b, 8 * k + 8, B64);
-                done = if e - s >= 16 {
-                    token_run(b, s, e, quiet, &mut q, out)
-                } else {
-                    e
-                };
-            }
+    let run = |s: usize, e: usize, q: &mut usize, out: &mut Vec<Finding>| {
+        if e - s >= 16 {
+            token_run(b, s, e, mixed_case, quiet, q, out)
+        } else {
+            e
         }
-        None => {
-            let mut i = 0;
-            while i < n {
-                if class(b[i]) & B64 == 0 {
-                    i += 1;
-                    continue;
-                }
-                let e = run_end(b, i, B64);
-                i = if e - i >= 16 {
-                    token_run(b, i, e, quiet, &mut q, out)
-                } else {
-                    e
-                };
+    };
+    if !p.b64_far {
+        let mut mask = p.b64_blocks;
+        while mask != 0 {
+            let k = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            let mut s = 8 * k;
+            if s < done {
+                continue;
             }
+            while s > done && class(b[s - 1]) & B64 != 0 {
+                s -= 1;
+            }
+            let e = run_end_in(b, 8 * k + 8, B64);
+            done = run(s, e, &mut q, out);
+        }
+    } else {
+        let mut i = 0;
+        while i < n {
+            if class(b[i]) & B64 == 0 {
+                i += 1;
+                continue;
+            }
+            let e = run_end_in(b, i, B64);
+            i = run(i, e, &mut q, out);
         }
     }
 }
@@ -113,6 +107,7 @@ fn token_run(
     b: &[u8],
     s: usize,
     e: usize,
+    mixed_case: bool,
     quiet: &[Range<usize>],
     q: &mut usize,
     out: &mut Vec<Finding>,
@@ -137,17 +132,14 @@ fn token_run(
     // Lower-case hex (digests, UUIDs without dashes): no vendor prefix,
     // codice fiscale or mixed-case secret can be spelled with it, and the
     // bearer and JWT shapes were checked above.
-    if b[s..e]
-        .iter()
-        .all(|&c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
-    {
+    if run_end_in(b, s, LHEX) >= e {
         return e;
     }
     let before = out.len();
     // vendor prefixes on the base64url words of the run
     let mut w = s;
     while w < e {
-        let we = run_end(b, w, WORD).min(e);
+        let we = run_end_in(b, w, WORD).min(e);
         if we - w >= 16 {
             if let Some(kind) = prefix_kind(&b[w..we]) {
                 out.push(Finding { kind, range: w..we });
@@ -155,7 +147,7 @@ fn token_run(
         }
         w = we + 1;
     }
-    if out.len() > before || e - s < 20 {
+    if out.len() > before || e - s < 20 || !mixed_case {
         return e;
     }
     while *q < quiet.len() && quiet[*q].end <= s {
