@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p sluice-audit --example writer_bench -- [--events N] [--dir DIR]
-//!     [--fsync batch|always|interval] [--sessions K] [--select-only] [--verify]
+//!     [--fsync batch|always|interval] [--sessions K] [--select-only] [--bare] [--verify]
 //! ```
 //!
 //! One producer thread records `db.statement` events like those of
@@ -34,6 +34,7 @@ struct Args {
     sessions: usize,
     verify: bool,
     select_only: bool,
+    bare: bool,
 }
 
 fn args() -> Args {
@@ -44,6 +45,7 @@ fn args() -> Args {
         sessions: 10,
         verify: false,
         select_only: false,
+        bare: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -62,10 +64,11 @@ fn args() -> Args {
             }
             "--verify" => a.verify = true,
             "--select-only" | "-S" => a.select_only = true,
+            "--bare" => a.bare = true,
             "--help" | "-h" => {
                 eprintln!(
                     "writer_bench [--events N] [--dir DIR] [--fsync batch|always|interval] \
-                     [--sessions K] [--select-only] [--verify]"
+                     [--sessions K] [--select-only] [--bare] [--verify]"
                 );
                 std::process::exit(0);
             }
@@ -286,6 +289,22 @@ fn main() {
     let events = a.events;
     let sessions = a.sessions;
     let select_only = a.select_only;
+    let bare = a.bare;
+    // --bare: events as Sluice records them with policy off (no analysis:
+    // no fingerprint, text, kind, tables or columns)
+    let event = move |i: usize, sessions: usize, select_only: bool| {
+        let mut ev = event(i, sessions, select_only);
+        if let (true, EventBody::Statement(s)) = (bare, &mut ev) {
+            s.fingerprint.clear();
+            s.normalized.clear();
+            s.kind.clear();
+            s.tables_read.clear();
+            s.tables_written.clear();
+            s.columns_read.clear();
+            s.columns_written.clear();
+        }
+        ev
+    };
 
     let cpu0 = process_cpu();
     let wcpu0 = thread_cpu("sluice-audit");
@@ -377,7 +396,9 @@ fn main() {
                 std::process::exit(1);
             }
         }
-        check_search_and_usage(&mut s, events, sessions, select_only);
+        if !bare {
+            check_search_and_usage(&mut s, events, sessions, select_only);
+        }
     }
 }
 
