@@ -142,6 +142,8 @@ select current_user as upstream_role;
 select id, full_name, email, phone, card_number, ssn from customers order by id limit 5;
 \echo '-- value detectors catch PII in computed columns too'
 select 'contact ' || email || ' / ' || phone as note from customers order by id limit 2;
+\echo '-- and a value computed from a name is masked like the name column it comes from'
+select upper(full_name) as shouted, split_part(full_name, ' ', 1) as first_name_only from customers order by id limit 2;
 \echo '-- tokens are deterministic: grouping by a masked column still counts right'
 select email, count(*) from (select email from customers union all select email from customers) t group by email order by email limit 2;
 \echo '-- an error comes back exactly as PostgreSQL sends it'

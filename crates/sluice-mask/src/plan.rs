@@ -310,6 +310,50 @@ impl Masker {
         }
     }
 
+    /// The plan for a computed result column (PostgreSQL names no table
+    /// for it) whose value the statement computes from the table columns
+    /// `sources` (`(table, column)`, the table possibly `schema.table`).
+    /// The column's own plan if it masks; otherwise the plan a source
+    /// column would get with the computed column's type, so that
+    /// `first_name || ' ' || last_name` is a name and `max(dob)` a date of
+    /// birth, while `count(email)` (a number) stays a number. Among
+    /// several sensitive sources the most specific kind wins.
+    pub fn plan_computed(&self, col: &ColumnInfo, sources: &[(String, String)]) -> ColumnPlan {
+        let own = self.plan(col);
+        if matches!(own, ColumnPlan::Mask { .. }) {
+            return own;
+        }
+        let mut best: Option<ColumnPlan> = None;
+        for (table, column) in sources {
+            if column == "*" {
+                continue;
+            }
+            let (schema, table) = match table.rsplit_once('.') {
+                Some((s, t)) => (Some(s.to_owned()), t.to_owned()),
+                None => (None, table.clone()),
+            };
+            let source = ColumnInfo {
+                schema,
+                table: Some(table),
+                column: column.clone(),
+                pg_type_name: col.pg_type_name.clone(),
+                type_oid: col.type_oid,
+            };
+            let plan = self.plan(&source);
+            let ColumnPlan::Mask { kind, .. } = plan else {
+                continue;
+            };
+            let better = match &best {
+                Some(ColumnPlan::Mask { kind: held, .. }) => kind.priority() > held.priority(),
+                _ => true,
+            };
+            if better {
+                best = Some(plan);
+            }
+        }
+        best.unwrap_or(own)
+    }
+
     fn column_rule(&self, col: &ColumnInfo) -> Option<ColumnRule> {
         let columns = &self.rules.columns;
         if columns.is_empty() {

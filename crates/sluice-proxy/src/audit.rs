@@ -34,7 +34,14 @@ pub struct StatementInfo {
     /// Where the data written comes from (INSERT … SELECT, CREATE TABLE AS,
     /// UPDATE … FROM), or `copy_out` for COPY to the client.
     pub lineage: Option<(String, Vec<String>, Option<String>)>,
+    /// Where the columns of each statement's result come from, for masking
+    /// computed columns; `None` when no result column reads a table column.
+    pub outputs: Option<Arc<ResultSources>>,
 }
+
+/// Per statement of a query string, the sources of its result columns
+/// (`None`: the statement returns no rows of its own).
+pub type ResultSources = Vec<Option<Vec<sluice_sql::OutputColumn>>>;
 
 impl StatementInfo {
     /// Describe `text` (already analysed as `analysis`). Literals never
@@ -62,6 +69,19 @@ impl StatementInfo {
         let read: Vec<String> = a.tables_read().into_iter().collect();
         let written: Vec<String> = a.tables_written().into_iter().collect();
         let lineage = lineage_of(a, &read, &written);
+        let reads_columns = a.statements.iter().any(|s| {
+            s.outputs
+                .as_ref()
+                .is_some_and(|o| o.iter().any(|c| !c.sources.is_empty()))
+        });
+        let outputs = reads_columns.then(|| {
+            Arc::new(
+                a.statements
+                    .iter()
+                    .map(|s| s.outputs.clone())
+                    .collect::<ResultSources>(),
+            )
+        });
         StatementInfo {
             fingerprint,
             normalized,
@@ -71,6 +91,7 @@ impl StatementInfo {
             tables_read: read,
             tables_written: written,
             lineage,
+            outputs,
         }
     }
 }

@@ -73,7 +73,7 @@ pub async fn run(
     }
     let in_transaction = st.flight.status() == TransactionStatus::InTransaction;
     let probed = match &copy.probe {
-        Some(sql) => probe(w, st, sql, masker, lookup).await?,
+        Some(sql) => probe(w, st, sql, copy.sources.as_deref(), masker, lookup).await?,
         None => None,
     };
     // In a transaction the probe's failure has aborted it: the COPY gets
@@ -131,7 +131,9 @@ pub async fn run_parse(
     let in_transaction = st.flight.status() == TransactionStatus::InTransaction;
     // Never while the server skips to a Sync: the probe's Sync would end it.
     let probed = match &copy.probe {
-        Some(sql) if !st.flight.skipping() => probe(w, st, sql, masker, lookup).await?,
+        Some(sql) if !st.flight.skipping() => {
+            probe(w, st, sql, copy.sources.as_deref(), masker, lookup).await?
+        }
         _ => None,
     };
     let probe_error = st.flight.take_probe_error().filter(|_| in_transaction);
@@ -168,6 +170,7 @@ async fn probe(
     w: &mut WriteHalf,
     st: &mut Statements<'_>,
     sql: &str,
+    sources: Option<&[sluice_sql::OutputColumn]>,
     masker: &Masker,
     lookup: &CatalogAccess<'_>,
 ) -> Result<Option<crate::masking::ResultPlan>, GuardError> {
@@ -202,7 +205,7 @@ async fn probe(
         return Ok(None);
     };
     for _ in 0..2 {
-        match plan_columns(masker, &lookup.catalog, &body) {
+        match plan_columns(masker, &lookup.catalog, &body, sources) {
             Ok(plan) => return Ok(plan),
             Err(missing) => {
                 if let Err(e) = lookup

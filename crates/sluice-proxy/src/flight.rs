@@ -145,6 +145,9 @@ pub struct Expect {
     pub replace_error: Option<Bytes>,
     /// Changes to prepared statements or portals its success confirms.
     pub changes: Vec<Change>,
+    /// For a Query or a Describe of a portal: where the columns of the
+    /// results it describes come from (masking of computed columns).
+    pub outputs: Option<Arc<crate::audit::ResultSources>>,
 }
 
 impl Expect {
@@ -163,6 +166,7 @@ impl Expect {
             audit: None,
             replace_error: None,
             changes: Vec::new(),
+            outputs: None,
         }
     }
 
@@ -372,6 +376,23 @@ pub enum Disposition {
     Replace(Bytes),
 }
 
+/// The sources of one statement's result columns, within those of its
+/// query string.
+#[derive(Debug, Clone)]
+pub struct ResultSourcesAt {
+    /// Every statement's.
+    pub all: Arc<crate::audit::ResultSources>,
+    /// Which statement.
+    pub index: usize,
+}
+
+impl ResultSourcesAt {
+    /// The columns of this statement's result, when it returns rows.
+    pub fn columns(&self) -> Option<&[sluice_sql::OutputColumn]> {
+        self.all.get(self.index)?.as_deref()
+    }
+}
+
 /// The upstream loop's view of the queue while it holds the lock.
 pub struct Tracker<'a> {
     state: &'a mut State,
@@ -423,6 +444,22 @@ impl Tracker<'_> {
             Awaiting::DescribeStatement => {}
             _ => progress.plan = plan,
         }
+    }
+
+    /// Where the columns of the RowDescription now arriving come from: the
+    /// current statement of a Query, or the statement of a described
+    /// portal. `None` when not known (policy off, or nothing read).
+    pub fn result_sources(&self, progress: &Progress) -> Option<ResultSourcesAt> {
+        let front = self.front()?;
+        let index = match front.awaiting {
+            Awaiting::Query => progress.statements,
+            Awaiting::DescribePortal | Awaiting::Execute => 0,
+            _ => return None,
+        };
+        Some(ResultSourcesAt {
+            all: front.outputs.clone()?,
+            index,
+        })
     }
 
     /// The COPY plan of the entry being answered.

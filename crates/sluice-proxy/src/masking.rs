@@ -12,9 +12,12 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use sluice_mask::{ColumnInfo, ColumnPlan, Finding, MaskReport, Masker, ValueType, Written};
+use sluice_sql::OutputColumn;
 use sluice_wire::messages::row_description;
 
+use crate::audit::ResultSources;
 use crate::catalog::{Catalog, Missing};
+use crate::flight::ResultSourcesAt;
 
 /// Rows up to this size are held whole to be masked; larger ones stream.
 pub const HOLD_ROW_LIMIT: usize = 16 << 20;
@@ -44,6 +47,7 @@ pub fn plan_columns(
     masker: &Masker,
     catalog: &Catalog,
     body: &[u8],
+    sources: Option<&[OutputColumn]>,
 ) -> Result<Option<ResultPlan>, Missing> {
     let Ok(fields) = row_description::decode(body) else {
         return Ok(None);
@@ -70,7 +74,8 @@ pub fn plan_columns(
         labels: Vec::with_capacity(fields.len()),
         active: false,
     };
-    for f in fields {
+    let count = fields.len();
+    for (i, f) in fields.into_iter().enumerate() {
         let origin = (f.table_oid != 0 && f.column > 0)
             .then(|| catalog.column(f.table_oid, f.column))
             .flatten()
@@ -95,7 +100,11 @@ pub fn plan_columns(
                 type_oid: f.type_oid,
             },
         };
-        let column = masker.plan(&info);
+        let column = match (&origin, sources) {
+            // A computed column: judged also by what it is computed from.
+            (None, Some(outputs)) => masker.plan_computed(&info, &computed_from(outputs, count, i)),
+            _ => masker.plan(&info),
+        };
         plan.active |= !column.is_pass();
         plan.labels.push(match &origin {
             Some(o) => format!("{}.{}.{}", o.schema, o.table, o.column),
@@ -107,12 +116,65 @@ pub fn plan_columns(
     Ok(Some(plan))
 }
 
+/// The table columns result field `i` (of `fields`) is computed from,
+/// given the statement's result columns. Fields line up with the
+/// statement's columns one to one, except that a `*` over a table stands
+/// for as many fields as the table has: with one such `*` the fields still
+/// line up around it. When they cannot be lined up (several, or a count
+/// that does not fit), every column's sources count for the field.
+fn computed_from(outputs: &[OutputColumn], fields: usize, i: usize) -> Vec<(String, String)> {
+    let stars: Vec<usize> = outputs
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.star)
+        .map(|(k, _)| k)
+        .collect();
+    let at = match stars.as_slice() {
+        [] if outputs.len() == fields => Some(i),
+        [s] if fields + 1 >= outputs.len() => {
+            let width = fields + 1 - outputs.len();
+            if i < *s {
+                Some(i)
+            } else if i >= s + width {
+                Some(i + 1 - width)
+            } else {
+                None // inside the `*`
+            }
+        }
+        _ => None,
+    };
+    match at.and_then(|k| outputs.get(k)) {
+        Some(o) if !o.star => o.sources.clone(),
+        _ => {
+            let mut all: Vec<(String, String)> = outputs
+                .iter()
+                .flat_map(|o| o.sources.iter().cloned())
+                .collect();
+            all.sort();
+            all.dedup();
+            all
+        }
+    }
+}
+
+/// A plan made with a statement's column sources. The same `Arc` stands
+/// for every run of one statement; holding it keeps its address from being
+/// reused by another statement's sources while the plan is cached.
+struct SourcedPlan {
+    sources: Arc<ResultSources>,
+    index: usize,
+    plan: Arc<ResultPlan>,
+}
+
 /// Per-session masking state, owned by the upstream loop.
 pub struct Masking {
     masker: Arc<Masker>,
     catalog: Arc<Catalog>,
     generation: u64,
     plans: HashMap<Bytes, Arc<ResultPlan>>,
+    /// Plans of results whose statement's column sources are known, by
+    /// RowDescription, then by statement.
+    sourced_plans: HashMap<Bytes, Vec<SourcedPlan>>,
     findings: Vec<Finding>,
     /// Decoded bytes of a streamed bytea, reused.
     bytes: Vec<u8>,
@@ -220,6 +282,7 @@ impl Masking {
             masker,
             catalog,
             plans: HashMap::new(),
+            sourced_plans: HashMap::new(),
             findings: Vec::new(),
             bytes: Vec::new(),
             report: MaskReport::default(),
@@ -232,25 +295,61 @@ impl Masking {
 
     /// The plan for a RowDescription (`body` without header); `Err` lists
     /// the catalog entries to load first.
-    pub fn plan(&mut self, body: &[u8]) -> Result<Option<Arc<ResultPlan>>, Missing> {
+    pub fn plan(
+        &mut self,
+        body: &[u8],
+        sources: Option<ResultSourcesAt>,
+    ) -> Result<Option<Arc<ResultPlan>>, Missing> {
         let generation = self.catalog.generation();
         if generation != self.generation {
             // DDL went through Sluice: names may have changed.
             self.plans.clear();
+            self.sourced_plans.clear();
             self.generation = generation;
         }
-        if let Some(p) = self.plans.get(body) {
-            return Ok(Some(p.clone()));
+        let Some(sources) = sources.filter(|s| s.columns().is_some()) else {
+            if let Some(p) = self.plans.get(body) {
+                return Ok(Some(p.clone()));
+            }
+            let Some(plan) = plan_columns(&self.masker, &self.catalog, body, None)? else {
+                return Ok(None);
+            };
+            let plan = Arc::new(plan);
+            if self.plans.len() >= PLAN_CACHE {
+                self.plans.clear();
+            }
+            self.plans
+                .insert(Bytes::copy_from_slice(body), plan.clone());
+            return Ok(Some(plan));
+        };
+        let same =
+            |p: &SourcedPlan| Arc::ptr_eq(&p.sources, &sources.all) && p.index == sources.index;
+        if let Some(p) = self
+            .sourced_plans
+            .get(body)
+            .and_then(|v| v.iter().find(|p| same(p)))
+        {
+            return Ok(Some(p.plan.clone()));
         }
-        let Some(plan) = plan_columns(&self.masker, &self.catalog, body)? else {
+        let Some(plan) = plan_columns(&self.masker, &self.catalog, body, sources.columns())? else {
             return Ok(None);
         };
         let plan = Arc::new(plan);
-        if self.plans.len() >= PLAN_CACHE {
-            self.plans.clear();
+        if self.sourced_plans.len() >= PLAN_CACHE {
+            self.sourced_plans.clear();
         }
-        self.plans
-            .insert(Bytes::copy_from_slice(body), plan.clone());
+        let held = self
+            .sourced_plans
+            .entry(Bytes::copy_from_slice(body))
+            .or_default();
+        if held.len() >= 8 {
+            held.clear();
+        }
+        held.push(SourcedPlan {
+            sources: sources.all,
+            index: sources.index,
+            plan: plan.clone(),
+        });
         Ok(Some(plan))
     }
 
@@ -739,7 +838,7 @@ mod tests {
     fn rows_of_a_plan_that_masks_are_rewritten() {
         let mut m = masking();
         let desc = row_description::encode(&[computed("id", 23), computed("contact", 25)]);
-        let plan = m.plan(&desc[5..]).unwrap().unwrap();
+        let plan = m.plan(&desc[5..], None).unwrap().unwrap();
         assert!(plan.active, "a text column is scanned");
         let mut row = BytesMut::new();
         let values: Vec<Option<&[u8]>> = vec![Some(b"1"), Some(b"mail alice@example.com now")];
@@ -763,7 +862,7 @@ mod tests {
     fn streamed_rows_keep_their_length_and_hide_findings_across_chunks() {
         let mut m = masking();
         let desc = row_description::encode(&[computed("n", 23), computed("blob", 25)]);
-        let plan = m.plan(&desc[5..]).unwrap().unwrap();
+        let plan = m.plan(&desc[5..], None).unwrap().unwrap();
         let mut big = vec![b'x'; 300_000];
         let secret = b" bob@example.org ";
         let at = 2 * SCAN_WINDOW - 5; // straddles the first cut
@@ -789,6 +888,44 @@ mod tests {
             text.iter().filter(|&&b| b == b'x').count(),
             300_000 - secret.len()
         );
+    }
+
+    fn col(star: bool, sources: &[(&str, &str)]) -> OutputColumn {
+        OutputColumn {
+            star,
+            sources: sources
+                .iter()
+                .map(|(t, c)| ((*t).to_owned(), (*c).to_owned()))
+                .collect(),
+        }
+    }
+
+    /// Fields line up with the statement's columns, around one `*`; when
+    /// they cannot, every column's sources count.
+    #[test]
+    fn fields_line_up_with_the_statement_columns() {
+        let name = col(false, &[("people", "name")]);
+        let none = col(false, &[]);
+        let star = col(true, &[("people", "*")]);
+        let src = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(t, c)| ((*t).to_owned(), (*c).to_owned()))
+                .collect()
+        };
+        let plain = [none.clone(), name.clone()];
+        assert_eq!(computed_from(&plain, 2, 0), src(&[]));
+        assert_eq!(computed_from(&plain, 2, 1), src(&[("people", "name")]));
+        // `select *, upper(name)` over a table of 3 columns: 4 fields
+        let starred = [star.clone(), name.clone()];
+        assert_eq!(computed_from(&starred, 4, 3), src(&[("people", "name")]));
+        // `select upper(name), *, 1`
+        let around = [name.clone(), star.clone(), none.clone()];
+        assert_eq!(computed_from(&around, 5, 0), src(&[("people", "name")]));
+        assert_eq!(computed_from(&around, 5, 4), src(&[]));
+        // two stars, or a count that does not fit: everything counts
+        let two = [star.clone(), star, none];
+        assert_eq!(computed_from(&two, 7, 6), src(&[("people", "*")]));
+        assert_eq!(computed_from(&plain, 3, 2), src(&[("people", "name")]));
     }
 }
 

@@ -923,7 +923,7 @@ impl<'a> UpstreamWalk<'a> {
             if header.tag == backend::ROW_DESCRIPTION && available >= header.total_len {
                 if let Some(masking) = self.masking.as_mut() {
                     let body = &buf[ready + 5..ready + header.total_len];
-                    match masking.plan(body) {
+                    match masking.plan(body, tracker.result_sources(&self.progress)) {
                         Ok(plan) => tracker.on_row_description(plan, &mut self.progress),
                         // Not consumed: handled again once the names are known.
                         Err(missing) => break Walked::Catalog(missing),

@@ -259,7 +259,10 @@ impl<'a> Statements<'a> {
                     Ok(describe::Target::Portal(name)) => {
                         self.portals
                             .candidates_mut(name, self.syncs, |p| p.described = true);
-                        Expect::for_portal(Awaiting::DescribePortal, name)
+                        Expect {
+                            outputs: self.portal_outputs(name),
+                            ..Expect::for_portal(Awaiting::DescribePortal, name)
+                        }
                     }
                     // Malformed: the server answers with an error.
                     Err(_) => return Step::Malformed("Describe"),
@@ -292,8 +295,13 @@ impl<'a> Statements<'a> {
                 // The columns of what it returns must be known to mask
                 // them: describe the portal if the client did not.
                 let prefix = (self.masking && !described).then(|| {
-                    self.pending
-                        .push(Expect::for_portal(Awaiting::DescribePortal, portal).by_sluice());
+                    self.pending.push(
+                        Expect {
+                            outputs: judged.of.info.outputs.clone(),
+                            ..Expect::for_portal(Awaiting::DescribePortal, portal)
+                        }
+                        .by_sluice(),
+                    );
                     describe::encode_describe_portal(portal)
                 });
                 if self.rows_limit > 0 && judged.of.rows == RowsEffect::Countable {
@@ -568,7 +576,23 @@ impl<'a> Statements<'a> {
         Expect {
             audit: self.next_audit.take(),
             changes: std::mem::take(&mut self.query_changes),
+            outputs: self.last_info.outputs.clone(),
             ..Expect::client(awaiting)
+        }
+    }
+
+    /// The sources of the result columns of portal `name`'s statement.
+    fn portal_outputs(&self, name: &str) -> Option<Arc<crate::audit::ResultSources>> {
+        let all: Vec<Option<Arc<crate::audit::ResultSources>>> = self
+            .portals
+            .candidates(name, self.syncs)
+            .map(|p| p.of.info.outputs.clone())
+            .collect();
+        match all.as_slice() {
+            [] => None,
+            [one] => one.clone(),
+            // which one runs depends on answers still to come: mask for all
+            many => merged_sources(many.iter().flatten()),
         }
     }
 
@@ -955,4 +979,35 @@ fn track_removal<T>(
     }
     names.remove(name, id, segment);
     Some(Change::own(id))
+}
+
+/// Statement by statement, column by column, the union of several
+/// statements' result sources (the candidates of an unconfirmed portal).
+fn merged_sources<'a>(
+    all: impl Iterator<Item = &'a Arc<crate::audit::ResultSources>>,
+) -> Option<Arc<crate::audit::ResultSources>> {
+    let mut merged: crate::audit::ResultSources = Vec::new();
+    for sources in all {
+        for (i, statement) in sources.iter().enumerate() {
+            if merged.len() <= i {
+                merged.push(None);
+            }
+            let Some(columns) = statement else { continue };
+            let into = merged[i].get_or_insert_with(Vec::new);
+            for (k, c) in columns.iter().enumerate() {
+                match into.get_mut(k) {
+                    Some(have) => {
+                        have.star |= c.star;
+                        for s in &c.sources {
+                            if !have.sources.contains(s) {
+                                have.sources.push(s.clone());
+                            }
+                        }
+                    }
+                    None => into.push(c.clone()),
+                }
+            }
+        }
+    }
+    (!merged.is_empty()).then(|| Arc::new(merged))
 }

@@ -211,6 +211,10 @@ pub struct StatementFacts {
     pub literal_sensitive: bool,
     /// `INSERT … ON CONFLICT DO UPDATE`: where its rows come from.
     pub upsert: Option<Upsert>,
+    /// The columns of its result and the table columns each is computed
+    /// from (masking needs them for computed columns); `None` for a
+    /// statement that returns no rows of its own.
+    pub outputs: Option<Vec<crate::OutputColumn>>,
 }
 
 /// Where the rows of an upsert come from, which bounds what it updates.
@@ -262,6 +266,9 @@ pub struct CopyOut {
     pub header: bool,
     /// ENCODING, if given.
     pub encoding: Option<String>,
+    /// For `COPY (query)`: the table columns each of its columns is
+    /// computed from (see [`crate::OutputColumn`]).
+    pub sources: Option<Vec<crate::OutputColumn>>,
 }
 
 /// Whether the rows a string changes can be read from its command tags.

@@ -13,12 +13,14 @@
 mod columns;
 mod facts;
 mod normalize;
+mod outputs;
 mod sweep;
 mod template;
 mod walk;
 
 pub use facts::{Analysis, CopyFormat, CopyOut, Kind, Risk, RowsEffect, StatementFacts, Upsert};
 pub use normalize::{normalize, redact_secrets};
+pub use outputs::OutputColumn;
 pub use template::template;
 pub use walk::{default_search_path, split_search_path};
 

@@ -26,6 +26,14 @@ pub fn statements(tree: &protobuf::ParseResult, sql: &str) -> Vec<StatementFacts
             let columns = crate::columns::of_statement(node);
             facts.columns_read = columns.read;
             facts.columns_written = columns.written;
+            facts.outputs = crate::outputs::of_statement(node);
+            if let (Some(copy), NodeEnum::CopyStmt(c)) = (facts.copy_out.as_mut(), node) {
+                copy.sources = c
+                    .query
+                    .as_ref()
+                    .and_then(|q| q.node.as_ref())
+                    .and_then(crate::outputs::of_statement);
+            }
             if let Some(k) = facts.kind {
                 facts.actions.insert(k);
             }

@@ -50,9 +50,15 @@ pub struct IdpServer {
     log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
-/// The workspace root (two levels above this crate).
+/// The workspace root, two levels above the crate under test. Read at run
+/// time (cargo and nextest set `CARGO_MANIFEST_DIR` for the test): the
+/// value compiled in names the checkout that built this crate, which with
+/// a shared target directory may be another clone, since removed.
 fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("../..")
 }
 
 impl IdpServer {
