@@ -37,6 +37,20 @@ pub struct StatementInfo {
     /// Where the columns of each statement's result come from, for masking
     /// computed columns; `None` when no result column reads a table column.
     pub outputs: Option<Arc<ResultSources>>,
+    /// Statements (by index) whose rows were computed by another one:
+    /// `EXECUTE name` and `FETCH … name`.
+    pub deferred: Vec<(usize, Deferred)>,
+    /// Statements (by index) declaring a cursor, and its name.
+    pub declares: Vec<(usize, String)>,
+}
+
+/// Where the rows of a statement were defined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deferred {
+    /// `EXECUTE name`: a prepared statement's.
+    Execute(String),
+    /// `FETCH … name`: a cursor's.
+    Fetch(String),
 }
 
 /// Per statement of a query string, the sources of its result columns
@@ -82,6 +96,22 @@ impl StatementInfo {
                     .collect::<ResultSources>(),
             )
         });
+        let deferred = a
+            .statements
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match (&s.executes, &s.fetches) {
+                (Some(name), _) => Some((i, Deferred::Execute(name.clone()))),
+                (_, Some(name)) => Some((i, Deferred::Fetch(name.clone()))),
+                _ => None,
+            })
+            .collect();
+        let declares = a
+            .statements
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((i, s.declares.clone()?)))
+            .collect();
         StatementInfo {
             fingerprint,
             normalized,
@@ -92,6 +122,8 @@ impl StatementInfo {
             tables_written: written,
             lineage,
             outputs,
+            deferred,
+            declares,
         }
     }
 }

@@ -16,7 +16,7 @@ use sluice_wire::frame::Reader;
 use sluice_wire::messages::{bind, describe, execute};
 use sluice_wire::tags::frontend as tag;
 
-use crate::audit::{PendingAudit, SessionAudit, StatementInfo};
+use crate::audit::{Deferred, PendingAudit, SessionAudit, StatementInfo};
 use crate::flight::{Awaiting, Change, Expect, Flight};
 use crate::guard::{parse_message, query_message, Guard, PreparedChange, Verdict};
 use crate::masking::CopyPlan;
@@ -29,6 +29,8 @@ const MAX_PREPARED: usize = 100_000;
 const REFUSED: &str = "sluice_refused";
 /// Above this many portals, those whose transaction has ended are dropped.
 const PORTAL_SWEEP: usize = 256;
+/// Cursors remembered per session for masking (the map starts over past this).
+const MAX_CURSORS: usize = 1024;
 
 /// What the loop must do with a client message.
 pub enum Step {
@@ -76,6 +78,8 @@ struct Prepared {
     info: Arc<StatementInfo>,
     /// For a `COPY … TO STDOUT`: how to mask its data.
     copy: Option<Arc<CopyPlan>>,
+    /// Which statement of `info` it is (a SQL `PREPARE` in a longer string).
+    at: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -138,6 +142,9 @@ pub struct Statements<'a> {
     pub approvals: bool,
     /// The text of the statement just judged, when literals are logged.
     last_text: Option<Arc<str>>,
+    /// Cursors declared in this session, by the sources of their result
+    /// columns (see [`StatementInfo::declares`]).
+    cursors: std::collections::HashMap<String, Option<Vec<sluice_sql::OutputColumn>>>,
 }
 
 impl<'a> Statements<'a> {
@@ -168,6 +175,7 @@ impl<'a> Statements<'a> {
             refuse_unmaskable: false,
             approvals: false,
             last_text: None,
+            cursors: std::collections::HashMap::new(),
         }
     }
 
@@ -292,12 +300,14 @@ impl<'a> Statements<'a> {
                     return self.refuse_ambiguous(tag::EXECUTE);
                 }
                 self.will_run(&judged.of.info);
+                let info = judged.of.info.clone();
+                self.declare_cursors(&info, Some(judged.of.at));
                 // The columns of what it returns must be known to mask
                 // them: describe the portal if the client did not.
                 let prefix = (self.masking && !described).then(|| {
                     self.pending.push(
                         Expect {
-                            outputs: judged.of.info.outputs.clone(),
+                            outputs: self.prepared_outputs(&judged.of),
                             ..Expect::for_portal(Awaiting::DescribePortal, portal)
                         }
                         .by_sluice(),
@@ -416,9 +426,11 @@ impl<'a> Statements<'a> {
             let own: Vec<Prepared> = allowed
                 .prepared
                 .iter()
-                .filter_map(|(_, c)| match c {
+                .filter_map(|(at, c)| match c {
                     PreparedChange::Define(n, rows) if n == name => Some(Prepared {
                         rows: *rows,
+                        info: allowed.info.clone(),
+                        at: *at,
                         ..Prepared::default()
                     }),
                     _ => None,
@@ -544,6 +556,7 @@ impl<'a> Statements<'a> {
                 text: self.last_text.clone(),
                 info: allowed.info.clone(),
                 copy: None,
+                at: 0,
             },
         );
         self.pending.push(e);
@@ -576,8 +589,67 @@ impl<'a> Statements<'a> {
         Expect {
             audit: self.next_audit.take(),
             changes: std::mem::take(&mut self.query_changes),
-            outputs: self.last_info.outputs.clone(),
+            outputs: self.outputs_of(&self.last_info.clone()),
             ..Expect::client(awaiting)
+        }
+    }
+
+    /// The sources of the result columns of each statement of `info`, with
+    /// those of `EXECUTE` and `FETCH` taken from the prepared statement or
+    /// cursor that computes their rows.
+    fn outputs_of(&self, info: &StatementInfo) -> Option<Arc<crate::audit::ResultSources>> {
+        if info.deferred.is_empty() {
+            return info.outputs.clone();
+        }
+        let mut all: crate::audit::ResultSources =
+            info.outputs.as_deref().cloned().unwrap_or_default();
+        for (i, d) in &info.deferred {
+            let columns = match d {
+                Deferred::Execute(name) => self
+                    .prepared
+                    .candidates(name, self.syncs)
+                    .find_map(|p| p.info.outputs.as_ref()?.get(p.at)?.clone()),
+                Deferred::Fetch(name) => self.cursors.get(name).cloned().flatten(),
+            };
+            if all.len() <= *i {
+                all.resize(*i + 1, None);
+            }
+            all[*i] = columns;
+        }
+        all.iter().any(Option::is_some).then(|| Arc::new(all))
+    }
+
+    /// The sources of the result columns of prepared statement `p`, as
+    /// those of a one-statement string.
+    fn prepared_outputs(&self, p: &Prepared) -> Option<Arc<crate::audit::ResultSources>> {
+        if !p.info.deferred.is_empty() {
+            // a Parse of `FETCH …` or `EXECUTE …`
+            return self.outputs_of(&p.info);
+        }
+        let all = p.info.outputs.as_ref()?;
+        if p.at == 0 && all.len() == 1 {
+            return Some(all.clone());
+        }
+        let one = all.get(p.at)?.clone()?;
+        Some(Arc::new(vec![Some(one)]))
+    }
+
+    /// Remember the cursors `info` declares, by the sources of their
+    /// columns (`FETCH` returns their rows later). `only`: the statement of
+    /// `info` that runs (a portal's), else all of them.
+    fn declare_cursors(&mut self, info: &StatementInfo, only: Option<usize>) {
+        for (i, name) in &info.declares {
+            if only.is_some_and(|o| o != *i) {
+                continue;
+            }
+            if self.cursors.len() >= MAX_CURSORS {
+                self.cursors.clear();
+            }
+            let columns = info
+                .outputs
+                .as_ref()
+                .and_then(|o| o.get(*i).cloned().flatten());
+            self.cursors.insert(name.clone(), columns);
         }
     }
 
@@ -586,7 +658,7 @@ impl<'a> Statements<'a> {
         let all: Vec<Option<Arc<crate::audit::ResultSources>>> = self
             .portals
             .candidates(name, self.syncs)
-            .map(|p| p.of.info.outputs.clone())
+            .map(|p| self.prepared_outputs(&p.of))
             .collect();
         match all.as_slice() {
             [] => None,
@@ -705,6 +777,7 @@ impl<'a> Statements<'a> {
                         text: self.last_text.clone(),
                         info: allowed.info.clone(),
                         copy: None,
+                        at: 0,
                     },
                 );
                 // Each execution is audited, not the Parse.
@@ -759,6 +832,7 @@ impl<'a> Statements<'a> {
                 text: self.last_text.clone(),
                 info: self.last_info.clone(),
                 copy,
+                at: 0,
             },
         );
         self.pending.push(Expect { replace_error, ..e });
@@ -797,6 +871,7 @@ impl<'a> Statements<'a> {
                         text: None,
                         info: allowed.info.clone(),
                         copy: None,
+                        at: *at,
                     };
                     self.prepared.define(name, p, id, segment);
                 }
@@ -808,6 +883,7 @@ impl<'a> Statements<'a> {
                 statement: Some(*at),
             });
         }
+        self.declare_cursors(&allowed.info, None);
         // A simple query drops the unnamed statement and portal (whatever
         // its statements do).
         changes.extend(self.statement_removal(""));

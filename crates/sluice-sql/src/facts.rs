@@ -185,6 +185,10 @@ pub struct StatementFacts {
     pub risks: BTreeSet<Risk>,
     /// For `EXECUTE name`: the prepared statement executed.
     pub executes: Option<String>,
+    /// For `DECLARE name CURSOR FOR …`: the cursor declared.
+    pub declares: Option<String>,
+    /// For `FETCH … name` (not `MOVE`): the cursor whose rows it returns.
+    pub fetches: Option<String>,
     /// For `PREPARE name AS …`: the name being defined.
     pub prepares: Option<String>,
     /// For `PREPARE name AS …`: the kind of the statement prepared.

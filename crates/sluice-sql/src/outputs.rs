@@ -157,6 +157,17 @@ impl Walk {
                 self.ctes.truncate(ctes);
                 r
             }
+            // what they define returns its rows later (EXECUTE, FETCH)
+            NodeEnum::PrepareStmt(p) => p
+                .query
+                .as_ref()
+                .and_then(|q| q.node.as_ref())
+                .and_then(|q| self.statement(q, outer)),
+            NodeEnum::DeclareCursorStmt(d) => d
+                .query
+                .as_ref()
+                .and_then(|q| q.node.as_ref())
+                .and_then(|q| self.statement(q, outer)),
             _ => None,
         }
     }
@@ -662,6 +673,15 @@ mod tests {
             vec![s(&[("people", "*")])]
         );
         assert!(of_statement_of_opt("create table t (a int)").is_none());
+        // defined now, returned later by EXECUTE or FETCH
+        assert_eq!(
+            outputs("prepare p as select upper(name) from people"),
+            vec![s(&[("people", "name")])]
+        );
+        assert_eq!(
+            outputs("declare c cursor for select upper(name) from people"),
+            vec![s(&[("people", "name")])]
+        );
         assert!(of_statement_of_opt("insert into t values (1)").is_none());
     }
 

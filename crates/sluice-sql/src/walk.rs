@@ -342,6 +342,8 @@ fn visit_one(n: NodeRef<'_>, facts: &mut StatementFacts) {
             }
         }
         NodeRef::ExecuteStmt(s) => facts.executes = Some(s.name.clone()),
+        NodeRef::DeclareCursorStmt(s) => facts.declares = Some(s.portalname.clone()),
+        NodeRef::FetchStmt(s) if !s.ismove => facts.fetches = Some(s.portalname.clone()),
         NodeRef::DeallocateStmt(s) => {
             if s.isall || s.name.is_empty() {
                 facts.deallocates_all = true;

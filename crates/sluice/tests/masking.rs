@@ -821,6 +821,32 @@ async fn values_computed_from_names_and_birth_dates_are_masked() {
     let (a, b): (String, String) = (r.get(0), r.get(1));
     assert!(a.starts_with("Name_") && b.starts_with("Name_"), "{a} {b}");
 
+    // Rows computed by a statement defined earlier: SQL PREPARE/EXECUTE
+    // and cursors, declared and fetched by simple query and by the
+    // extended protocol.
+    for sql in [
+        "prepare shout as select upper(full_name) from customers; execute shout",
+        "begin; declare c cursor for select upper(full_name) from customers; fetch all from c; commit",
+    ] {
+        let rows = simple_rows(&c.simple_query(sql).await.unwrap());
+        let text = format!("{rows:?}").to_lowercase();
+        assert!(rows.len() >= 2, "{sql}: {rows:?}");
+        assert!(!text.contains("alice") && !text.contains("bob"), "{sql}: {rows:?}");
+    }
+    let mut c2 = connect(&sluice).await;
+    let tx = c2.transaction().await.unwrap();
+    tx.execute(
+        "declare c2 cursor for select id, split_part(full_name, ' ', 1) from customers order by id",
+        &[],
+    )
+    .await
+    .unwrap();
+    let fetched = tx.query("fetch 2 from c2", &[]).await.unwrap();
+    let first: Vec<String> = fetched.iter().map(|r| r.get(1)).collect();
+    assert_eq!(fetched.len(), 2);
+    assert!(first.iter().all(|v| v.starts_with("Name_")), "{first:?}");
+    tx.commit().await.unwrap();
+
     // COPY of a query: its columns are planned the same way.
     let stream = c
         .copy_out("copy (select id, upper(full_name) from customers order by id) to stdout")
