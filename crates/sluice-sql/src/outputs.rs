@@ -415,17 +415,58 @@ impl Walk {
         }
         // Sublinks nest: only the outermost ones count here (each counts
         // its own inner ones), and column references inside any of them
-        // belong to its query, not to this expression.
+        // belong to its query, not to this expression. Parts that only
+        // choose or order (a CASE's conditions, an aggregate's FILTER and
+        // ORDER BY, a window's PARTITION BY and ORDER BY) are not part of
+        // the value either.
         let mut sublinks = Vec::new();
         let mut refs = Vec::new();
+        let mut nested: HashSet<usize> = HashSet::new();
+        let exclude = |n: &Node, nested: &mut HashSet<usize>| {
+            let Some(e) = n.node.as_ref() else { return };
+            if let NodeEnum::ColumnRef(cr) = e {
+                nested.insert(cr as *const _ as usize);
+            }
+            for (inner, _, _, _) in e.nodes() {
+                match inner {
+                    NodeRef::ColumnRef(cr) => nested.insert(cr as *const _ as usize),
+                    NodeRef::SubLink(l) => nested.insert(l as *const _ as usize),
+                    _ => false,
+                };
+            }
+        };
         for (n, _, _, _) in root.nodes() {
             match n {
                 NodeRef::SubLink(sl) => sublinks.push(sl),
                 NodeRef::ColumnRef(cr) => refs.push(cr),
+                NodeRef::CaseWhen(w) => {
+                    if let Some(cond) = &w.expr {
+                        exclude(cond, &mut nested);
+                    }
+                }
+                NodeRef::CaseExpr(c) => {
+                    if let Some(arg) = &c.arg {
+                        exclude(arg, &mut nested);
+                    }
+                }
+                NodeRef::FuncCall(f) => {
+                    let window = f
+                        .over
+                        .iter()
+                        .flat_map(|w| w.partition_clause.iter().chain(&w.order_clause));
+                    for part in f
+                        .agg_filter
+                        .iter()
+                        .map(|b| &**b)
+                        .chain(&f.agg_order)
+                        .chain(window)
+                    {
+                        exclude(part, &mut nested);
+                    }
+                }
                 _ => {}
             }
         }
-        let mut nested: HashSet<usize> = HashSet::new();
         for sl in &sublinks {
             if let Some(q) = sl.subselect.as_ref().and_then(|q| q.node.as_ref()) {
                 for (inner, _, _, _) in q.nodes() {
@@ -613,6 +654,30 @@ mod tests {
         assert_eq!(
             outputs("select lower(email) from a, b"),
             vec![s(&[("a", "email"), ("b", "email")])]
+        );
+    }
+
+    /// What only chooses or orders rows is not part of a value.
+    #[test]
+    fn conditions_filters_and_orderings_are_not_sources() {
+        assert_eq!(
+            outputs(
+                "select case when full_name is null then 'missing' else 'ok' end,
+                        case when vip then full_name else 'n/a' end,
+                        case plan when 'gold' then 'G' end,
+                        string_agg(city, ',' order by full_name) filter (where ssn is not null),
+                        rank() over (partition by full_name order by dob),
+                        case when (select true from people where name = 'x') then 1 end
+                 from customers"
+            ),
+            vec![
+                s(&[]),
+                s(&[("customers", "full_name")]),
+                s(&[]),
+                s(&[("customers", "city")]),
+                s(&[]),
+                s(&[]),
+            ]
         );
     }
 

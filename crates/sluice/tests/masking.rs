@@ -785,6 +785,16 @@ async fn values_computed_from_names_and_birth_dates_are_masked() {
         Some("Alice Smith"),
         "a literal comes from no column"
     );
+    // a condition on a name is not the name
+    let rows = simple_rows(
+        &c.simple_query(
+            "select case when full_name is null then 'missing' else 'present' end as status
+             from customers where id = 1",
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(rows[0][0].as_deref(), Some("present"));
     // the token of a computed name equals the column's, so joins still work
     let direct = simple_rows(
         &c.simple_query("select full_name from customers where id = 1")
