@@ -17,6 +17,7 @@ mod classify;
 mod config;
 pub mod copy;
 pub mod detect;
+mod json_keys;
 mod kind;
 mod masker;
 mod offline;
@@ -28,6 +29,7 @@ pub use bytea::{redact_hex_in_place, window_is_text};
 pub use classify::{classify_column, classify_column_in};
 pub use config::{ColumnRule, ConfigError, MaskingConfig};
 pub use detect::{detect, scan, scan_bytes, scan_into, Finding};
+pub use json_keys::looks_like_json;
 pub use kind::{Kind, UnknownKind};
 pub use masker::{Masker, REDACTED};
 pub use offline::{

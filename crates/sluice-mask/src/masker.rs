@@ -121,6 +121,36 @@ impl Masker {
         Some(self.replace_findings(text, findings))
     }
 
+    /// Would [`Masker::mask_json_text`] change this JSON document?
+    /// `findings` is scratch space.
+    pub fn json_has_findings(text: &[u8], findings: &mut Vec<Finding>) -> bool {
+        scan_into(text, findings);
+        if findings.is_empty() {
+            crate::json_keys::key_findings(text, findings);
+        }
+        !findings.is_empty()
+    }
+
+    /// [`Masker::mask_bytes_in_text`] for a JSON document: also every
+    /// string under a key that names sensitive data (see `json_keys`).
+    pub fn mask_json_text(
+        &self,
+        text: &[u8],
+        findings: &mut Vec<Finding>,
+        report: &mut MaskReport,
+    ) -> Option<Vec<u8>> {
+        scan_into(text, findings);
+        crate::json_keys::key_findings(text, findings);
+        if findings.is_empty() {
+            return None;
+        }
+        crate::detect::resolve(findings);
+        for f in findings.iter() {
+            report.record(f.kind);
+        }
+        Some(self.replace_findings(text, findings))
+    }
+
     fn replace_findings(&self, text: &[u8], findings: &[Finding]) -> Vec<u8> {
         let mut out = Vec::with_capacity(text.len() + 16);
         let mut pos = 0;

@@ -384,8 +384,22 @@ impl Masker {
             ColumnPlan::Scan {
                 value_type: ValueType::Bytea,
             } => self.scan_bytea_text(plan, value, findings, report),
+            ColumnPlan::Scan {
+                value_type: ValueType::Json | ValueType::Jsonb,
+            } => match self.mask_json_text(value, findings, report) {
+                Some(v) => {
+                    report.values_masked += 1;
+                    Outcome::Masked(v)
+                }
+                None => Outcome::Unchanged,
+            },
             ColumnPlan::Scan { value_type } if value_type.is_textual() => {
-                match self.mask_bytes_in_text(value, findings, report) {
+                let masked = if crate::looks_like_json(value) {
+                    self.mask_json_text(value, findings, report)
+                } else {
+                    self.mask_bytes_in_text(value, findings, report)
+                };
+                match masked {
                     Some(v) => {
                         report.values_masked += 1;
                         Outcome::Masked(v)

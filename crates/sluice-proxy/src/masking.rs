@@ -534,8 +534,16 @@ impl Masking {
                         && !(value_type == ValueType::Jsonb
                             && plan.formats.get(i).copied().unwrap_or(0) == 1) =>
                 {
-                    sluice_mask::scan_into(value, &mut self.findings);
-                    if !self.findings.is_empty() {
+                    // JSON (or text holding it) also by its keys
+                    let found = if matches!(value_type, ValueType::Json | ValueType::Jsonb)
+                        || sluice_mask::looks_like_json(value)
+                    {
+                        Masker::json_has_findings(value, &mut self.findings)
+                    } else {
+                        sluice_mask::scan_into(value, &mut self.findings);
+                        !self.findings.is_empty()
+                    };
+                    if found {
                         return Some(true);
                     }
                 }

@@ -885,3 +885,71 @@ async fn values_computed_from_names_and_birth_dates_are_masked() {
     );
     assert_eq!(n, 1);
 }
+
+/// Names in JSON are found by their key, as columns are by their name: in
+/// a jsonb column, in `row_to_json` of a whole row, in text and binary.
+/// The document stays valid JSON and what is not sensitive stays readable.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_values_are_masked_by_their_keys() {
+    let (pg, sluice) = start_pii("");
+    pg.psql(
+        "app",
+        &format!(
+            "create table profiles (id int, doc jsonb);
+             insert into profiles values (1,
+               '{{\"contact\": {{\"name\": \"Alice Smith\", \"phone_number\": \"n/a\"}},
+                 \"household\": {{\"member_names\": [\"Bob Jones\", \"Carol Smith\"]}},
+                 \"product\": {{\"name\": \"Desk Lamp\"}}, \"plan\": \"gold\"}}');
+             alter table profiles owner to {};",
+            sluice_testkit::SCRAM_USER
+        ),
+    );
+    let c = connect(&sluice).await;
+    for sql in [
+        "select doc from profiles",
+        "select doc::text as doc from profiles",
+        "select row_to_json(c) from customers c where id = 1",
+        "select json_agg(c) from customers c",
+    ] {
+        let rows = simple_rows(&c.simple_query(sql).await.unwrap());
+        let text = rows[0][0].clone().unwrap_or_default();
+        for name in ["Alice", "Bob Jones", "Carol"] {
+            assert!(!text.contains(name), "{sql}: {text}");
+        }
+        let doc: serde_json::Value = serde_json::from_str(&text).expect("still JSON");
+        assert!(text.contains("gold"), "{sql}: {doc}");
+    }
+    let rows = simple_rows(&c.simple_query("select doc from profiles").await.unwrap());
+    let doc: serde_json::Value = serde_json::from_str(rows[0][0].as_deref().unwrap()).unwrap();
+    assert_eq!(
+        doc["product"]["name"], "Desk Lamp",
+        "a product's name is not a person's"
+    );
+    assert!(
+        doc["contact"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("Name_"),
+        "{doc}"
+    );
+
+    // jsonb in binary (tokio-postgres): the same, after the version byte
+    let r = c
+        .query_one(
+            "select doc, to_jsonb(c) from profiles, customers c where c.id = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    for i in 0..2 {
+        let raw = r.get::<_, RawValue>(i).0;
+        assert_eq!(raw.first(), Some(&1), "jsonb version byte");
+        let v: serde_json::Value = serde_json::from_slice(&raw[1..]).expect("still JSON");
+        let text = v.to_string();
+        assert!(
+            !text.contains("Alice") && !text.contains("Bob Jones"),
+            "{text}"
+        );
+        assert!(text.contains("gold"), "{text}");
+    }
+}

@@ -392,7 +392,7 @@ fn scan_detectors(b: &[u8], p: &Profile, out: &mut Vec<Finding>) {
 }
 
 /// Sort and merge overlapping findings, keeping the most specific kind.
-fn resolve(out: &mut Vec<Finding>) {
+pub(crate) fn resolve(out: &mut Vec<Finding>) {
     if out.len() < 2 {
         return;
     }
