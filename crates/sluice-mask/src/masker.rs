@@ -112,10 +112,21 @@ impl Masker {
         report: &mut MaskReport,
     ) -> Option<Vec<u8>> {
         scan_into(text, findings);
+        self.replace_all(text, findings, report)
+    }
+
+    /// The text with every finding masked (its kinds counted in `report`);
+    /// `None` when there is none.
+    fn replace_all(
+        &self,
+        text: &[u8],
+        findings: &[Finding],
+        report: &mut MaskReport,
+    ) -> Option<Vec<u8>> {
         if findings.is_empty() {
             return None;
         }
-        for f in findings.iter() {
+        for f in findings {
             report.record(f.kind);
         }
         Some(self.replace_findings(text, findings))
@@ -141,14 +152,8 @@ impl Masker {
     ) -> Option<Vec<u8>> {
         scan_into(text, findings);
         crate::json_keys::key_findings(text, findings);
-        if findings.is_empty() {
-            return None;
-        }
         crate::detect::resolve(findings);
-        for f in findings.iter() {
-            report.record(f.kind);
-        }
-        Some(self.replace_findings(text, findings))
+        self.replace_all(text, findings, report)
     }
 
     fn replace_findings(&self, text: &[u8], findings: &[Finding]) -> Vec<u8> {

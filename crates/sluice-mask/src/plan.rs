@@ -384,17 +384,10 @@ impl Masker {
             ColumnPlan::Scan {
                 value_type: ValueType::Bytea,
             } => self.scan_bytea_text(plan, value, findings, report),
-            ColumnPlan::Scan {
-                value_type: ValueType::Json | ValueType::Jsonb,
-            } => match self.mask_json_text(value, findings, report) {
-                Some(v) => {
-                    report.values_masked += 1;
-                    Outcome::Masked(v)
-                }
-                None => Outcome::Unchanged,
-            },
             ColumnPlan::Scan { value_type } if value_type.is_textual() => {
-                let masked = if crate::looks_like_json(value) {
+                // JSON, and text holding it, is also read by its keys
+                let json = matches!(value_type, ValueType::Json | ValueType::Jsonb);
+                let masked = if json || crate::looks_like_json(value) {
                     self.mask_json_text(value, findings, report)
                 } else {
                     self.mask_bytes_in_text(value, findings, report)

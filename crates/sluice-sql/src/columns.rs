@@ -48,7 +48,7 @@ fn addr<T>(r: &T) -> usize {
     r as *const T as usize
 }
 
-fn table_name(rv: &protobuf::RangeVar) -> String {
+pub(crate) fn table_name(rv: &protobuf::RangeVar) -> String {
     if rv.schemaname.is_empty() {
         rv.relname.clone()
     } else {
@@ -56,7 +56,15 @@ fn table_name(rv: &protobuf::RangeVar) -> String {
     }
 }
 
-fn strings(nodes: &[Node]) -> Vec<&str> {
+/// The name a FROM item is referred to by: its alias, else its table's name.
+pub(crate) fn range_alias(rv: &protobuf::RangeVar) -> String {
+    rv.alias
+        .as_ref()
+        .map(|a| a.aliasname.clone())
+        .unwrap_or_else(|| rv.relname.clone())
+}
+
+pub(crate) fn strings(nodes: &[Node]) -> Vec<&str> {
     nodes
         .iter()
         .filter_map(|n| match n.node.as_ref() {
@@ -143,11 +151,7 @@ impl Columns {
     }
 
     fn relation(&mut self, rv: &protobuf::RangeVar) -> (String, Source) {
-        let alias = rv
-            .alias
-            .as_ref()
-            .map(|a| a.aliasname.clone())
-            .unwrap_or_else(|| rv.relname.clone());
+        let alias = range_alias(rv);
         if rv.schemaname.is_empty() && self.ctes.contains(&rv.relname) {
             return (alias, Source::Derived);
         }
@@ -561,7 +565,7 @@ impl Columns {
 }
 
 /// The scopes visible inside a query: the outer ones, then its own.
-fn chain(outer: &[Scope], own: &Scope) -> Vec<Scope> {
+pub(crate) fn chain<S: Clone>(outer: &[S], own: &S) -> Vec<S> {
     let mut v = outer.to_vec();
     v.push(own.clone());
     v

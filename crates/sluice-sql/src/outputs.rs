@@ -17,6 +17,8 @@ use std::rc::Rc;
 use pg_query::protobuf::{self, Node};
 use pg_query::{NodeEnum, NodeRef};
 
+use crate::columns::{chain, range_alias, strings, table_name};
+
 /// One column of a result.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct OutputColumn {
@@ -70,30 +72,6 @@ struct Walk {
     ctes: Vec<(String, Item)>,
 }
 
-fn strings(nodes: &[Node]) -> Vec<&str> {
-    nodes
-        .iter()
-        .filter_map(|n| match n.node.as_ref() {
-            Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn table_name(rv: &protobuf::RangeVar) -> String {
-    if rv.schemaname.is_empty() {
-        rv.relname.clone()
-    } else {
-        format!("{}.{}", rv.schemaname, rv.relname)
-    }
-}
-
-fn chain(outer: &[Scope], inner: &Scope) -> Vec<Scope> {
-    let mut c = outer.to_vec();
-    c.push(inner.clone());
-    c
-}
-
 /// The columns of the result of one top-level statement, one per entry of
 /// its target list (or `RETURNING` list); `None` for a statement that
 /// returns no rows of its own (or one not understood).
@@ -124,63 +102,72 @@ impl Walk {
     fn statement(&mut self, node: &NodeEnum, outer: &[Scope]) -> Option<Derived> {
         match node {
             NodeEnum::SelectStmt(s) => Some(self.select(s, outer)),
-            NodeEnum::InsertStmt(s) => {
-                let ctes = self.with(s.with_clause.as_ref(), outer);
-                let scope = self.target(s.relation.as_ref());
-                let r = self.returning(s.returning_clause.as_ref(), outer, &scope);
-                self.ctes.truncate(ctes);
-                r
-            }
-            NodeEnum::UpdateStmt(s) => {
-                let ctes = self.with(s.with_clause.as_ref(), outer);
-                let mut scope = self.target(s.relation.as_ref());
-                self.walk_from_clause(&s.from_clause, outer, &mut scope);
-                let r = self.returning(s.returning_clause.as_ref(), outer, &scope);
-                self.ctes.truncate(ctes);
-                r
-            }
-            NodeEnum::DeleteStmt(s) => {
-                let ctes = self.with(s.with_clause.as_ref(), outer);
-                let mut scope = self.target(s.relation.as_ref());
-                self.walk_from_clause(&s.using_clause, outer, &mut scope);
-                let r = self.returning(s.returning_clause.as_ref(), outer, &scope);
-                self.ctes.truncate(ctes);
-                r
-            }
-            NodeEnum::MergeStmt(s) => {
-                let ctes = self.with(s.with_clause.as_ref(), outer);
-                let mut scope = self.target(s.relation.as_ref());
-                if let Some(src) = &s.source_relation {
-                    self.walk_from_item(src, outer, &mut scope);
-                }
-                let r = self.returning(s.returning_clause.as_ref(), outer, &scope);
-                self.ctes.truncate(ctes);
-                r
-            }
+            NodeEnum::InsertStmt(s) => self.dml(
+                s.with_clause.as_ref(),
+                s.relation.as_ref(),
+                &[],
+                s.returning_clause.as_ref(),
+                outer,
+            ),
+            NodeEnum::UpdateStmt(s) => self.dml(
+                s.with_clause.as_ref(),
+                s.relation.as_ref(),
+                &s.from_clause,
+                s.returning_clause.as_ref(),
+                outer,
+            ),
+            NodeEnum::DeleteStmt(s) => self.dml(
+                s.with_clause.as_ref(),
+                s.relation.as_ref(),
+                &s.using_clause,
+                s.returning_clause.as_ref(),
+                outer,
+            ),
+            NodeEnum::MergeStmt(s) => self.dml(
+                s.with_clause.as_ref(),
+                s.relation.as_ref(),
+                s.source_relation
+                    .as_deref()
+                    .map(std::slice::from_ref)
+                    .unwrap_or(&[]),
+                s.returning_clause.as_ref(),
+                outer,
+            ),
             // what they define returns its rows later (EXECUTE, FETCH)
-            NodeEnum::PrepareStmt(p) => p
-                .query
-                .as_ref()
-                .and_then(|q| q.node.as_ref())
-                .and_then(|q| self.statement(q, outer)),
-            NodeEnum::DeclareCursorStmt(d) => d
-                .query
-                .as_ref()
-                .and_then(|q| q.node.as_ref())
-                .and_then(|q| self.statement(q, outer)),
+            NodeEnum::PrepareStmt(p) => self.query(p.query.as_deref(), outer),
+            NodeEnum::DeclareCursorStmt(d) => self.query(d.query.as_deref(), outer),
             _ => None,
         }
+    }
+
+    fn query(&mut self, q: Option<&Node>, outer: &[Scope]) -> Option<Derived> {
+        self.statement(q?.node.as_ref()?, outer)
+    }
+
+    /// The `RETURNING` columns of an INSERT, UPDATE, DELETE or MERGE: its
+    /// target table and its other FROM items in scope.
+    fn dml(
+        &mut self,
+        with: Option<&protobuf::WithClause>,
+        relation: Option<&protobuf::RangeVar>,
+        from: &[Node],
+        returning: Option<&protobuf::ReturningClause>,
+        outer: &[Scope],
+    ) -> Option<Derived> {
+        let ctes = self.with(with, outer);
+        let mut scope = self.target(relation);
+        self.walk_from_clause(from, outer, &mut scope);
+        let r = self.returning(returning, outer, &scope);
+        self.ctes.truncate(ctes);
+        r
     }
 
     fn target(&mut self, rv: Option<&protobuf::RangeVar>) -> Scope {
         let mut scope = Scope::default();
         if let Some(rv) = rv {
-            let alias = rv
-                .alias
-                .as_ref()
-                .map(|a| a.aliasname.clone())
-                .unwrap_or_else(|| rv.relname.clone());
-            scope.items.push((alias, Item::Table(table_name(rv))));
+            scope
+                .items
+                .push((range_alias(rv), Item::Table(table_name(rv))));
         }
         scope
     }
@@ -231,11 +218,7 @@ impl Walk {
     fn walk_from_item(&mut self, item: &Node, outer: &[Scope], scope: &mut Scope) {
         match item.node.as_ref() {
             Some(NodeEnum::RangeVar(rv)) => {
-                let alias = rv
-                    .alias
-                    .as_ref()
-                    .map(|a| a.aliasname.clone())
-                    .unwrap_or_else(|| rv.relname.clone());
+                let alias = range_alias(rv);
                 let cte = rv
                     .schemaname
                     .is_empty()
