@@ -22,6 +22,7 @@ mod kind;
 mod masker;
 mod offline;
 mod plan;
+mod record;
 mod report;
 mod strategy;
 
@@ -37,5 +38,6 @@ pub use offline::{
     OfflineError,
 };
 pub use plan::{oid, BinaryOutcome, ColumnInfo, ColumnPlan, Outcome, ValueType, Written};
+pub use record::RecordPlan;
 pub use report::MaskReport;
 pub use strategy::{Strategy, UnknownStrategy};

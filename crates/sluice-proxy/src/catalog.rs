@@ -37,10 +37,23 @@ pub struct ColumnOrigin {
     pub column: String,
 }
 
+/// One attribute of a composite type (a table's row type).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attribute {
+    /// The table (or composite type) it belongs to.
+    pub table: String,
+    /// Its name.
+    pub name: String,
+    /// Its type's name.
+    pub type_name: String,
+}
+
 #[derive(Default)]
 struct Maps {
     columns: HashMap<(u32, i16), (Arc<ColumnOrigin>, Instant)>,
     types: HashMap<u32, (Arc<str>, Instant)>,
+    /// For a composite type, or an array of one: the attributes, in order.
+    composites: HashMap<u32, Arc<[Attribute]>>,
 }
 
 /// The names of one target's columns and types.
@@ -87,6 +100,14 @@ impl Catalog {
             .get(&oid)
             .filter(|(_, at)| at.elapsed() < TTL)
             .map(|(n, _)| n.clone())
+    }
+
+    /// The attributes of composite type `oid` (or of the element type of
+    /// an array of one), when it is one and its type name is fresh.
+    pub fn composite(&self, oid: u32) -> Option<Arc<[Attribute]>> {
+        self.type_name(oid)?;
+        let maps = self.maps.read().ok()?;
+        maps.composites.get(&oid).cloned()
     }
 
     /// Forget everything (DDL was run through Sluice).
@@ -152,7 +173,15 @@ impl Catalog {
                          OR coalesce(b.typcategory, '') = 'S' \
                          OR e.typname IN ('tsvector', 'tsquery', 'jsonpath', 'json', 'jsonb', 'xml', 'hstore', 'cstring', 'refcursor')) \
                          THEN '_record' \
-                       ELSE t.typname END \
+                       ELSE t.typname END, \
+                     (SELECT pg_catalog.json_agg(pg_catalog.json_build_array(c.relname, a.attname, ty.typname) \
+                        ORDER BY a.attnum)::text \
+                      FROM pg_catalog.pg_attribute a \
+                      JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+                      JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
+                      WHERE a.attrelid = CASE WHEN t.typtype = 'c' THEN t.typrelid \
+                                              WHEN e.typtype = 'c' THEN e.typrelid END \
+                        AND a.attnum > 0 AND NOT a.attisdropped) \
                      FROM pg_catalog.pg_type t \
                      LEFT JOIN pg_catalog.pg_type e ON e.oid = t.typelem \
                      LEFT JOIN pg_catalog.pg_type b ON b.oid = e.typbasetype AND e.typtype = 'd' \
@@ -194,9 +223,13 @@ impl Catalog {
             }
         }
         for row in types {
-            if let [Some(oid), Some(name)] = &row[..] {
+            if let [Some(oid), Some(name), attributes] = &row[..] {
                 if let Ok(oid) = oid.parse::<u32>() {
                     maps.types.insert(oid, (Arc::from(name.as_str()), now));
+                    match attributes.as_deref().and_then(parse_attributes) {
+                        Some(a) => maps.composites.insert(oid, a),
+                        None => maps.composites.remove(&oid),
+                    };
                 }
             }
         }
@@ -219,6 +252,20 @@ impl Catalog {
         }
         Ok(())
     }
+}
+
+/// `[[table, attribute, type], …]` as the type lookup writes it.
+fn parse_attributes(json: &str) -> Option<Arc<[Attribute]>> {
+    let rows: Vec<(String, String, String)> = serde_json::from_str(json).ok()?;
+    Some(
+        rows.into_iter()
+            .map(|(table, name, type_name)| Attribute {
+                table,
+                name,
+                type_name,
+            })
+            .collect(),
+    )
 }
 
 /// Run one simple query and return its rows as text.

@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use sluice_mask::{ColumnInfo, ColumnPlan, Finding, MaskReport, Masker, ValueType, Written};
+use sluice_mask::{
+    ColumnInfo, ColumnPlan, Finding, MaskReport, Masker, Outcome, RecordPlan, ValueType, Written,
+};
 use sluice_sql::OutputColumn;
 use sluice_wire::messages::row_description;
 
@@ -38,6 +40,9 @@ pub struct ResultPlan {
     pub labels: Vec<String>,
     /// False when every column passes: rows are forwarded untouched.
     pub active: bool,
+    /// Per column: for a whole row in record form with fields to mask by
+    /// name, their plans (text format; the column's own plan scans it).
+    pub records: Vec<Option<Arc<RecordPlan>>>,
 }
 
 /// The plan for the columns of a RowDescription (`body` without header):
@@ -73,6 +78,7 @@ pub fn plan_columns(
         formats: Vec::with_capacity(fields.len()),
         labels: Vec::with_capacity(fields.len()),
         active: false,
+        records: Vec::with_capacity(fields.len()),
     };
     let count = fields.len();
     for (i, f) in fields.into_iter().enumerate() {
@@ -100,11 +106,37 @@ pub fn plan_columns(
                 type_oid: f.type_oid,
             },
         };
-        let column = match (&origin, sources) {
+        let mut column = match (&origin, sources) {
             // A computed column: judged also by what it is computed from.
             (None, Some(outputs)) => masker.plan_computed(&info, &computed_from(outputs, count, i)),
             _ => masker.plan(&info),
         };
+        let record = record_plan(masker, catalog, f.type_oid);
+        if let (Some(r), ColumnPlan::Scan { value_type }) = (&record, column) {
+            if info.pg_type_name != "record" {
+                // an array of rows: its fields cannot be told apart in
+                // the text, so what the detectors cannot find withholds it
+                let hidden = r.fields.iter().find_map(|p| match p {
+                    ColumnPlan::Mask { kind, .. } if !kind.found_by_detectors() => Some(*kind),
+                    _ => None,
+                });
+                if let Some(kind) = hidden {
+                    column = ColumnPlan::Mask {
+                        kind,
+                        strategy: sluice_mask::Strategy::Null,
+                        value_type,
+                    };
+                }
+            }
+        }
+        let record = record.filter(|_| info.pg_type_name == "record");
+        if record.is_some() && column.is_pass() {
+            // masked by its fields' names even when unnamed text is not scanned
+            column = ColumnPlan::Scan {
+                value_type: ValueType::Structured,
+            };
+        }
+        plan.records.push(record);
         plan.active |= !column.is_pass();
         plan.labels.push(match &origin {
             Some(o) => format!("{}.{}.{}", o.schema, o.table, o.column),
@@ -114,6 +146,27 @@ pub fn plan_columns(
         plan.formats.push(f.format);
     }
     Ok(Some(plan))
+}
+
+/// The plans of the fields of composite type `type_oid` (a table's row, or
+/// an array of them) when some field is masked by its name.
+fn record_plan(masker: &Masker, catalog: &Catalog, type_oid: u32) -> Option<Arc<RecordPlan>> {
+    let attributes = catalog.composite(type_oid)?;
+    let plan = RecordPlan {
+        fields: attributes
+            .iter()
+            .map(|a| {
+                masker.plan(&ColumnInfo {
+                    schema: None,
+                    table: Some(a.table.clone()),
+                    column: a.name.clone(),
+                    pg_type_name: a.type_name.clone(),
+                    type_oid: 0,
+                })
+            })
+            .collect(),
+    };
+    plan.masks().then(|| Arc::new(plan))
 }
 
 /// The table columns result field `i` (of `fields`) is computed from,
@@ -425,14 +478,33 @@ impl Masking {
             let binary = plan.formats.get(i).copied().unwrap_or(0) == 1;
             let len_at = out.len();
             out.extend_from_slice(&[0; 4]);
-            let written = self.masker.mask_field_into(
-                &column,
-                binary,
-                value,
-                &mut self.findings,
-                &mut self.report,
-                out,
-            );
+            let record = plan.records.get(i).and_then(Option::as_ref);
+            let written = match record {
+                // a whole row in text: its fields by their names
+                Some(record) if !binary => {
+                    match self.masker.mask_record_text(
+                        record,
+                        value,
+                        &mut self.findings,
+                        &mut self.report,
+                    ) {
+                        Outcome::Unchanged => Written::Unchanged,
+                        Outcome::Masked(m) => {
+                            out.extend_from_slice(&m);
+                            Written::Masked
+                        }
+                        Outcome::Null | Outcome::CannotMask => Written::Null,
+                    }
+                }
+                _ => self.masker.mask_field_into(
+                    &column,
+                    binary,
+                    value,
+                    &mut self.findings,
+                    &mut self.report,
+                    out,
+                ),
+            };
             match written {
                 Written::Unchanged => {
                     out.extend_from_slice(value);
@@ -527,6 +599,9 @@ impl Masking {
             let value = body.get(at..at + len as usize)?;
             at += len as usize;
             let column = plan.columns.get(i).copied().unwrap_or(ColumnPlan::Pass);
+            if plan.records.get(i).is_some_and(Option::is_some) {
+                return Some(true);
+            }
             match column {
                 ColumnPlan::Pass => {}
                 ColumnPlan::Scan { value_type }
@@ -994,8 +1069,31 @@ impl CopyPlan {
             }
             sluice_sql::CopyFormat::Binary => {}
         }
+        // A whole row in COPY's escaping is not rewritten field by field:
+        // one with fields masked by name is withheld.
+        let columns = result
+            .columns
+            .iter()
+            .zip(result.records.iter().chain(std::iter::repeat(&None)))
+            .map(|(c, r)| {
+                let kind = r.as_ref().and_then(|r| {
+                    r.fields.iter().find_map(|p| match p {
+                        ColumnPlan::Mask { kind, .. } => Some(*kind),
+                        _ => None,
+                    })
+                });
+                match (kind, c) {
+                    (Some(kind), ColumnPlan::Scan { value_type }) => ColumnPlan::Mask {
+                        kind,
+                        strategy: sluice_mask::Strategy::Null,
+                        value_type: *value_type,
+                    },
+                    _ => *c,
+                }
+            })
+            .collect();
         Ok(CopyPlan {
-            columns: result.columns.clone(),
+            columns,
             labels: result.labels.clone(),
             format: copy.format,
             text,

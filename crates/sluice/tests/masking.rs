@@ -399,14 +399,33 @@ async fn rows_composites_statistics_and_arrays_are_masked() {
         let text = format!("{rows:?}");
         assert!(!leaks(&text), "{sql}: {text}");
     }
-    // The row is still there, with its safe parts readable.
+    // The row is still there, with its safe parts readable, and its
+    // fields masked as the table's columns are: the name too.
     let rows = simple_rows(
-        &c.simple_query("select c from customers c where id = 1")
+        &c.simple_query("select c, 1 as n from customers c where id = 1")
             .await
             .unwrap(),
     );
     let row = rows[0][0].clone().unwrap();
     assert!(row.contains("gold"), "{row}");
+    assert!(row.starts_with("(1,\"Name_"), "{row}");
+    assert!(!row.contains("Alice") && !leaks(&row), "{row}");
+    assert_eq!(rows[0][1].as_deref(), Some("1"));
+    // an array of rows cannot be rewritten field by field: withheld
+    let rows = simple_rows(
+        &c.simple_query("select array_agg(c) from customers c")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(rows[0][0], None, "{rows:?}");
+    // COPY of whole rows: withheld too
+    let stream = c
+        .copy_out("copy (select id, c from customers c where id = 1) to stdout")
+        .await
+        .unwrap();
+    let chunks: Vec<_> = stream.collect().await;
+    let text: Vec<u8> = chunks.into_iter().flat_map(|c| c.unwrap()).collect();
+    assert_eq!(String::from_utf8_lossy(&text), "1\t\\N\n");
 
     // A classified array whose kind no detector finds is withheld whole.
     let rows = simple_rows(
