@@ -9,6 +9,7 @@
 //! in nested arrays and objects too, becomes a finding of that kind. One
 //! linear pass; malformed JSON yields what was read before the fault.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ops::Range;
@@ -77,6 +78,19 @@ pub fn looks_like_json(b: &[u8]) -> bool {
     )
 }
 
+/// The text of the JSON string whose content is `b[inner]`, its escapes
+/// (`\u005f`, `\n`) decoded, so that a key cannot hide its name.
+fn key_text<'a>(b: &'a [u8], inner: &Range<usize>) -> Cow<'a, [u8]> {
+    let raw = &b[inner.clone()];
+    if !raw.contains(&b'\\') || inner.start == 0 {
+        return Cow::Borrowed(raw);
+    }
+    match serde_json::from_slice::<String>(&b[inner.start - 1..inner.end + 1]) {
+        Ok(s) => Cow::Owned(s.into_bytes()),
+        Err(_) => Cow::Borrowed(raw),
+    }
+}
+
 /// End (index after the closing quote) of the JSON string starting at the
 /// quote at `i`; `None` when it does not end.
 fn string_end(b: &[u8], i: usize) -> Option<usize> {
@@ -93,7 +107,9 @@ fn string_end(b: &[u8], i: usize) -> Option<usize> {
 
 /// Findings for the string values under sensitive keys of the JSON text
 /// `b` (ranges inside the quotes), appended to `out`.
-pub(crate) fn key_findings(b: &[u8], out: &mut Vec<Finding>) {
+/// `root`: the table the document stands for (`row_to_json(c)` of a
+/// customers row), the context of its top-level keys; empty when unknown.
+pub(crate) fn key_findings(b: &[u8], root: &[u8], out: &mut Vec<Finding>) {
     let mut stack: Vec<Frame> = Vec::new();
     let mut i = 0;
     while i < b.len() {
@@ -135,8 +151,12 @@ pub(crate) fn key_findings(b: &[u8], out: &mut Vec<Finding>) {
                         if colon != Some(&b':') {
                             return;
                         }
-                        let context = &b[f.key.clone()];
-                        f.value_kind = classify_key(context, &b[inner.clone()]);
+                        let context = if f.key.is_empty() {
+                            Cow::Borrowed(root)
+                        } else {
+                            key_text(b, &f.key)
+                        };
+                        f.value_kind = classify_key(&context, &key_text(b, &inner));
                         f.last_key = inner;
                         f.expect_key = false;
                     }
@@ -165,7 +185,7 @@ mod tests {
 
     fn found(json: &str) -> Vec<(Kind, &str)> {
         let mut out = Vec::new();
-        key_findings(json.as_bytes(), &mut out);
+        key_findings(json.as_bytes(), b"", &mut out);
         out.into_iter().map(|f| (f.kind, &json[f.range])).collect()
     }
 
@@ -205,6 +225,16 @@ mod tests {
             vec![(Kind::Name, "Ann")]
         );
         assert!(found(r#"]]]}}}"full_name""#).is_empty());
+        // the table a whole-row document stands for: context for its keys
+        let mut out = Vec::new();
+        key_findings(br#"[{"id": 1, "name": "Ann"}]"#, b"users", &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(found(r#"[{"id": 1, "name": "Ann"}]"#).is_empty());
+        // escapes in a key do not hide it
+        assert_eq!(
+            found(r#"{"full\u005fname": "Ann", "x": 1}"#),
+            vec![(Kind::Name, "Ann")]
+        );
         // a PostgreSQL array literal is not JSON
         assert!(found(r#"{"full_name","Alice Smith"}"#).is_empty());
         assert!(looks_like_json(br#" {"a": 1} "#) && !looks_like_json(b"{a"));

@@ -135,9 +135,15 @@ impl Masker {
     /// Would [`Masker::mask_json_text`] change this JSON document?
     /// `findings` is scratch space.
     pub fn json_has_findings(text: &[u8], findings: &mut Vec<Finding>) -> bool {
+        Self::json_has_findings_in(b"", text, findings)
+    }
+
+    /// [`Masker::json_has_findings`] for a document standing for a row of
+    /// table `root` (the context of its top-level keys).
+    pub fn json_has_findings_in(root: &[u8], text: &[u8], findings: &mut Vec<Finding>) -> bool {
         scan_into(text, findings);
         if findings.is_empty() {
-            crate::json_keys::key_findings(text, findings);
+            crate::json_keys::key_findings(text, root, findings);
         }
         !findings.is_empty()
     }
@@ -150,8 +156,20 @@ impl Masker {
         findings: &mut Vec<Finding>,
         report: &mut MaskReport,
     ) -> Option<Vec<u8>> {
+        self.mask_json_text_in(b"", text, findings, report)
+    }
+
+    /// [`Masker::mask_json_text`] for a document standing for a row of
+    /// table `root` (the context of its top-level keys).
+    pub fn mask_json_text_in(
+        &self,
+        root: &[u8],
+        text: &[u8],
+        findings: &mut Vec<Finding>,
+        report: &mut MaskReport,
+    ) -> Option<Vec<u8>> {
         scan_into(text, findings);
-        crate::json_keys::key_findings(text, findings);
+        crate::json_keys::key_findings(text, root, findings);
         crate::detect::resolve(findings);
         self.replace_all(text, findings, report)
     }

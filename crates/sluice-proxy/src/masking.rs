@@ -43,6 +43,9 @@ pub struct ResultPlan {
     /// Per column: for a whole row in record form with fields to mask by
     /// name, their plans (text format; the column's own plan scans it).
     pub records: Vec<Option<Arc<RecordPlan>>>,
+    /// Per column: for JSON made of a table's whole rows (`row_to_json(c)`),
+    /// that table: the context of its top-level keys.
+    pub json_roots: Vec<Option<Arc<str>>>,
 }
 
 /// The plan for the columns of a RowDescription (`body` without header):
@@ -79,6 +82,7 @@ pub fn plan_columns(
         labels: Vec::with_capacity(fields.len()),
         active: false,
         records: Vec::with_capacity(fields.len()),
+        json_roots: Vec::with_capacity(fields.len()),
     };
     let count = fields.len();
     for (i, f) in fields.into_iter().enumerate() {
@@ -106,11 +110,17 @@ pub fn plan_columns(
                 type_oid: f.type_oid,
             },
         };
-        let mut column = match (&origin, sources) {
-            // A computed column: judged also by what it is computed from.
-            (None, Some(outputs)) => masker.plan_computed(&info, &computed_from(outputs, count, i)),
-            _ => masker.plan(&info),
+        let computed = match (&origin, sources) {
+            (None, Some(outputs)) => Some(computed_from(outputs, count, i)),
+            _ => None,
         };
+        let mut column = match &computed {
+            // A computed column: judged also by what it is computed from.
+            Some(from) => masker.plan_computed(&info, from),
+            None => masker.plan(&info),
+        };
+        plan.json_roots
+            .push(computed.as_deref().and_then(whole_row_table));
         let record = record_plan(masker, catalog, f.type_oid);
         if let (Some(r), ColumnPlan::Scan { value_type }) = (&record, column) {
             if info.pg_type_name != "record" {
@@ -146,6 +156,18 @@ pub fn plan_columns(
         plan.formats.push(f.format);
     }
     Ok(Some(plan))
+}
+
+/// The one table whose whole rows a computed value is made of
+/// (`row_to_json(c)`, `json_agg(c)`), without its schema.
+fn whole_row_table(from: &[(String, String)]) -> Option<Arc<str>> {
+    let mut tables = from.iter().filter(|(_, c)| c == "*").map(|(t, _)| t);
+    let table = tables.next()?;
+    if tables.any(|t| t != table) {
+        return None;
+    }
+    let short = table.rsplit_once('.').map_or(table.as_str(), |(_, t)| t);
+    Some(Arc::from(short))
 }
 
 /// The plans of the fields of composite type `type_oid` (a table's row, or
@@ -406,6 +428,36 @@ impl Masking {
         Ok(Some(plan))
     }
 
+    /// Mask a JSON document standing for rows of table `root` (binary
+    /// jsonb keeps its version byte) and write it to `out`.
+    fn mask_json_in(
+        &mut self,
+        root: &str,
+        value: &[u8],
+        jsonb_binary: bool,
+        out: &mut Vec<u8>,
+    ) -> Written {
+        let (version, text) = match (jsonb_binary, value.split_first()) {
+            (true, Some((&1, body))) => (Some(1u8), body),
+            (true, _) => return Written::Null,
+            (false, _) => (None, value),
+        };
+        match self.masker.mask_json_text_in(
+            root.as_bytes(),
+            text,
+            &mut self.findings,
+            &mut self.report,
+        ) {
+            Some(m) => {
+                self.report.values_masked += 1;
+                out.extend(version);
+                out.extend_from_slice(&m);
+                Written::Masked
+            }
+            None => Written::Unchanged,
+        }
+    }
+
     /// Mask one whole DataRow (`body` without header).
     pub fn row(&mut self, plan: &Arc<ResultPlan>, body: &[u8]) -> RowOutcome {
         if !plan.active {
@@ -479,9 +531,19 @@ impl Masking {
             let len_at = out.len();
             out.extend_from_slice(&[0; 4]);
             let record = plan.records.get(i).and_then(Option::as_ref);
-            let written = match record {
+            let root = plan.json_roots.get(i).and_then(Option::as_deref);
+            let written = match (record, root) {
+                // JSON of a table's whole rows: its keys in that table
+                (None, Some(root)) if matches!(column, ColumnPlan::Scan { .. }) => {
+                    let jsonb_binary = binary
+                        && column
+                            == ColumnPlan::Scan {
+                                value_type: ValueType::Jsonb,
+                            };
+                    self.mask_json_in(root, value, jsonb_binary, out)
+                }
                 // a whole row in text: its fields by their names
-                Some(record) if !binary => {
+                (Some(record), _) if !binary => {
                     match self.masker.mask_record_text(
                         record,
                         value,
@@ -613,7 +675,9 @@ impl Masking {
                     let found = if matches!(value_type, ValueType::Json | ValueType::Jsonb)
                         || sluice_mask::looks_like_json(value)
                     {
-                        Masker::json_has_findings(value, &mut self.findings)
+                        let root = plan.json_roots.get(i).and_then(Option::as_deref);
+                        let root = root.map_or(&b""[..], str::as_bytes);
+                        Masker::json_has_findings_in(root, value, &mut self.findings)
                     } else {
                         sluice_mask::scan_into(value, &mut self.findings);
                         !self.findings.is_empty()

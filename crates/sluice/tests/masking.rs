@@ -952,6 +952,42 @@ async fn json_values_are_masked_by_their_keys() {
         "{doc}"
     );
 
+    // A whole row of a table of people: its bare `name` key is a person's
+    // name, as the column is.
+    pg.psql(
+        "app",
+        &format!(
+            "create table users (id int, name text, plan text);
+             insert into users values (1, 'Dana Scully', 'gold');
+             alter table users owner to {};",
+            sluice_testkit::SCRAM_USER
+        ),
+    );
+    for sql in [
+        "select row_to_json(u) from users u",
+        "select json_agg(u) from users u",
+        "select to_jsonb(u)::text from users u",
+    ] {
+        let rows = simple_rows(&c.simple_query(sql).await.unwrap());
+        let text = rows[0][0].clone().unwrap_or_default();
+        assert!(
+            !text.contains("Dana") && text.contains("gold"),
+            "{sql}: {text}"
+        );
+    }
+    let r = c
+        .query_one("select to_jsonb(u), row_to_json(u) from users u", &[])
+        .await
+        .unwrap();
+    let jsonb = r.get::<_, RawValue>(0).0;
+    let json = r.get::<_, RawValue>(1).0;
+    assert_eq!(jsonb.first(), Some(&1));
+    for v in [&jsonb[1..], &json[..]] {
+        let text = String::from_utf8_lossy(v);
+        assert!(!text.contains("Dana") && text.contains("gold"), "{text}");
+        serde_json::from_slice::<serde_json::Value>(v).expect("still JSON");
+    }
+
     // jsonb in binary (tokio-postgres): the same, after the version byte
     let r = c
         .query_one(
