@@ -1072,14 +1072,7 @@ fn merged_sources<'a>(
             let into = merged[i].get_or_insert_with(Vec::new);
             for (k, c) in columns.iter().enumerate() {
                 match into.get_mut(k) {
-                    Some(have) => {
-                        have.star |= c.star;
-                        for s in &c.sources {
-                            if !have.sources.contains(s) {
-                                have.sources.push(s.clone());
-                            }
-                        }
-                    }
+                    Some(have) => have.merge(c),
                     None => into.push(c.clone()),
                 }
             }

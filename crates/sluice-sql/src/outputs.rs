@@ -38,7 +38,8 @@ impl OutputColumn {
         }
     }
 
-    fn merge(&mut self, other: &OutputColumn) {
+    /// Add `other`'s sources (and its `*`) to this column's.
+    pub fn merge(&mut self, other: &OutputColumn) {
         self.star |= other.star;
         for (t, c) in &other.sources {
             self.add(t, c);
@@ -451,14 +452,8 @@ impl Walk {
             }
         }
         for sl in &sublinks {
-            if let Some(q) = sl.subselect.as_ref().and_then(|q| q.node.as_ref()) {
-                for (inner, _, _, _) in q.nodes() {
-                    match inner {
-                        NodeRef::ColumnRef(cr) => nested.insert(cr as *const _ as usize),
-                        NodeRef::SubLink(l) => nested.insert(l as *const _ as usize),
-                        _ => false,
-                    };
-                }
+            if let Some(q) = &sl.subselect {
+                exclude(q, &mut nested);
             }
         }
         for sl in sublinks {
