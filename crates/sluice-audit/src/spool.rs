@@ -1,14 +1,17 @@
 //! The spool: append-only segment files in `DATA_DIR/audit/spool/` that
 //! hold every sealed entry before it reaches the store.
 //!
-//! Entry format: `u32` little-endian payload length, the first 4 bytes of
-//! the payload's SHA-256, then the payload: a record as [`RECORD_TAG`] and
+//! Entry format: `u32` little-endian payload length with the top bit set,
+//! the payload's CRC-32 (little-endian), then the payload: a record as [`RECORD_TAG`] and
 //! its fields (strings and byte strings as a `u32` little-endian length and
 //! the bytes, numbers little-endian: no JSON escaping of a JSON body on
 //! the path of every event), or any entry as JSON (checkpoints, and
 //! records spooled by earlier versions). A torn tail (crash during a write)
 //! fails the length or checksum test and is cut off when the spool is
-//! opened.
+//! opened. The checksum only finds torn writes (the chain's MACs find
+//! tampering), so it is a CRC; entries spooled by earlier versions carry the
+//! first 4 bytes of the payload's SHA-256 instead and a length without the
+//! top bit, and still read.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -25,6 +28,9 @@ pub const SEGMENT_MAX: u64 = 4 << 20;
 /// A fully stored active segment is rotated (and deleted) past this.
 const ROTATE_STORED: u64 = 256 << 10;
 const MAX_ENTRY: u32 = 64 << 20;
+/// Set in the length of an entry whose checksum is a CRC-32 (lengths stay
+/// under [`MAX_ENTRY`], so the bit is free).
+const CRC_FLAG: u32 = 1 << 31;
 
 /// One segment file.
 #[derive(Debug, Clone)]
@@ -69,10 +75,10 @@ pub fn encode_into(e: &Entry, out: &mut Vec<u8>) -> Result<(), AuditError> {
         out.truncate(start);
         return Err(AuditError::Corrupt("an audit event over 64 MiB".into()));
     }
-    let len = (out.len() - start - 8) as u32;
-    let sum = sha256(&out[start + 8..]);
+    let len = (out.len() - start - 8) as u32 | CRC_FLAG;
+    let sum = crc32fast::hash(&out[start + 8..]);
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-    out[start + 4..start + 8].copy_from_slice(&sum[..4]);
+    out[start + 4..start + 8].copy_from_slice(&sum.to_le_bytes());
     Ok(())
 }
 
@@ -166,12 +172,19 @@ fn parse(buf: &[u8]) -> (Vec<(Entry, u64)>, usize) {
     while buf.len() - pos >= 8 {
         let mut len4 = [0u8; 4];
         len4.copy_from_slice(&buf[pos..pos + 4]);
-        let len = u32::from_le_bytes(len4);
+        let word = u32::from_le_bytes(len4);
+        let len = word & !CRC_FLAG;
         if len == 0 || len > MAX_ENTRY || buf.len() - pos - 8 < len as usize {
             break;
         }
         let payload = &buf[pos + 8..pos + 8 + len as usize];
-        if sha256(payload)[..4] != buf[pos + 4..pos + 8] {
+        let sum = &buf[pos + 4..pos + 8];
+        let intact = if word & CRC_FLAG != 0 {
+            crc32fast::hash(payload).to_le_bytes() == sum
+        } else {
+            sha256(payload)[..4] == *sum
+        };
+        if !intact {
             break;
         }
         let Some(e) = decode(payload) else {
@@ -457,20 +470,34 @@ mod tests {
         buf.extend_from_slice(&(json.len() as u32).to_le_bytes());
         buf.extend_from_slice(&sha256(&json)[..4]);
         buf.extend_from_slice(&json);
+        // A record as versions before the CRC spooled it: SHA-256 checksum.
+        let mut binary = encode(&rec(5, Some("{}"))).unwrap();
+        let payload = binary.split_off(8);
+        buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&sha256(&payload)[..4]);
+        buf.extend_from_slice(&payload);
         let (got, end) = parse(&buf);
         assert_eq!(end, buf.len());
         let got: Vec<Entry> = got.into_iter().map(|(e, _)| e).collect();
         let mut want = entries.to_vec();
         want.push(rec(4, Some(r#"{"a":"b"}"#)));
+        want.push(rec(5, Some("{}")));
         assert_eq!(got, want);
+        // One flipped payload bit fails the CRC: the entry and all after it
+        // are the torn tail.
+        let mut flipped = encode(&rec(6, Some("{}"))).unwrap();
+        let good = flipped.len();
+        flipped.extend(encode(&rec(7, None)).unwrap());
+        flipped[good - 5] ^= 0x10;
+        assert_eq!(parse(&flipped).1, 0);
         // A payload that passes the checksum but does not decode is the end.
         let mut bad = encode(&rec(5, Some("x"))).unwrap();
         let n = bad.len();
         bad.truncate(n - 3);
-        let len = (bad.len() - 8) as u32;
+        let len = (bad.len() - 8) as u32 | CRC_FLAG;
         bad[..4].copy_from_slice(&len.to_le_bytes());
-        let sum = sha256(&bad[8..]);
-        bad[4..8].copy_from_slice(&sum[..4]);
+        let sum = crc32fast::hash(&bad[8..]);
+        bad[4..8].copy_from_slice(&sum.to_le_bytes());
         assert_eq!(parse(&bad).1, 0);
     }
 

@@ -209,7 +209,8 @@ pub(crate) struct UsageSum {
 /// column. Adding the sums gives exactly what adding each increment would.
 #[derive(Debug, Default)]
 pub(crate) struct UsageBatch<'a> {
-    sums: HashMap<UsageKey<'a>, UsageSum>,
+    /// foldhash: several long keys per statement, hashed on the writer.
+    sums: HashMap<UsageKey<'a>, UsageSum, foldhash::fast::RandomState>,
     scratch: Vec<Part<'a>>,
 }
 

@@ -1,6 +1,9 @@
 //! The embedded store: one SQLite file in WAL mode with an FTS5 index.
 
-use std::collections::HashMap;
+/// Shape and template keys are hundreds of bytes and hashed once per event:
+/// foldhash, not SipHash (the keys are the writer's own, made of
+/// statements already analysed; a per-process seed still varies them).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -303,9 +306,9 @@ impl SqliteStore {
         migrate(&mut conn)?;
         Ok(SqliteStore {
             conn,
-            shapes: HashMap::new(),
+            shapes: HashMap::default(),
             key_buf: String::new(),
-            templates: HashMap::new(),
+            templates: HashMap::default(),
             template_buf: String::new(),
             values_buf: String::new(),
         })
@@ -416,10 +419,10 @@ impl Store for SqliteStore {
     fn append_batch(&mut self, batch: &[BatchEntry<'_>]) -> Result<(), AuditError> {
         let parsed = super::parse_bodies(batch);
         // Shapes found or made in this transaction; cached only once it commits.
-        let mut new_shapes: HashMap<String, i64> = HashMap::new();
-        let mut new_templates: HashMap<String, i64> = HashMap::new();
+        let mut new_shapes: HashMap<String, i64> = HashMap::default();
+        let mut new_templates: HashMap<String, i64> = HashMap::default();
         // Templates used in this batch → the latest (time_ms, seq) using them.
-        let mut used_templates: HashMap<i64, (i64, i64)> = HashMap::new();
+        let mut used_templates: HashMap<i64, (i64, i64)> = HashMap::default();
         let tx = self.conn.transaction().map_err(db)?;
         {
             let mut ins = tx
