@@ -12,7 +12,9 @@ import sys
 from collections import defaultdict
 
 TARGETS = ("direct", "bouncer", "sluice")
-NAMES = {"direct": "direct", "bouncer": "pgbouncer", "sluice": "sluice", "sluice_nomask": "sluice_masking_off"}
+# The transparent Sluice: masking, statement policy and audit off.
+TRANSPARENT = "sluice_transparent"
+NAMES = {"direct": "direct", "bouncer": "pgbouncer", "sluice": "sluice", TRANSPARENT: TRANSPARENT}
 RSS_GOAL_MIB = 64
 LARGE_GOAL = 0.8  # sluice / direct
 
@@ -82,48 +84,52 @@ def main():
     pg = [k for k in configs if k[0] == "pgbench"]
     if pg:
         print()
-        print(f"pgbench -S, scale 10: median of {repeat} run(s) of {seconds} s per target")
-        print(f"{'clients':>7} {'mode':>8} | {'TPS direct':>10} {'pgbouncer':>10} {'sluice':>10} |"
-              f" {'lat ms d':>8} {'b':>6} {'s':>6} | {'s/direct':>8} {'s/bouncer':>9}  goal")
+        print(f"pgbench -S, scale 10: median of {repeat} run(s) of {seconds} s per target;"
+              " transp = Sluice with masking, policy and audit off")
+        print(f"{'clients':>7} {'mode':>8} | {'TPS direct':>10} {'pgbouncer':>10} {'sluice':>10} {'transp':>10} |"
+              f" {'lat ms d':>8} {'b':>6} {'s':>6} | {'s/direct':>8} {'s/bouncer':>9} {'t/bouncer':>9}  goal: sluice, transp")
         for key in pg:
             _, c, mode = key
-            d, b, s = (med(values.get(key + (t,), [])) for t in TARGETS)
-            ld, lb, ls = (med(lats.get(key + (t,), [])) for t in TARGETS)
+            d, b, s, t = (med(values.get(key + (x,), [])) for x in TARGETS + (TRANSPARENT,))
+            ld, lb, ls = (med(lats.get(key + (x,), [])) for x in TARGETS)
             goal = pgbench_goal(c)
-            sd, sb = ratio(s, d), ratio(s, b)
-            print(f"{c:>7} {mode:>8} | {fmt(d, 10)} {fmt(b, 10)} {fmt(s, 10)} |"
-                  f" {fmt(ld, 8, 3)} {fmt(lb, 6, 3)} {fmt(ls, 6, 3)} | {fmt(sd, 8, 2)} {fmt(sb, 9, 2)}"
-                  f"  >= {goal:.1f}x bouncer: {verdict(sb, goal)}")
-            e = entry(key)
-            for t in TARGETS:
-                e[NAMES[t]]["latency_ms_median"] = med(lats.get(key + (t,), []))
+            sd, sb, tb = ratio(s, d), ratio(s, b), ratio(t, b)
+            print(f"{c:>7} {mode:>8} | {fmt(d, 10)} {fmt(b, 10)} {fmt(s, 10)} {fmt(t, 10)} |"
+                  f" {fmt(ld, 8, 3)} {fmt(lb, 6, 3)} {fmt(ls, 6, 3)} | {fmt(sd, 8, 2)} {fmt(sb, 9, 2)} {fmt(tb, 9, 2)}"
+                  f"  >= {goal:.1f}x bouncer: {verdict(sb, goal)}, {verdict(tb, goal)}")
+            e = entry(key, TARGETS + (TRANSPARENT,))
+            for x in TARGETS + (TRANSPARENT,):
+                e[NAMES[x]]["latency_ms_median"] = med(lats.get(key + (x,), []))
             report["pgbench"].append({
                 "clients": c, "mode": mode, "tps": e,
                 "sluice_vs_direct": sd, "sluice_vs_pgbouncer": sb,
+                "transparent_vs_direct": ratio(t, d), "transparent_vs_pgbouncer": tb,
                 "bouncer_vs_direct": ratio(b, d),
                 "goal_sluice_vs_pgbouncer": goal, "goal_met": None if sb is None else sb >= goal,
+                "goal_met_transparent": None if tb is None else tb >= goal,
             })
 
     large = [k for k in configs if k[0] == "large"]
     if large:
         print()
         print(f"large result: median rows/s of {repeat} read(s) (without connection time)")
-        print(f"{'read':>7} {'rows':>8} | {'direct':>10} {'pgbouncer':>10} {'sluice':>10} {'no mask':>10} |"
-              f" {'s/direct':>8} {'nm/direct':>9} {'b/direct':>8}  goal")
+        print(f"{'read':>7} {'rows':>8} | {'direct':>10} {'pgbouncer':>10} {'sluice':>10} {'transp':>10} |"
+              f" {'s/direct':>8} {'t/direct':>8} {'b/direct':>8}  goal: sluice, transp")
         for key in large:
             _, rows, kind = key
             d, b, s = (med(values.get(key + (t,), [])) for t in TARGETS)
-            nm = med(values.get(key + ("sluice_nomask",), []))
-            sd = ratio(s, d)
+            t = med(values.get(key + (TRANSPARENT,), []))
+            sd, td = ratio(s, d), ratio(t, d)
             label = "SELECT" if kind == "select" else "COPY"
-            print(f"{label:>7} {rows:>8} | {fmt(d, 10)} {fmt(b, 10)} {fmt(s, 10)} {fmt(nm, 10)} |"
-                  f" {fmt(sd, 8, 2)} {fmt(ratio(nm, d), 9, 2)} {fmt(ratio(b, d), 8, 2)}"
-                  f"  >= {LARGE_GOAL}x direct: {verdict(sd, LARGE_GOAL)}")
+            print(f"{label:>7} {rows:>8} | {fmt(d, 10)} {fmt(b, 10)} {fmt(s, 10)} {fmt(t, 10)} |"
+                  f" {fmt(sd, 8, 2)} {fmt(td, 8, 2)} {fmt(ratio(b, d), 8, 2)}"
+                  f"  >= {LARGE_GOAL}x direct: {verdict(sd, LARGE_GOAL)}, {verdict(td, LARGE_GOAL)}")
             report["large"].append({
-                "kind": kind, "rows": rows, "rows_per_s": entry(key, TARGETS + ("sluice_nomask",)),
-                "sluice_vs_direct": sd, "sluice_masking_off_vs_direct": ratio(nm, d),
+                "kind": kind, "rows": rows, "rows_per_s": entry(key, TARGETS + (TRANSPARENT,)),
+                "sluice_vs_direct": sd, "transparent_vs_direct": td,
                 "bouncer_vs_direct": ratio(b, d),
                 "goal_sluice_vs_direct": LARGE_GOAL, "goal_met": None if sd is None else sd >= LARGE_GOAL,
+                "goal_met_transparent": None if td is None else td >= LARGE_GOAL,
             })
 
     def mib(field):
@@ -145,6 +151,10 @@ def main():
             print(f"sluice: {report['sluice']['note']}")
     goals = [x["goal_met"] for x in report["pgbench"] + report["large"]] + [report["sluice"]["goal_met"]]
     report["goals_met"] = None if None in goals else all(goals)
+    goals = [x["goal_met_transparent"] for x in report["pgbench"] + report["large"]] + [report["sluice"]["goal_met"]]
+    report["goals_met_transparent"] = None if None in goals else all(goals)
+    print(f"goals met: sluice {report['goals_met']}, transparent sluice {report['goals_met_transparent']}"
+          " (peak RSS is the default Sluice's)")
     print(f"machine: {meta.get('nproc')} cores, {meta.get('cpu')}, load {meta.get('loadavg_start')} -> {meta.get('loadavg_end')};"
           f" commit {str(meta.get('commit'))[:10]}{' (dirty)' if report['git']['dirty'] else ''}")
     with open(out_path, "w") as f:

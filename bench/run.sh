@@ -174,7 +174,7 @@ echo '"bench" "bench"' > "$work/userlist.txt"
 as_pg pgbouncer -q -d "$work/pgbouncer.ini" || { cat "$work/pgbouncer.log" >&2; die "PgBouncer did not start"; }
 
 export PGUSER=bench PGPASSWORD=bench PGDATABASE=bench PGHOST=127.0.0.1 PGSSLMODE=disable
-port_of() { case $1 in direct) echo "$pg_port";; bouncer) echo "$bouncer_port";; sluice) echo "$sluice_port";; sluice_nomask) echo "$plain_port";; esac; }
+port_of() { case $1 in direct) echo "$pg_port";; bouncer) echo "$bouncer_port";; sluice) echo "$sluice_port";; sluice_transparent) echo "$plain_port";; esac; }
 wait_sql() {  # target: until "select 1" works, up to 10 s
   local i
   for i in $(seq 1 100); do
@@ -233,22 +233,24 @@ if [ -n "$sluice" ] && ! start_sluice; then
   [ -n "$sluice_pid" ] && stop_pid "$sluice_pid"
   sluice_pid=""; targets="direct bouncer"; sluice_note="not run: did not start"
 fi
-# A second Sluice with masking off, for the large reads only: what the
-# forwarding costs without the per-value detectors (informational).
-large_targets=$targets
-if [ -n "$sluice_pid" ] && [ -z "${BENCH_SKIP_LARGE:-}" ]; then
+# A second Sluice, transparent: masking, statement policy and audit off.
+# What the proxy itself costs (the base the foundation issue's goals are
+# about), side by side with the default Sluice that does all three.
+pg_targets=$targets; large_targets=$targets
+if [ -n "$sluice_pid" ]; then
   sed -e "s/127.0.0.1:$sluice_port/127.0.0.1:$plain_port/" -e "s/127.0.0.1:$http_port/127.0.0.1:$plain_http_port/" \
-    "$work/sluice.toml" > "$work/sluice-nomask.toml"
-  printf '\n[masking]\nenabled = false\n' >> "$work/sluice-nomask.toml"
+    "$work/sluice.toml" > "$work/sluice-transparent.toml"
+  printf '\n[masking]\nenabled = false\n[policy]\nenabled = false\n[audit]\nenabled = false\n' >> "$work/sluice-transparent.toml"
   BENCH_DB_PASSWORD=bench SLUICE_LOG=${SLUICE_LOG:-warn} \
-    setsid "$sluice" serve --config "$work/sluice-nomask.toml" --data-dir "$work/sluice-nomask-data" >"$work/sluice-nomask.log" 2>&1 &
+    setsid "$sluice" serve --config "$work/sluice-transparent.toml" --data-dir "$work/sluice-transparent-data" >"$work/sluice-transparent.log" 2>&1 &
   plain_pid=$!
   for i in $(seq 1 300); do
     kill -0 "$plain_pid" 2>/dev/null || break
-    http_ok "http://127.0.0.1:$plain_http_port/healthz" && wait_sql sluice_nomask && { large_targets="$targets sluice_nomask"; break; }
+    http_ok "http://127.0.0.1:$plain_http_port/healthz" && wait_sql sluice_transparent \
+      && { pg_targets="$targets sluice_transparent"; large_targets=$pg_targets; break; }
     sleep 0.1
   done
-  [ "$large_targets" = "$targets" ] && log "WARNING: the masking-off Sluice did not start; large reads without it"
+  [ "$pg_targets" = "$targets" ] && log "WARNING: the transparent Sluice did not start; measuring without it"
 fi
 vm_kib() {  # field (VmHWM, VmRSS) of the Sluice process, in KiB
   [ -n "$sluice_pid" ] && awk -v f="$1:" '$1 == f {print $2}' "/proc/$sluice_pid/status" 2>/dev/null || true
@@ -269,7 +271,7 @@ for c in $clients; do
   j=$(( c < 2 ? c : 2 ))
   for mode in simple prepared; do
     for r in $(seq 1 "$repeat"); do
-      for target in $targets; do
+      for target in $pg_targets; do
         if run "$work/out" pgbench -S -n -M "$mode" -c "$c" -j "$j" -T "$seconds" -p "$(port_of "$target")"; then
           out=$(cat "$work/out")
           tps=$(awk '/^tps = /{print $3}' <<<"$out")
