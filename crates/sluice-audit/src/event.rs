@@ -160,7 +160,7 @@ impl Decision {
 }
 
 /// A column whose values were masked on the way to the client.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct MaskedColumn {
     /// `table.column` (schema-qualified when the proxy knows the schema).
     pub column: String,

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{lower, Decision, Record, Statement};
+use crate::event::{lower, Decision, MaskedColumn, Record, Statement};
 use crate::search::{split_column, table_cond, Dialect, Param, Sql};
 use crate::store::Store;
 use crate::util::{day_of, format_time};
@@ -53,7 +53,9 @@ fn sat(v: u64) -> i64 {
 /// bytes; column rows carry rows and whether the column was masked.
 pub fn usage_deltas(s: &Statement, time_ms: i64) -> Vec<UsageDelta> {
     let mut parts = Vec::new();
-    statement_parts(s, &mut parts);
+    if counts(s) {
+        statement_parts(s, Counts::of(s), &mut parts);
+    }
     parts
         .into_iter()
         .map(|p| UsageDelta {
@@ -86,12 +88,44 @@ struct Part<'a> {
     bytes: i64,
 }
 
-/// Appends the parts of `s` to `out` (nothing when it did not run); the
-/// one definition of what a statement counts for.
-fn statement_parts<'a>(s: &'a Statement, out: &mut Vec<Part<'a>>) {
-    if s.decision != Decision::Allow || s.sqlstate.is_some() {
-        return;
+/// Whether a statement counts for usage: it ran (decision `allow`, no SQLSTATE).
+fn counts(s: &Statement) -> bool {
+    s.decision == Decision::Allow && s.sqlstate.is_none()
+}
+
+/// What a statement (or a group of statements that count alike) moved.
+#[derive(Debug, Clone, Copy)]
+struct Counts {
+    statements: u64,
+    returned: u64,
+    affected: u64,
+    bytes: u64,
+}
+
+impl Counts {
+    fn of(s: &Statement) -> Counts {
+        Counts {
+            statements: 1,
+            returned: s.rows_returned,
+            affected: s.rows_affected,
+            bytes: s.bytes_to_client,
+        }
     }
+
+    fn add(&mut self, o: Counts) {
+        self.statements = self.statements.saturating_add(o.statements);
+        self.returned = self.returned.saturating_add(o.returned);
+        self.affected = self.affected.saturating_add(o.affected);
+        self.bytes = self.bytes.saturating_add(o.bytes);
+    }
+}
+
+/// Appends to `out` the parts of `s`, or of `c.statements` statements with
+/// the objects of `s` that moved `c` together (the parts are linear in the
+/// counts); the one definition of what a statement counts for. The caller
+/// checks [`counts`].
+fn statement_parts<'a>(s: &'a Statement, c: Counts, out: &mut Vec<Part<'a>>) {
+    let n = sat(c.statements);
     let first = out.len();
     let masked: Vec<Cow<'a, str>> = s.masked.iter().map(|m| lower(&m.column)).collect();
     let add = |out: &mut Vec<Part<'a>>,
@@ -107,9 +141,9 @@ fn statement_parts<'a>(s: &'a Statement, out: &mut Vec<Part<'a>>) {
         {
             // The same column listed twice in one statement counts once.
             if write {
-                d.writes = 1;
+                d.writes = n;
             } else {
-                d.reads = 1;
+                d.reads = n;
             }
             return;
         }
@@ -117,8 +151,8 @@ fn statement_parts<'a>(s: &'a Statement, out: &mut Vec<Part<'a>>) {
             table,
             column,
             masked,
-            reads: i64::from(!write),
-            writes: i64::from(write),
+            reads: if write { 0 } else { n },
+            writes: if write { n } else { 0 },
             rows: sat(rows),
             bytes: sat(bytes),
         });
@@ -130,8 +164,8 @@ fn statement_parts<'a>(s: &'a Statement, out: &mut Vec<Part<'a>>) {
             Cow::Borrowed(""),
             false,
             false,
-            s.rows_returned,
-            s.bytes_to_client,
+            c.returned,
+            c.bytes,
         );
     }
     let mut read_cols: Vec<Cow<'a, str>> = s.columns_read.iter().map(|c| lower(c)).collect();
@@ -140,25 +174,17 @@ fn statement_parts<'a>(s: &'a Statement, out: &mut Vec<Part<'a>>) {
             read_cols.push(m.clone());
         }
     }
-    for c in read_cols {
-        let is_masked = masked.contains(&c);
-        let (t, col) = split_cow(c);
-        add(out, t, col, is_masked, false, s.rows_returned, 0);
+    for name in read_cols {
+        let is_masked = masked.contains(&name);
+        let (t, col) = split_cow(name);
+        add(out, t, col, is_masked, false, c.returned, 0);
     }
     for t in &s.tables_written {
-        add(
-            out,
-            lower(t),
-            Cow::Borrowed(""),
-            false,
-            true,
-            s.rows_affected,
-            0,
-        );
+        add(out, lower(t), Cow::Borrowed(""), false, true, c.affected, 0);
     }
-    for c in &s.columns_written {
-        let (t, col) = split_cow(lower(c));
-        add(out, t, col, false, true, s.rows_affected, 0);
+    for name in &s.columns_written {
+        let (t, col) = split_cow(lower(name));
+        add(out, t, col, false, true, c.affected, 0);
     }
 }
 
@@ -207,53 +233,112 @@ pub(crate) struct UsageSum {
 /// Usage increments of a batch of statements summed per key, so the store
 /// does one upsert per distinct key rather than one per statement and
 /// column. Adding the sums gives exactly what adding each increment would.
+///
+/// Statements are first summed per [`Group`] (executions of one statement
+/// by one principal on one day: a handful per batch), and each group is
+/// split into its tables and columns once, not each execution.
 #[derive(Debug, Default)]
 pub(crate) struct UsageBatch<'a> {
-    /// foldhash: several long keys per statement, hashed on the writer.
-    sums: HashMap<UsageKey<'a>, UsageSum, foldhash::fast::RandomState>,
-    scratch: Vec<Part<'a>>,
+    /// foldhash: a group key is a few hundred bytes, hashed per statement
+    /// on the writer.
+    groups: HashMap<Group<'a>, GroupSum<'a>, foldhash::fast::RandomState>,
+}
+
+/// Statements that count alike: the same day, principal, target and objects.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Group<'a> {
+    day: i64,
+    principal: &'a str,
+    on_behalf_of: &'a str,
+    target: &'a str,
+    environment: &'a str,
+    tables_read: &'a [String],
+    columns_read: &'a [String],
+    tables_written: &'a [String],
+    columns_written: &'a [String],
+    masked: &'a [MaskedColumn],
+}
+
+#[derive(Debug)]
+struct GroupSum<'a> {
+    /// One of the group's statements (they differ only in their counts).
+    first: &'a Statement,
+    counts: Counts,
+    first_ms: i64,
+    last_ms: i64,
 }
 
 impl<'a> UsageBatch<'a> {
     /// Count one stored statement.
     pub fn add(&mut self, s: &'a Statement, time_ms: i64) {
-        let mut parts = std::mem::take(&mut self.scratch);
-        parts.clear();
-        statement_parts(s, &mut parts);
-        let day = day_of(time_ms);
-        for p in parts.drain(..) {
-            let key = UsageKey {
-                day,
-                principal: &s.principal.name,
-                on_behalf_of: s.principal.on_behalf_of.as_deref().unwrap_or(""),
-                target: &s.target,
-                environment: &s.environment,
-                table: p.table,
-                column: p.column,
-                masked: p.masked,
-            };
-            let sum = self.sums.entry(key).or_insert(UsageSum {
-                reads: 0,
-                writes: 0,
-                rows: 0,
-                bytes: 0,
-                first_ms: time_ms,
-                last_ms: time_ms,
-            });
-            sum.reads = sum.reads.saturating_add(p.reads);
-            sum.writes = sum.writes.saturating_add(p.writes);
-            sum.rows = sum.rows.saturating_add(p.rows);
-            sum.bytes = sum.bytes.saturating_add(p.bytes);
-            sum.first_ms = sum.first_ms.min(time_ms);
-            sum.last_ms = sum.last_ms.max(time_ms);
+        if !counts(s) {
+            return;
         }
-        self.scratch = parts;
+        let group = Group {
+            day: day_of(time_ms),
+            principal: &s.principal.name,
+            on_behalf_of: s.principal.on_behalf_of.as_deref().unwrap_or(""),
+            target: &s.target,
+            environment: &s.environment,
+            tables_read: &s.tables_read,
+            columns_read: &s.columns_read,
+            tables_written: &s.tables_written,
+            columns_written: &s.columns_written,
+            masked: &s.masked,
+        };
+        let sum = self.groups.entry(group).or_insert(GroupSum {
+            first: s,
+            counts: Counts {
+                statements: 0,
+                returned: 0,
+                affected: 0,
+                bytes: 0,
+            },
+            first_ms: time_ms,
+            last_ms: time_ms,
+        });
+        sum.counts.add(Counts::of(s));
+        sum.first_ms = sum.first_ms.min(time_ms);
+        sum.last_ms = sum.last_ms.max(time_ms);
     }
 
     /// The sums, in key order (a stable order also keeps concurrent
     /// PostgreSQL writers from deadlocking on each other's rows).
     pub fn into_sorted(self) -> Vec<(UsageKey<'a>, UsageSum)> {
-        let mut v: Vec<_> = self.sums.into_iter().collect();
+        let mut sums: HashMap<UsageKey<'a>, UsageSum, foldhash::fast::RandomState> =
+            HashMap::default();
+        let mut parts = Vec::new();
+        for (g, sum) in self.groups {
+            parts.clear();
+            statement_parts(sum.first, sum.counts, &mut parts);
+            for p in parts.drain(..) {
+                let key = UsageKey {
+                    day: g.day,
+                    principal: g.principal,
+                    on_behalf_of: g.on_behalf_of,
+                    target: g.target,
+                    environment: g.environment,
+                    table: p.table,
+                    column: p.column,
+                    masked: p.masked,
+                };
+                let total = sums.entry(key).or_insert(UsageSum {
+                    reads: 0,
+                    writes: 0,
+                    rows: 0,
+                    bytes: 0,
+                    first_ms: sum.first_ms,
+                    last_ms: sum.last_ms,
+                });
+                total.reads = total.reads.saturating_add(p.reads);
+                total.writes = total.writes.saturating_add(p.writes);
+                total.rows = total.rows.saturating_add(p.rows);
+                total.bytes = total.bytes.saturating_add(p.bytes);
+                total.first_ms = total.first_ms.min(sum.first_ms);
+                total.last_ms = total.last_ms.max(sum.last_ms);
+            }
+        }
+        let mut v: Vec<_> = sums.into_iter().collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
@@ -489,5 +574,115 @@ mod tests {
             ..s
         };
         assert!(usage_deltas(&denied, 0).is_empty());
+    }
+
+    /// A batch summed by groups gives exactly the sums of every statement's
+    /// own deltas: executions with other counts, other days, a column listed
+    /// twice, names in other cases, a denied and a failed statement, writes.
+    #[test]
+    fn batch_sums_equal_the_sums_of_each_statement() {
+        let read = |who: &str, rows: u64, bytes: u64| Statement {
+            principal: Actor {
+                name: who.into(),
+                kind: "service".into(),
+                on_behalf_of: (who == "agent").then(|| "bob".into()),
+            },
+            target: "app".into(),
+            environment: "production".into(),
+            tables_read: vec!["Users".into()],
+            columns_read: vec![
+                "users.email".into(),
+                "USERS.id".into(),
+                "users.email".into(),
+            ],
+            masked: vec![MaskedColumn {
+                column: "users.email".into(),
+                detector: "email".into(),
+            }],
+            rows_returned: rows,
+            bytes_to_client: bytes,
+            ..Statement::default()
+        };
+        let write = |rows: u64| Statement {
+            tables_read: vec!["users".into()],
+            tables_written: vec!["audit_copy".into()],
+            columns_written: vec!["audit_copy.email".into()],
+            rows_affected: rows,
+            ..read("etl", 0, 0)
+        };
+        let day = 86_400_000;
+        let mut stmts = Vec::new();
+        for i in 0..40u64 {
+            let who = ["alice", "agent", "alice", "etl"][i as usize % 4];
+            stmts.push((read(who, i, 10 * i), day * (i as i64 % 3) + i as i64));
+            stmts.push((write(i * 2), day + i as i64));
+        }
+        stmts.push((
+            Statement {
+                decision: Decision::Deny,
+                ..read("alice", 5, 5)
+            },
+            7,
+        ));
+        stmts.push((
+            Statement {
+                sqlstate: Some("57014".into()),
+                ..read("alice", 5, 5)
+            },
+            8,
+        ));
+        let mut batch = UsageBatch::default();
+        for (st, ms) in &stmts {
+            batch.add(st, *ms);
+        }
+        let got: Vec<_> = batch
+            .into_sorted()
+            .into_iter()
+            .map(|(k, v)| {
+                let key = (
+                    k.day,
+                    k.principal.to_owned(),
+                    k.on_behalf_of.to_owned(),
+                    k.table.into_owned(),
+                    k.column.into_owned(),
+                    k.masked,
+                );
+                (
+                    key,
+                    (v.reads, v.writes, v.rows, v.bytes, v.first_ms, v.last_ms),
+                )
+            })
+            .collect();
+        let mut want: std::collections::BTreeMap<_, (i64, i64, i64, i64, i64, i64)> =
+            Default::default();
+        for (st, ms) in &stmts {
+            for d in usage_deltas(st, *ms) {
+                let key = (
+                    d.day,
+                    d.principal,
+                    d.on_behalf_of,
+                    d.table,
+                    d.column,
+                    d.masked,
+                );
+                let e = want.entry(key).or_insert((0, 0, 0, 0, i64::MAX, i64::MIN));
+                e.0 += d.reads;
+                e.1 += d.writes;
+                e.2 += d.rows;
+                e.3 += d.bytes;
+                e.4 = e.4.min(d.time_ms);
+                e.5 = e.5.max(d.time_ms);
+            }
+        }
+        let want: Vec<_> = want.into_iter().collect();
+        assert_eq!(got, want);
+        assert!(
+            got.iter().any(|(k, v)| k.4 == "email" && k.5 && v.0 > 1),
+            "{got:?}"
+        );
+        assert!(
+            got.iter().any(|(k, v)| k.3 == "audit_copy" && v.1 == 40),
+            "{got:?}"
+        );
     }
 }

@@ -192,6 +192,12 @@ impl AuditSink {
         }
     }
 
+    /// Whether this is [`AuditSink::discard`]: callers may then skip
+    /// building events.
+    pub fn discards(&self) -> bool {
+        self.inner.writer.is_none()
+    }
+
     /// Record an event. Never blocks. `Err` only under `fail_closed` (the
     /// caller must then refuse what it was about to allow); under
     /// `fail_open` an event that cannot be queued is counted in `dropped`.

@@ -434,6 +434,9 @@ impl SessionAudit {
         if outcome.refused_by.is_some() {
             self.totals.refused.fetch_add(1, Relaxed);
         }
+        if self.tracer.is_none() && self.sink.discards() {
+            return; // `[audit] enabled = false`: no event to build
+        }
         let (decision, rule) = match outcome.refused_by {
             Some(rule) => (Decision::Deny, Some(rule)),
             None => (Decision::Allow, None),

@@ -164,12 +164,21 @@ fn shape_key_into(ev: &EventBody, key: &mut String) -> bool {
         key.push_str(p);
     };
     ev.search_parts(&mut |p| part(key, p));
-    // After a part comes a digit or this: the objects cannot pass for text.
-    key.push('|');
-    for (t, c) in &ev.objects_ref() {
-        part(key, t);
-        part(key, c);
+    // The objects come from these lists as written (equal lists, equal
+    // objects), which saves lower-casing and sorting them per event. After
+    // a part comes a digit or a separator: lists cannot pass for text or
+    // for each other.
+    for list in [
+        &s.tables_read,
+        &s.tables_written,
+        &s.columns_read,
+        &s.columns_written,
+    ] {
+        key.push('|');
+        list.iter().for_each(|p| part(key, p));
     }
+    key.push('|');
+    s.masked.iter().for_each(|m| part(key, &m.column));
     true
 }
 
