@@ -252,10 +252,10 @@ fn event(i: usize, sessions: usize, select_only: bool) -> EventBody {
         decision: Decision::Allow,
         rule: None,
         approval_id: None,
-        tables_read: strings(shape.tables_read),
-        tables_written: strings(shape.tables_written),
-        columns_read: strings(shape.columns_read),
-        columns_written: strings(shape.columns_written),
+        tables_read: strings(shape.tables_read).into(),
+        tables_written: strings(shape.tables_written).into(),
+        columns_read: strings(shape.columns_read).into(),
+        columns_written: strings(shape.columns_written).into(),
         masked: Vec::new(),
         rows_returned: shape.rows_returned,
         rows_affected: shape.rows_affected,
@@ -295,13 +295,13 @@ fn main() {
     let event = move |i: usize, sessions: usize, select_only: bool| {
         let mut ev = event(i, sessions, select_only);
         if let (true, EventBody::Statement(s)) = (bare, &mut ev) {
-            s.fingerprint.clear();
-            s.normalized.clear();
-            s.kind.clear();
-            s.tables_read.clear();
-            s.tables_written.clear();
-            s.columns_read.clear();
-            s.columns_written.clear();
+            s.fingerprint = "".into();
+            s.normalized = "".into();
+            s.kind = "".into();
+            s.tables_read = Default::default();
+            s.tables_written = Default::default();
+            s.columns_read = Default::default();
+            s.columns_written = Default::default();
         }
         ev
     };

@@ -5,6 +5,7 @@
 //! no maps, so the same event always gives the same bytes.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -192,15 +193,15 @@ pub struct Statement {
     /// The target's environment.
     pub environment: String,
     /// Statement fingerprint (pg_query).
-    pub fingerprint: String,
+    pub fingerprint: Arc<str>,
     /// Normalized text (literals replaced by `$n`).
-    pub normalized: String,
+    pub normalized: Arc<str>,
     /// Full text with literals; kept only when `audit.log_literals` is on
     /// (the sink removes it otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
     /// Statement kind (`select`, `insert`, `ddl`, …).
-    pub kind: String,
+    pub kind: Arc<str>,
     /// Policy decision.
     pub decision: Decision,
     /// Rule that decided (policy id), if any.
@@ -210,13 +211,13 @@ pub struct Statement {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_id: Option<String>,
     /// Tables read.
-    pub tables_read: Vec<String>,
+    pub tables_read: Arc<[String]>,
     /// Tables written.
-    pub tables_written: Vec<String>,
+    pub tables_written: Arc<[String]>,
     /// Columns read, `table.column`.
-    pub columns_read: Vec<String>,
+    pub columns_read: Arc<[String]>,
     /// Columns written, `table.column`.
-    pub columns_written: Vec<String>,
+    pub columns_written: Arc<[String]>,
     /// Columns masked in the result, with the detector that fired.
     pub masked: Vec<MaskedColumn>,
     /// Rows returned to the client.
@@ -370,12 +371,12 @@ impl EventBody {
         let tables = s
             .tables_read
             .iter()
-            .chain(&s.tables_written)
+            .chain(s.tables_written.iter())
             .map(|t| (lower(t), Cow::Borrowed("")));
         let columns = s
             .columns_read
             .iter()
-            .chain(&s.columns_written)
+            .chain(s.columns_written.iter())
             .chain(s.masked.iter().map(|m| &m.column))
             .map(|c| {
                 let (t, col) = split_lower(c);
@@ -413,7 +414,7 @@ impl EventBody {
                     s.principal.name.as_str(),
                     s.principal.on_behalf_of.as_deref().unwrap_or(""),
                     s.target.as_str(),
-                    s.normalized.as_str(),
+                    &*s.normalized,
                     s.text.as_deref().unwrap_or(""),
                     s.rule.as_deref().unwrap_or(""),
                 ] {
@@ -421,7 +422,7 @@ impl EventBody {
                 }
                 s.tables_read
                     .iter()
-                    .chain(&s.tables_written)
+                    .chain(s.tables_written.iter())
                     .for_each(|t| part(t));
             }
             EventBody::SessionStart(s) => {
@@ -471,7 +472,7 @@ impl EventBody {
     /// A one-line summary for tables.
     pub fn summary(&self) -> String {
         match self {
-            EventBody::Statement(s) => s.normalized.clone(),
+            EventBody::Statement(s) => s.normalized.to_string(),
             EventBody::SessionStart(s) => format!(
                 "{} from {} ({}, tls {})",
                 s.method, s.source, s.application_name, s.tls.version
@@ -622,8 +623,8 @@ mod tests {
         let (t, c) = split_lower("App.Users.EMAIL");
         assert_eq!((t.as_deref(), c.as_ref()), (Some("app.users"), "email"));
         let st = EventBody::Statement(Statement {
-            tables_read: vec!["Users".into()],
-            columns_read: vec!["users.ID".into(), "Users.id".into(), "name".into()],
+            tables_read: vec!["Users".into()].into(),
+            columns_read: vec!["users.ID".into(), "Users.id".into(), "name".into()].into(),
             ..Statement::default()
         });
         assert_eq!(

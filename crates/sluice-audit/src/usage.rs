@@ -157,7 +157,7 @@ fn statement_parts<'a>(s: &'a Statement, c: Counts, out: &mut Vec<Part<'a>>) {
             bytes: sat(bytes),
         });
     };
-    for t in &s.tables_read {
+    for t in s.tables_read.iter() {
         add(
             out,
             lower(t),
@@ -179,10 +179,10 @@ fn statement_parts<'a>(s: &'a Statement, c: Counts, out: &mut Vec<Part<'a>>) {
         let (t, col) = split_cow(name);
         add(out, t, col, is_masked, false, c.returned, 0);
     }
-    for t in &s.tables_written {
+    for t in s.tables_written.iter() {
         add(out, lower(t), Cow::Borrowed(""), false, true, c.affected, 0);
     }
-    for name in &s.columns_written {
+    for name in s.columns_written.iter() {
         let (t, col) = split_cow(lower(name));
         add(out, t, col, false, true, c.affected, 0);
     }
@@ -392,7 +392,7 @@ pub fn lineage_edges(s: &Statement, r: &Record) -> Vec<LineageEdge> {
             source,
             destination: l.destination.to_lowercase(),
             kind: l.kind.clone(),
-            fingerprint: s.fingerprint.clone(),
+            fingerprint: s.fingerprint.to_string(),
             principal: s.principal.name.clone(),
             on_behalf_of: s.principal.on_behalf_of.clone().unwrap_or_default(),
             principal_kind: s.principal.kind.clone(),
@@ -551,8 +551,8 @@ mod tests {
             },
             target: "app-prod".into(),
             environment: "production".into(),
-            tables_read: vec!["users".into()],
-            columns_read: vec!["users.email".into(), "users.id".into()],
+            tables_read: vec!["users".into()].into(),
+            columns_read: vec!["users.email".into(), "users.id".into()].into(),
             masked: vec![MaskedColumn {
                 column: "users.email".into(),
                 detector: "email".into(),
@@ -589,12 +589,13 @@ mod tests {
             },
             target: "app".into(),
             environment: "production".into(),
-            tables_read: vec!["Users".into()],
+            tables_read: vec!["Users".into()].into(),
             columns_read: vec![
                 "users.email".into(),
                 "USERS.id".into(),
                 "users.email".into(),
-            ],
+            ]
+            .into(),
             masked: vec![MaskedColumn {
                 column: "users.email".into(),
                 detector: "email".into(),
@@ -604,9 +605,9 @@ mod tests {
             ..Statement::default()
         };
         let write = |rows: u64| Statement {
-            tables_read: vec!["users".into()],
-            tables_written: vec!["audit_copy".into()],
-            columns_written: vec!["audit_copy.email".into()],
+            tables_read: vec!["users".into()].into(),
+            tables_written: vec!["audit_copy".into()].into(),
+            columns_written: vec!["audit_copy.email".into()].into(),
             rows_affected: rows,
             ..read("etl", 0, 0)
         };

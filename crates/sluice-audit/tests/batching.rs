@@ -82,7 +82,7 @@ fn varied(i: usize) -> EventBody {
             "staging"
         }
         .into(),
-        fingerprint: format!("fp{}", i % 5),
+        fingerprint: format!("fp{}", i % 5).into(),
         normalized: normalized.into(),
         text: i
             .is_multiple_of(10)
@@ -90,10 +90,10 @@ fn varied(i: usize) -> EventBody {
         kind: "select".into(),
         decision,
         rule: (decision == Decision::Deny).then(|| "no-orders".to_string()),
-        tables_read: strings(tables_read),
-        tables_written: strings(tables_written),
-        columns_read: strings(columns_read),
-        columns_written: strings(columns_written),
+        tables_read: strings(tables_read).into(),
+        tables_written: strings(tables_written).into(),
+        columns_read: strings(columns_read).into(),
+        columns_written: strings(columns_written).into(),
         masked,
         rows_returned: (i % 7) as u64,
         rows_affected: (i % 3) as u64,
@@ -215,7 +215,7 @@ fn a_large_batched_write_verifies_and_usage_and_search_are_exact() {
                         || s.rule.as_deref().is_some_and(|r| r.contains(word))
                         || s.tables_read
                             .iter()
-                            .chain(&s.tables_written)
+                            .chain(s.tables_written.iter())
                             .any(|t| t.to_lowercase().contains(word))
                 }
                 _ => false,
@@ -257,7 +257,7 @@ fn a_large_batched_write_verifies_and_usage_and_search_are_exact() {
         touches(&|s| s
             .tables_read
             .iter()
-            .chain(&s.columns_read)
+            .chain(s.columns_read.iter())
             .any(|t| t.to_lowercase().starts_with("users")))
     );
     assert_eq!(
@@ -335,8 +335,8 @@ fn same(who: &str, env: &str) -> EventBody {
         fingerprint: "fp".into(),
         normalized: "SELECT id, email FROM users WHERE id = $1".into(),
         kind: "select".into(),
-        tables_read: vec!["users".into()],
-        columns_read: vec!["users.id".into(), "users.email".into()],
+        tables_read: vec!["users".into()].into(),
+        columns_read: vec!["users.id".into(), "users.email".into()].into(),
         rows_returned: 1,
         ..Statement::default()
     })

@@ -25,10 +25,10 @@ fn lineage_stmt(
         target: "ml-production".into(),
         environment: "production".into(),
         fingerprint: "fplin".into(),
-        normalized: format!("INSERT INTO {dest} SELECT * FROM {}", sources.join(", ")),
+        normalized: format!("INSERT INTO {dest} SELECT * FROM {}", sources.join(", ")).into(),
         kind: "insert".into(),
         tables_read: sources.iter().map(|s| s.to_string()).collect(),
-        tables_written: vec![dest.into()],
+        tables_written: vec![dest.into()].into(),
         rows_affected: 10,
         lineage: Some(Lineage {
             kind: "insert_select".into(),

@@ -127,7 +127,7 @@ pub async fn run(
     let binding = Binding {
         principal: cx.principal.name.clone(),
         target: cx.target.to_owned(),
-        fingerprint: info.fingerprint.clone(),
+        fingerprint: info.fingerprint.to_string(),
         params_hash: hex(&Sha256::digest(step.text.as_bytes())),
     };
     let mode = match need.mode.as_deref() {
@@ -152,7 +152,7 @@ pub async fn run(
             .as_ref()
             .map(|a| a.session.clone())
             .unwrap_or_default(),
-        normalized: info.normalized.clone(),
+        normalized: info.normalized.to_string(),
         // Approvers see the statement, not a password in it; the binding
         // is the hash of the exact text (params_hash).
         statement: sluice_sql::redact_secrets(&step.text),

@@ -18,19 +18,19 @@ use sluice_sql::{Analysis, Kind};
 #[derive(Debug, Default)]
 pub struct StatementInfo {
     /// pg_query fingerprint (equal for statements differing in constants).
-    pub fingerprint: String,
+    pub fingerprint: Arc<str>,
     /// The text with constants replaced by `$n`.
-    pub normalized: String,
+    pub normalized: Arc<str>,
     /// Kind of the (first) statement.
-    pub kind: String,
+    pub kind: Arc<str>,
     /// Tables read.
-    pub tables_read: Vec<String>,
+    pub tables_read: Arc<[String]>,
     /// Tables written.
-    pub tables_written: Vec<String>,
+    pub tables_written: Arc<[String]>,
     /// Columns read.
-    pub columns_read: Vec<String>,
+    pub columns_read: Arc<[String]>,
     /// Columns written.
-    pub columns_written: Vec<String>,
+    pub columns_written: Arc<[String]>,
     /// Where the data written comes from (INSERT … SELECT, CREATE TABLE AS,
     /// UPDATE … FROM), or `copy_out` for COPY to the client.
     pub lineage: Option<(String, Vec<String>, Option<String>)>,
@@ -113,13 +113,13 @@ impl StatementInfo {
             .filter_map(|(i, s)| Some((i, s.declares.clone()?)))
             .collect();
         StatementInfo {
-            fingerprint,
-            normalized,
-            kind,
+            fingerprint: fingerprint.into(),
+            normalized: normalized.into(),
+            kind: kind.into(),
             columns_read: a.columns_read().into_iter().collect(),
             columns_written: a.columns_written().into_iter().collect(),
-            tables_read: read,
-            tables_written: written,
+            tables_read: read.into(),
+            tables_written: written.into(),
             lineage,
             outputs,
             deferred,
@@ -237,14 +237,14 @@ impl SessionAudit {
         span.attributes = vec![
             ("db.system", "postgresql".into()),
             ("db.name", s.target.clone().into()),
-            ("db.operation", s.kind.clone().into()),
-            ("db.statement", s.normalized.clone().into()),
+            ("db.operation", s.kind.to_string().into()),
+            ("db.statement", s.normalized.to_string().into()),
             ("enduser.id", s.principal.name.clone().into()),
             ("sluice.principal.kind", s.principal.kind.clone().into()),
             ("sluice.session", s.session.clone().into()),
             ("sluice.environment", s.environment.clone().into()),
             ("sluice.decision", decision.into()),
-            ("sluice.fingerprint", s.fingerprint.clone().into()),
+            ("sluice.fingerprint", s.fingerprint.to_string().into()),
             ("sluice.rows_returned", s.rows_returned.into()),
             ("sluice.rows_affected", s.rows_affected.into()),
             ("sluice.bytes_to_client", s.bytes_to_client.into()),

@@ -510,10 +510,10 @@ impl Acc {
                     });
                 g.count += 1;
                 g.targets.insert(te);
-                g.kinds.insert(s.kind.clone());
+                g.kinds.insert(s.kind.to_string());
                 g.last_ms = g.last_ms.max(t);
-                if g.examples.len() < EXAMPLES && !g.examples.contains(&s.normalized) {
-                    g.examples.push(s.normalized);
+                if g.examples.len() < EXAMPLES && !g.examples.iter().any(|e| **e == *s.normalized) {
+                    g.examples.push(s.normalized.to_string());
                 }
             }
             Decision::Approval => self.held += 1,
@@ -521,7 +521,7 @@ impl Acc {
                 if s.approval_id.is_some() {
                     self.under_approval += 1;
                 }
-                if PRIVILEGED_KINDS.contains(&s.kind.as_str()) {
+                if PRIVILEGED_KINDS.contains(&&*s.kind) {
                     self.privileged.statements.push(PrivilegedStatement {
                         time: format_time(t),
                         principal: s.principal.name,
@@ -529,8 +529,8 @@ impl Acc {
                         on_behalf_of: s.principal.on_behalf_of,
                         target: s.target,
                         environment: s.environment,
-                        kind: s.kind,
-                        normalized: s.normalized,
+                        kind: s.kind.to_string(),
+                        normalized: s.normalized.to_string(),
                         rule: s.rule,
                         approval_id: s.approval_id,
                         sqlstate: s.sqlstate,

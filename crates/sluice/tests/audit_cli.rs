@@ -47,10 +47,10 @@ fn fill(dir: &Path) {
             target: "app-prod".into(),
             environment: "production".into(),
             fingerprint: "fp1".into(),
-            normalized: format!("SELECT email FROM users WHERE id = $1 -- {i}"),
+            normalized: format!("SELECT email FROM users WHERE id = $1 -- {i}").into(),
             kind: "select".into(),
-            tables_read: vec!["users".into()],
-            columns_read: vec!["users.email".into()],
+            tables_read: vec!["users".into()].into(),
+            columns_read: vec!["users.email".into()].into(),
             masked: vec![MaskedColumn {
                 column: "users.email".into(),
                 detector: "email".into(),
@@ -69,7 +69,7 @@ fn fill(dir: &Path) {
         kind: "drop".into(),
         decision: Decision::Deny,
         rule: Some("no-drop".into()),
-        tables_written: vec!["users".into()],
+        tables_written: vec!["users".into()].into(),
         ..Statement::default()
     }))
     .unwrap();
@@ -80,8 +80,8 @@ fn fill(dir: &Path) {
         fingerprint: "fp-ins".into(),
         normalized: "INSERT INTO training_set SELECT * FROM users".into(),
         kind: "insert".into(),
-        tables_read: vec!["users".into()],
-        tables_written: vec!["training_set".into()],
+        tables_read: vec!["users".into()].into(),
+        tables_written: vec!["training_set".into()].into(),
         rows_affected: 20,
         lineage: Some(Lineage {
             kind: "insert_select".into(),

@@ -222,8 +222,8 @@ mod tests {
             text: text.map(str::to_string),
             kind: "select".into(),
             decision: Decision::Allow,
-            tables_read: vec!["t".into()],
-            columns_read: vec!["t.\"a,b\"".into()],
+            tables_read: vec!["t".into()].into(),
+            columns_read: vec!["t.\"a,b\"".into()].into(),
             masked: vec![MaskedColumn {
                 column: "t.email".into(),
                 detector: "email".into(),

@@ -31,13 +31,13 @@ pub fn statement(i: usize, who: &str, env: &str) -> EventBody {
         principal: actor(who, "human"),
         target: format!("app-{env}"),
         environment: env.into(),
-        fingerprint: format!("fp{}", i % 5),
-        normalized: format!("SELECT id, email FROM users WHERE id = $1 /* {i} */"),
+        fingerprint: format!("fp{}", i % 5).into(),
+        normalized: format!("SELECT id, email FROM users WHERE id = $1 /* {i} */").into(),
         text: Some(format!("SELECT id, email FROM users WHERE id = {i}")),
         kind: "select".into(),
         decision: Decision::Allow,
-        tables_read: vec!["users".into()],
-        columns_read: vec!["users.id".into(), "users.email".into()],
+        tables_read: vec!["users".into()].into(),
+        columns_read: vec!["users.id".into(), "users.email".into()].into(),
         masked: vec![MaskedColumn {
             column: "users.email".into(),
             detector: "email".into(),
@@ -60,7 +60,7 @@ pub fn denied(who: &str) -> EventBody {
         kind: "drop".into(),
         decision: Decision::Deny,
         rule: Some("no-drop-in-production".into()),
-        tables_written: vec!["users".into()],
+        tables_written: vec!["users".into()].into(),
         sqlstate: Some("42501".into()),
         ..Statement::default()
     })
