@@ -1,9 +1,5 @@
 //! The embedded store: one SQLite file in WAL mode with an FTS5 index.
 
-/// Shape and template keys are hundreds of bytes and hashed once per event:
-/// foldhash, not SipHash (the keys are the writer's own, made of
-/// statements already analysed; a per-process seed still varies them).
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -16,6 +12,11 @@ use crate::search::{self, Dialect, Page, Param, Query};
 use crate::usage::{self, LineageEdge, UsageQuery, UsageRow};
 use crate::util::format_time;
 use crate::AuditError;
+
+/// Shape and template keys are hundreds of bytes and hashed once per event:
+/// foldhash, not SipHash (the keys are the writer's own, made of
+/// statements already analysed; a per-process seed still varies them).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS audit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
