@@ -48,6 +48,9 @@ pub struct Spool {
     dir: PathBuf,
     segments: Vec<Segment>,
     active: Option<File>,
+    /// A write failed part way (a full disk): the active segment may end in
+    /// a partial entry, cut off before anything else is written after it.
+    torn: bool,
 }
 
 /// Encode one entry.
@@ -268,6 +271,7 @@ impl Spool {
             dir: dir.to_owned(),
             segments,
             active: None,
+            torn: false,
         })
     }
 
@@ -309,16 +313,36 @@ impl Spool {
     }
 
     /// Append encoded entries (one write). Not synced: call [`sync`](Self::sync).
+    /// A failed write leaves the segment as it was: a partial entry would
+    /// end the readable spool there and hide every entry written after it.
     pub fn append(&mut self, encoded: &[u8], last_seq: u64) -> Result<(), AuditError> {
+        if self.torn {
+            self.cut_torn_tail()?;
+        }
         let f = self.active_file()?;
-        f.write_all(encoded).map_err(|e| AuditError::Io {
-            path: "audit spool".into(),
-            source: e,
-        })?;
+        if let Err(e) = f.write_all(encoded) {
+            self.torn = true;
+            // If this fails too, the next append tries again before writing.
+            let _ = self.cut_torn_tail();
+            return Err(AuditError::Io {
+                path: "audit spool".into(),
+                source: e,
+            });
+        }
         if let Some(seg) = self.segments.last_mut() {
             seg.bytes += encoded.len() as u64;
             seg.last_seq = seg.last_seq.max(last_seq);
         }
+        Ok(())
+    }
+
+    /// Truncate the active segment back to its last whole entry.
+    fn cut_torn_tail(&mut self) -> Result<(), AuditError> {
+        if let (Some(f), Some(seg)) = (&self.active, self.segments.last()) {
+            f.set_len(seg.bytes)
+                .map_err(|e| AuditError::io(&seg.path, e))?;
+        }
+        self.torn = false;
         Ok(())
     }
 

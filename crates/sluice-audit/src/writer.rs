@@ -505,6 +505,11 @@ impl AuditWriter {
             counters: counters.clone(),
             last_store_error_log: None,
             spool_buf: Vec::new(),
+            unspooled: Vec::new(),
+            unspooled_last: 0,
+            spooled_seq: 0,
+            next_spool_try: Instant::now(),
+            last_spool_error_log: None,
         };
         // First contact with the store: catch up with records it has that
         // the local state lacks (machine crash under fsync = "interval").
@@ -523,6 +528,7 @@ impl AuditWriter {
             chain::save_state(&w.state_path, &w.state)?;
             w.state_saved_seq = w.state.seq;
         }
+        w.spooled_seq = w.state.seq;
         w.publish();
 
         let (tx, rx) = std::sync::mpsc::sync_channel(config.queue_capacity);
@@ -704,7 +710,8 @@ struct Writer {
     /// Seq of the chain state last written to the state file, and when.
     state_saved_seq: u64,
     state_saved_at: Instant,
-    waiters: Vec<(u64, std::sync::mpsc::Sender<FlushStatus>)>,
+    /// Flushes waiting for a seq to be stored (`true`) or spooled.
+    waiters: Vec<(u64, bool, std::sync::mpsc::Sender<FlushStatus>)>,
     next_store_try: Instant,
     backoff: Duration,
     next_retention: Instant,
@@ -713,6 +720,16 @@ struct Writer {
     last_store_error_log: Option<Instant>,
     /// Encoding buffer of [`spool_pending`](Self::spool_pending).
     spool_buf: Vec<u8>,
+    /// Entries the spool could not take (a full disk), in chain order,
+    /// encoded: written before anything else once it can take them. Their
+    /// events are kept, not dropped: the statements they record have run.
+    unspooled: Vec<u8>,
+    /// Highest seq in `unspooled`.
+    unspooled_last: u64,
+    /// Highest seq whose record is in the spool.
+    spooled_seq: u64,
+    next_spool_try: Instant,
+    last_spool_error_log: Option<Instant>,
 }
 
 fn make_record(chain: &str, ev: &PendingEvent) -> Result<Record, AuditError> {
@@ -745,14 +762,14 @@ fn sluice_actor() -> Actor {
 impl Writer {
     fn status(&self) -> FlushStatus {
         FlushStatus {
-            spooled_seq: self.state.seq,
+            spooled_seq: self.spooled_seq,
             stored_seq: self.stored_seq,
         }
     }
 
     fn publish(&self) {
         let c = &self.counters;
-        c.spooled_seq.store(self.state.seq, Ordering::Relaxed);
+        c.spooled_seq.store(self.spooled_seq, Ordering::Relaxed);
         c.stored_seq.store(self.stored_seq, Ordering::Relaxed);
         c.spool_bytes.store(self.unstored_bytes, Ordering::Relaxed);
     }
@@ -796,6 +813,7 @@ impl Writer {
                 "audit: chain state caught up from the store"
             );
             self.state = st;
+            self.spooled_seq = self.spooled_seq.max(self.state.seq);
         }
         self.stored_known = true;
         self.stored_seq = head;
@@ -824,7 +842,9 @@ impl Writer {
             if linger {
                 std::thread::park_timeout(GROUP_WINDOW);
             }
-            let timeout = if self.pending.is_empty() && !self.from_disk && !self.unsynced {
+            let timeout = if !self.unspooled.is_empty() {
+                Duration::from_millis(50)
+            } else if self.pending.is_empty() && !self.from_disk && !self.unsynced {
                 Duration::from_secs(1)
             } else {
                 Duration::from_millis(100)
@@ -871,11 +891,7 @@ impl Writer {
             self.periodic();
             self.try_store(shutdown);
             for (stored, reply) in flushes {
-                if !stored || self.stored_seq >= self.state.seq {
-                    let _ = reply.send(self.status());
-                } else {
-                    self.waiters.push((self.state.seq, reply));
-                }
+                self.waiters.push((self.state.seq, stored, reply));
             }
             for (now, reply) in retentions {
                 let r = self.retention(now).map_err(|e| e.to_string());
@@ -899,8 +915,13 @@ impl Writer {
 
     fn answer_waiters(&mut self, all: bool) {
         let status = self.status();
-        self.waiters.retain(|(target, reply)| {
-            if all || status.stored_seq >= *target {
+        self.waiters.retain(|(target, stored, reply)| {
+            let done = if *stored {
+                status.stored_seq
+            } else {
+                status.spooled_seq
+            };
+            if all || done >= *target {
                 let _ = reply.send(status);
                 false
             } else {
@@ -914,9 +935,19 @@ impl Writer {
             let c = self.checkpoint("shutdown");
             self.spool_entries(vec![Entry::Checkpoint(c)], 0);
         }
+        if !self.unspooled.is_empty() {
+            self.retry_spool();
+        }
         self.sync();
         self.save_state(true);
         self.try_store(true);
+        if !self.unspooled.is_empty() && self.stored_seq < self.unspooled_last {
+            tracing::error!(
+                bytes = self.unspooled.len(),
+                up_to_seq = self.unspooled_last,
+                "audit: shutting down with events the spool could not take and the store does not have; they are lost"
+            );
+        }
         self.answer_waiters(true);
         self.publish();
     }
@@ -996,8 +1027,9 @@ impl Writer {
         }
     }
 
-    /// Append to the spool and queue for the store; false when the spool
-    /// could not be written (the entries are lost and counted).
+    /// Append to the spool and queue for the store; false when the entries
+    /// are lost (counted): only when so much waits for a full disk that
+    /// memory cannot hold more.
     fn spool_entries(&mut self, entries: Vec<Entry>, events: u64) -> bool {
         self.spool_pending(entries.into_iter().map(|e| (e, None)).collect(), events)
     }
@@ -1023,26 +1055,51 @@ impl Writer {
             }
             sizes.push(all.len() - before);
         }
-        let result = if self.cfg.fsync == FsyncPolicy::Always {
-            let mut at = 0;
-            entries.iter().zip(&sizes).try_for_each(|((e, _), size)| {
-                self.spool.append(&all[at..at + size], e.seq())?;
-                at += size;
-                self.spool.sync()
-            })
+        let last = entries.iter().map(|(e, _)| e.seq()).max().unwrap_or(0);
+        if !self.unspooled.is_empty() {
+            // Behind entries still waiting for room: in order, after them.
+            if self.unspooled.len() + all.len() > MEM_CAP as usize {
+                self.keep_spool_buf(all);
+                self.counters.dropped.fetch_add(events, Ordering::Relaxed);
+                tracing::error!(
+                    events,
+                    "audit spool unwritable and its memory backlog full; events lost"
+                );
+                return false;
+            }
+            self.unspooled.extend_from_slice(&all);
+            self.unspooled_last = self.unspooled_last.max(last);
+            self.retry_spool();
         } else {
-            let last = entries.iter().map(|(e, _)| e.seq()).max().unwrap_or(0);
-            self.spool.append(&all, last)
-        };
-        self.keep_spool_buf(all);
-        if let Err(e) = result {
-            self.counters.spool_errors.fetch_add(1, Ordering::Relaxed);
-            self.counters.spool_failing.store(1, Ordering::Relaxed);
-            self.counters.dropped.fetch_add(events, Ordering::Relaxed);
-            tracing::error!(error = %e, events, "audit spool write failed; events lost");
-            return false;
+            let written = if self.cfg.fsync == FsyncPolicy::Always {
+                let mut at = 0;
+                let mut failed = None;
+                for ((e, _), size) in entries.iter().zip(&sizes) {
+                    let r = self
+                        .spool
+                        .append(&all[at..at + size], e.seq())
+                        .and_then(|()| self.spool.sync());
+                    if let Err(err) = r {
+                        failed = Some(err);
+                        break;
+                    }
+                    at += size;
+                    self.spooled_seq = self.spooled_seq.max(e.seq());
+                }
+                failed.map_or(Ok(()), |err| Err((at, err)))
+            } else {
+                self.spool.append(&all, last).map_err(|err| (0, err))
+            };
+            match written {
+                Ok(()) => self.spooled_seq = self.spooled_seq.max(last),
+                Err((at, err)) => {
+                    self.unspooled.extend_from_slice(&all[at..]);
+                    self.unspooled_last = last;
+                    self.spool_failed(&err);
+                }
+            }
         }
-        self.counters.spool_failing.store(0, Ordering::Relaxed);
+        self.keep_spool_buf(all);
         for ((e, event), size) in entries.into_iter().zip(sizes) {
             if matches!(e, Entry::Checkpoint(_)) {
                 self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
@@ -1061,12 +1118,64 @@ impl Writer {
             self.from_disk = true;
             self.pending.clear();
         }
-        self.unsynced = true;
-        match self.cfg.fsync {
-            FsyncPolicy::Always | FsyncPolicy::Batch => self.sync(),
-            FsyncPolicy::Interval => {}
+        if self.unspooled.is_empty() {
+            self.unsynced = true;
+            match self.cfg.fsync {
+                FsyncPolicy::Always | FsyncPolicy::Batch => self.sync(),
+                FsyncPolicy::Interval => {}
+            }
         }
         true
+    }
+
+    /// The spool could not take entries up to `last`: new statements are
+    /// refused (`fail_closed`) or go unrecorded and counted (`fail_open`)
+    /// until it can; what it could not take waits in memory.
+    fn spool_failed(&mut self, e: &AuditError) {
+        self.counters.spool_errors.fetch_add(1, Ordering::Relaxed);
+        self.counters.spool_failing.store(1, Ordering::Relaxed);
+        self.next_spool_try = Instant::now() + Duration::from_millis(200);
+        if self
+            .last_spool_error_log
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(30))
+        {
+            tracing::error!(error = %e, waiting_bytes = self.unspooled.len(), up_to_seq = self.unspooled_last,
+                "audit spool write failed (disk full?); its events wait in memory and new statements are held back until it can be written");
+            self.last_spool_error_log = Some(Instant::now());
+        }
+    }
+
+    /// Write what waits for the spool.
+    fn retry_spool(&mut self) {
+        let last = self.unspooled_last;
+        let waiting = std::mem::take(&mut self.unspooled);
+        let r = self.spool.append(&waiting, last).and_then(|()| {
+            if self.cfg.fsync == FsyncPolicy::Always {
+                self.spool.sync()
+            } else {
+                Ok(())
+            }
+        });
+        match r {
+            Ok(()) => {
+                self.spooled_seq = self.spooled_seq.max(last);
+                self.counters.spool_failing.store(0, Ordering::Relaxed);
+                self.last_spool_error_log = None;
+                tracing::warn!(
+                    bytes = waiting.len(),
+                    up_to_seq = last,
+                    "audit spool writable again; the events waiting for it are written"
+                );
+                self.unsynced = true;
+                if self.cfg.fsync != FsyncPolicy::Interval {
+                    self.sync();
+                }
+            }
+            Err(e) => {
+                self.unspooled = waiting;
+                self.spool_failed(&e);
+            }
+        }
     }
 
     fn keep_spool_buf(&mut self, buf: Vec<u8>) {
@@ -1098,6 +1207,7 @@ impl Writer {
     fn save_state(&mut self, force: bool) {
         if self.state.seq == self.state_saved_seq
             || self.unsynced
+            || !self.unspooled.is_empty()
             || (!force && self.state_saved_at.elapsed() < STATE_SAVE_EVERY)
         {
             return;
@@ -1112,6 +1222,9 @@ impl Writer {
     }
 
     fn periodic(&mut self) {
+        if !self.unspooled.is_empty() && Instant::now() >= self.next_spool_try {
+            self.retry_spool();
+        }
         self.save_state(false);
         if self.cfg.fsync == FsyncPolicy::Interval
             && self.unsynced
@@ -1176,6 +1289,9 @@ impl Writer {
             let mut from_disk: Vec<(Entry, u64)> = Vec::new();
             let batch: Vec<BatchEntry<'_>> = if self.from_disk {
                 from_disk = match self.spool.read_after(self.stored_seq, STORE_BATCH) {
+                    // What waits for a full disk is not in the memory
+                    // queue: it is read from the spool once written.
+                    Ok(b) if b.is_empty() && !self.unspooled.is_empty() => break,
                     Ok(b) if b.is_empty() => {
                         self.from_disk = false;
                         self.unstored_bytes = 0;
@@ -1229,7 +1345,7 @@ impl Writer {
             if let Some(max) = max {
                 self.stored_seq = self.stored_seq.max(max);
             }
-            if self.from_disk && len < STORE_BATCH {
+            if self.from_disk && len < STORE_BATCH && self.unspooled.is_empty() {
                 // Re-read everything the spool had: back to the memory queue.
                 self.from_disk = false;
                 self.unstored_bytes = 0;

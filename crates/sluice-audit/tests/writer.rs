@@ -276,3 +276,111 @@ fn discard_sink_accepts_everything() {
     assert_eq!(sink.record(statement(0, "alice", "production")), Ok(()));
     assert_eq!(sink.counters().dropped.load(Ordering::Relaxed), 1);
 }
+
+/// Sets the process's file size limit: writes past it fail (EFBIG) the way
+/// they fail on a full disk (ENOSPC), part way through a write included.
+fn limit_file_size(bytes: Option<u64>) {
+    let lim = libc::rlimit {
+        rlim_cur: bytes.unwrap_or(libc::RLIM_INFINITY),
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct we pass; ignoring SIGXFSZ only
+    // turns the signal sent at the limit into the write's EFBIG error.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
+    }
+}
+
+/// A full disk loses no event: what the spool cannot take waits in memory,
+/// new statements are refused meanwhile (fail_closed), a write torn at the
+/// limit does not hide later entries, and once there is room everything is
+/// written, stored and verifiable, also after a restart.
+#[test]
+fn full_disk_loses_no_event() {
+    const CHILD: &str = "SLUICE_TEST_FULL_DISK_CHILD";
+    if std::env::var_os(CHILD).is_none() {
+        // The limit applies to the whole process: run in a child of our own.
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "full_disk_loses_no_event", "--nocapture"])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert!(
+            stdout.contains("1 passed"),
+            "the child ran no test: {stdout}"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit/audit.db");
+    let cfg = AuditConfig {
+        on_spool_full: OnSpoolFull::FailClosed,
+        ..config()
+    };
+    // The store is down throughout: every event lives in the spool only,
+    // so a torn entry inside it would lose the events written after it.
+    let down = Arc::new(AtomicBool::new(true));
+    let w = AuditWriter::start_with(&cfg, dir.path(), flaky(db.clone(), down.clone())).unwrap();
+    let sink = w.sink();
+    for i in 0..50 {
+        sink.record(statement(i, "alice", "production")).unwrap();
+    }
+    sink.flush_blocking(false, Duration::from_secs(10)).unwrap();
+    let spool_size = std::fs::read_dir(dir.path().join("audit/spool"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .max()
+        .unwrap_or(0);
+    // Less than one more entry fits: the next write is torn part way.
+    limit_file_size(Some(spool_size + 200));
+    let mut accepted = 0u64;
+    for i in 0..20 {
+        if sink.record(statement(i, "bob", "production")).is_ok() {
+            accepted += 1;
+        }
+    }
+    wait_for(10, "the spool to fail", || {
+        sink.check() == Err(RecordError::SpoolFailing)
+    });
+    assert_eq!(
+        sink.record(statement(0, "bob", "production")),
+        Err(RecordError::SpoolFailing)
+    );
+    assert!(accepted > 0);
+    // Nothing claims to be in the spool while it is not.
+    assert!(sink
+        .flush_blocking(false, Duration::from_millis(300))
+        .is_none());
+    assert!(sink.counters().spool_errors.load(Ordering::Relaxed) > 0);
+
+    // Room again: the waiting events are written, recording works again.
+    limit_file_size(None);
+    wait_for(10, "the spool to recover", || sink.check().is_ok());
+    sink.record(statement(0, "carol", "production")).unwrap();
+    sink.flush_blocking(false, Duration::from_secs(10)).unwrap();
+    assert_eq!(sink.counters().dropped.load(Ordering::Relaxed), 0);
+    w.shutdown().unwrap();
+
+    // A restart reads the whole spool back and, with the store up, stores it.
+    down.store(false, Ordering::SeqCst);
+    let w = AuditWriter::start_with(&cfg, dir.path(), flaky(db.clone(), down)).unwrap();
+    let st = w
+        .sink()
+        .flush_blocking(true, Duration::from_secs(30))
+        .unwrap();
+    w.shutdown().unwrap();
+    let expected = 50 + accepted + 1;
+    assert_eq!(st.stored_seq, st.spooled_seq);
+    let mut s = SqliteStore::open(&db).unwrap();
+    let r = verify(
+        &mut s,
+        &keys(dir.path()),
+        Some(&local_from_data_dir(dir.path()).unwrap()),
+    )
+    .unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(r.chains[0].records, expected);
+}

@@ -261,6 +261,18 @@ impl Metrics {
                     &a.store_errors,
                 ),
                 (
+                    "sluice_audit_spool_failing",
+                    "gauge",
+                    "1 while the audit spool cannot be written (a full disk): its events wait in memory.",
+                    &a.spool_failing,
+                ),
+                (
+                    "sluice_audit_spool_errors_total",
+                    "counter",
+                    "Failed audit spool writes and fsyncs.",
+                    &a.spool_errors,
+                ),
+                (
                     "sluice_audit_spooled_seq",
                     "gauge",
                     "Sequence number of the last audit event in the durable spool.",
