@@ -851,8 +851,7 @@ fn sq(e: rusqlite::Error) -> AuditError {
 }
 
 fn pg(e: tokio_postgres::Error) -> AuditError {
-    // tokio-postgres errors never include the password.
-    AuditError::Store(format!("postgres: {e}"))
+    AuditError::Store(format!("postgres: {}", crate::store::pg_tls::describe(&e)))
 }
 
 fn not_found(id: &str) -> AuditError {
@@ -1026,6 +1025,7 @@ impl SqliteBackend {
 
 struct PgBackend {
     cfg: tokio_postgres::Config,
+    tls: crate::store::pg_tls::PgTls,
     idle: Mutex<Vec<tokio_postgres::Client>>,
     permits: Semaphore,
 }
@@ -1065,19 +1065,14 @@ impl Drop for Pooled<'_> {
 }
 
 impl PgBackend {
-    fn new(url: &str, password: Option<&str>) -> Result<PgBackend, AuditError> {
-        let mut cfg: tokio_postgres::Config = url
-            .parse()
-            .map_err(|_| AuditError::Config("store: not a valid postgres:// URL".into()))?;
-        if let Some(p) = password {
-            cfg.password(p);
-        }
-        if cfg.get_connect_timeout().is_none() {
-            cfg.connect_timeout(Duration::from_secs(10));
-        }
-        cfg.application_name("sluice-approvals");
+    fn new(
+        location: &crate::store::pg_tls::PgLocation,
+        password: Option<&str>,
+    ) -> Result<PgBackend, AuditError> {
+        let (cfg, tls) = location.connect_config(password, "sluice-approvals")?;
         Ok(PgBackend {
             cfg,
+            tls,
             idle: Mutex::new(Vec::new()),
             permits: Semaphore::new(PG_POOL),
         })
@@ -1101,7 +1096,7 @@ impl PgBackend {
                 None => break,
             }
         }
-        let (client, conn) = self.cfg.connect(tokio_postgres::NoTls).await.map_err(pg)?;
+        let (client, conn) = self.cfg.connect(self.tls.clone()).await.map_err(pg)?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "approval store connection ended");
@@ -1232,13 +1227,14 @@ impl PgBackend {
 /// The result of the first attempt goes to `ready`.
 async fn listen(
     cfg: tokio_postgres::Config,
+    tls: crate::store::pg_tls::PgTls,
     events: broadcast::Sender<String>,
     listening: Arc<AtomicBool>,
     mut ready: Option<oneshot::Sender<Result<(), AuditError>>>,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let failed = match cfg.connect(tokio_postgres::NoTls).await {
+        let failed = match cfg.connect(tls.clone()).await {
             Err(e) => Some(pg(e)),
             Ok((client, mut conn)) => {
                 let ev = events.clone();
@@ -1620,8 +1616,8 @@ impl ApprovalStore {
         let listening = Arc::new(AtomicBool::new(false));
         let backend = match location {
             StoreLocation::Sqlite(path) => Backend::Sqlite(SqliteBackend::open(path)?),
-            StoreLocation::Postgres(url) => {
-                Backend::Postgres(Box::new(PgBackend::new(url, password)?))
+            StoreLocation::Postgres(location) => {
+                Backend::Postgres(Box::new(PgBackend::new(location, password)?))
             }
         };
         let inner = Inner {
@@ -1646,6 +1642,7 @@ impl ApprovalStore {
             let (tx, rx) = oneshot::channel();
             inner.handle.spawn(listen(
                 p.cfg.clone(),
+                p.tls.clone(),
                 inner.shared.events.clone(),
                 inner.shared.listening.clone(),
                 Some(tx),

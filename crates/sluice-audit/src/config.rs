@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use crate::store::pg_tls::{PgLocation, StoreTls};
 use crate::AuditError;
 
 /// When the spool is fsynced.
@@ -55,6 +56,14 @@ pub struct AuditConfig {
     /// File holding the PostgreSQL store's password.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// TLS to a PostgreSQL store: `disable`, `prefer`, `require` or
+    /// `verify-full` (unset: the URL's `sslmode`, else `prefer`).
+    #[serde(default)]
+    pub store_tls: Option<StoreTls>,
+    /// CA certificates (PEM) for `store_tls = "verify-full"` (unset: the
+    /// system's).
+    #[serde(default)]
+    pub store_ca_file: Option<PathBuf>,
     /// Bytes of events the spool may hold while the store is behind or
     /// unreachable (default 1 GiB).
     #[serde(default = "default_spool_max")]
@@ -121,6 +130,8 @@ impl Default for AuditConfig {
             store: None,
             password_env: None,
             password_file: None,
+            store_tls: None,
+            store_ca_file: None,
             spool_max_bytes: default_spool_max(),
             fsync: FsyncPolicy::default(),
             fsync_interval_ms: default_fsync_interval(),
@@ -140,8 +151,8 @@ impl Default for AuditConfig {
 pub enum StoreLocation {
     /// A SQLite file.
     Sqlite(PathBuf),
-    /// A PostgreSQL URL (may contain a password: never print it).
-    Postgres(String),
+    /// A PostgreSQL store.
+    Postgres(PgLocation),
 }
 
 impl AuditConfig {
@@ -157,6 +168,25 @@ impl AuditConfig {
         }
         if self.password_env.is_some() && self.password_file.is_some() {
             return Err("password_env: set password_env or password_file, not both".into());
+        }
+        let postgres = self
+            .store
+            .as_deref()
+            .is_some_and(|s| !s.starts_with("sqlite:"));
+        if self.store_tls.is_some() && !postgres {
+            return Err("store_tls: only for a postgres:// store".into());
+        }
+        if self.store_ca_file.is_some() && self.store_tls != Some(StoreTls::VerifyFull) {
+            return Err("store_ca_file: only used with store_tls = \"verify-full\"".into());
+        }
+        if let Some(mode) = self.store_tls {
+            // A CA file that does not load is a config error, not an outage.
+            crate::store::pg_tls::client_config(
+                mode,
+                self.store_ca_file.as_deref(),
+                "store_ca_file",
+            )
+            .map_err(|e| format!("store_tls: {e}"))?;
         }
         if self.checkpoint_every == 0 {
             return Err("checkpoint_every: must be at least 1".into());
@@ -188,7 +218,11 @@ impl AuditConfig {
             None => StoreLocation::Sqlite(data_dir.join("audit").join("audit.db")),
             Some(s) => match s.strip_prefix("sqlite:") {
                 Some(p) => StoreLocation::Sqlite(PathBuf::from(p.trim_start_matches("//"))),
-                None => StoreLocation::Postgres(s.to_owned()),
+                None => StoreLocation::Postgres(PgLocation {
+                    url: s.to_owned(),
+                    tls: self.store_tls,
+                    ca_file: self.store_ca_file.clone(),
+                }),
             },
         }
     }

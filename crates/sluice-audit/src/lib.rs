@@ -27,7 +27,7 @@ pub mod writer;
 
 pub use approvals::ApprovalStore;
 pub use chain::{ChainKeys, Checkpoint};
-pub use config::{AuditConfig, FsyncPolicy, OnSpoolFull, StoreLocation};
+pub use config::{AuditConfig, FsyncPolicy, OnSpoolFull, PgLocation, StoreLocation, StoreTls};
 pub use event::{
     Actor, AdminAction, AuthFailure, Decision, EventBody, Lineage, MaskedColumn, Record,
     SessionEnd, SessionStart, Statement, TlsInfo,

@@ -10,8 +10,8 @@ use sluice_audit::approvals::{
     ApprovalStore, Approver, Binding, DecideError, ListFilter, NewRequest, Status,
 };
 use sluice_audit::util::now_ms;
-use sluice_audit::AuditConfig;
-use sluice_testkit::{PgServer, SCRAM_PASSWORD, SCRAM_USER};
+use sluice_audit::{AuditConfig, StoreTls};
+use sluice_testkit::{PgOptions, PgServer, SCRAM_PASSWORD, SCRAM_USER};
 
 const HOUR: i64 = 3_600_000;
 
@@ -624,6 +624,35 @@ async fn postgres_async() {
     // The tables are there, in the shared database.
     let n = pg.psql("app", "SELECT count(*) FROM approval_requests");
     assert_eq!(n, "43");
+}
+
+/// The approval store over verified TLS (the server takes no plaintext
+/// login): requests, decisions and the LISTEN/NOTIFY wake-up between
+/// replicas.
+#[tokio::test(flavor = "current_thread")]
+async fn postgres_over_tls() {
+    let pg = PgServer::start_with(PgOptions { tls: true });
+    let dir = tempfile::tempdir().unwrap();
+    let c = AuditConfig {
+        store_tls: Some(StoreTls::VerifyFull),
+        store_ca_file: pg.ca_file(),
+        ..pg_config(&pg, dir.path())
+    };
+    c.validate().unwrap();
+    let a = ApprovalStore::open(&c, &dir.path().join("a")).unwrap();
+    let b = ApprovalStore::open(&c, &dir.path().join("b")).unwrap();
+    create_get_list(&a, &b).await;
+    woken_by_other_replica(&a, &b, Duration::from_millis(1_000)).await;
+    let plain = AuditConfig {
+        store_tls: Some(StoreTls::Disable),
+        store_ca_file: None,
+        ..c
+    };
+    let e = match ApprovalStore::open(&plain, &dir.path().join("c")) {
+        Ok(_) => panic!("plaintext is refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("no encryption"), "{e}");
 }
 
 #[test]

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use common::*;
 use sluice_audit::verify::verify;
-use sluice_audit::{AuditConfig, AuditWriter, PgStore, Query, Store, UsageQuery};
-use sluice_testkit::PgServer;
+use sluice_audit::{
+    AuditConfig, AuditWriter, PgStore, Query, Store, StoreLocation, StoreTls, UsageQuery,
+};
+use sluice_testkit::{PgOptions, PgServer, TestCa};
 
 fn pg_config(pg: &PgServer) -> AuditConfig {
     AuditConfig {
@@ -118,4 +120,62 @@ fn store_outage_events_arrive_after_restart() {
         .unwrap(),
         20
     );
+}
+
+/// The shared store over TLS. With `store_tls = "verify-full"` the writer
+/// stores and `verify` reads the trail over TLS (the server takes no
+/// plaintext login: its pg_hba has only `hostssl`), also when the URL says
+/// `sslmode=disable`; a CA that did not sign the server's certificate is
+/// refused, and so is plaintext.
+#[test]
+fn the_store_is_reached_over_verified_tls() {
+    let pg = PgServer::start_with(PgOptions { tls: true });
+    let plain_url = pg
+        .direct_url()
+        .replace("sslmode=require", "sslmode=disable");
+    let cfg = AuditConfig {
+        store: Some(plain_url.clone()),
+        store_tls: Some(StoreTls::VerifyFull),
+        store_ca_file: pg.ca_file(),
+        ..config()
+    };
+    cfg.validate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let w = AuditWriter::start(&cfg, dir.path()).unwrap();
+    write(&w, 10, "alice", "production");
+    w.shutdown().unwrap();
+    let pg_location = |c: &AuditConfig| match c.location(dir.path()) {
+        StoreLocation::Postgres(l) => l,
+        other => panic!("{other:?}"),
+    };
+    let mut s = PgStore::connect_to(&pg_location(&cfg), None).unwrap();
+    let r = verify(&mut s, &keys(dir.path()), None).unwrap();
+    assert_eq!(r.chains[0].records, 10);
+
+    let e = PgStore::connect(&plain_url, None).unwrap_err().to_string();
+    assert!(e.contains("no encryption"), "{e}");
+    let other_ca = dir.path().join("other-ca.pem");
+    std::fs::write(&other_ca, TestCa::new().cert_pem()).unwrap();
+    let wrong = AuditConfig {
+        store_ca_file: Some(other_ca),
+        ..cfg.clone()
+    };
+    let e = PgStore::connect_to(&pg_location(&wrong), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("certificate"), "{e}");
+    // Settings that would not do what they say are config errors.
+    let sqlite_tls = AuditConfig {
+        store_tls: Some(StoreTls::Require),
+        ..config()
+    };
+    assert!(sqlite_tls.validate().unwrap_err().contains("store_tls"));
+    let ca_without_verify = AuditConfig {
+        store_tls: Some(StoreTls::Require),
+        ..cfg
+    };
+    assert!(ca_without_verify
+        .validate()
+        .unwrap_err()
+        .contains("store_ca_file"));
 }

@@ -1429,6 +1429,32 @@ attributes = {{ region = "eu" }}
     }
 
     #[test]
+    fn audit_store_tls_settings_are_checked() {
+        let with = |audit: &str| {
+            Config::parse(
+                &format!("{}\n[audit]\n{audit}\n", minimal()),
+                "sluice.toml",
+                &env,
+            )
+        };
+        let c = with("store = \"postgres://a@db:5432/x\"\nstore_tls = \"verify-full\"").unwrap();
+        assert_eq!(c.audit.store_tls, Some(sluice_audit::StoreTls::VerifyFull));
+        let e = with(
+            "store = \"postgres://a@db:5432/x\"\nstore_tls = \"verify-full\"\nstore_ca_file = \"/nonexistent/ca.pem\"",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "audit");
+        assert!(
+            e.reason.contains("store_ca_file /nonexistent/ca.pem"),
+            "{e}"
+        );
+        let e = with("store_tls = \"require\"").unwrap_err();
+        assert!(e.reason.contains("only for a postgres:// store"), "{e}");
+        let e = with("store = \"postgres://a@db:5432/x\"\nstore_tls = \"verify\"").unwrap_err();
+        assert!(e.to_string().contains("expected one of"), "{e}");
+    }
+
+    #[test]
     fn the_design_contract_file_loads() {
         let c = Config::parse(&minimal(), "sluice.toml", &env).unwrap();
         assert_eq!(c.listen.postgres.port(), 7432);

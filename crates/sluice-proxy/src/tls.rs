@@ -5,12 +5,12 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{ring as provider, CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::crypto::{ring as provider, CryptoProvider};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls_pki_types::pem::PemObject;
 use sha2::Digest;
+use sluice_audit::store::pg_tls::client_config;
+use sluice_audit::StoreTls;
 use sluice_config::{Target, TlsFiles, UpstreamTls};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
@@ -187,46 +187,17 @@ fn signature_hash(der: &[u8]) -> SigHash {
     }
 }
 
-/// How to open TLS towards one target's upstream.
+/// How to open TLS towards one target's upstream (libpq's `sslmode`, the
+/// same as towards a PostgreSQL audit store).
 pub fn upstream_connector(target: &Target) -> Result<Option<TlsConnector>, String> {
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
-    let config = match target.tls {
-        UpstreamTls::Disable => return Ok(None),
-        // libpq's `prefer` and `require` do not check the certificate either.
-        UpstreamTls::Prefer | UpstreamTls::Require => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(
-                provider().signature_verification_algorithms,
-            )))
-            .with_no_client_auth(),
-        UpstreamTls::VerifyFull => {
-            let mut roots = rustls::RootCertStore::empty();
-            match &target.ca_file {
-                Some(path) => {
-                    for cert in CertificateDer::pem_file_iter(path)
-                        .map_err(|e| format!("ca_file {}: {e}", path.display()))?
-                    {
-                        let cert = cert.map_err(|e| format!("ca_file {}: {e}", path.display()))?;
-                        roots
-                            .add(cert)
-                            .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
-                    }
-                }
-                None => {
-                    for cert in rustls_native_certs::load_native_certs().certs {
-                        let _ = roots.add(cert);
-                    }
-                }
-            }
-            if roots.is_empty() {
-                return Err("no CA certificates to verify the upstream with".into());
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
-        }
+    let mode = match target.tls {
+        UpstreamTls::Disable => StoreTls::Disable,
+        UpstreamTls::Prefer => StoreTls::Prefer,
+        UpstreamTls::Require => StoreTls::Require,
+        UpstreamTls::VerifyFull => StoreTls::VerifyFull,
     };
-    Ok(Some(TlsConnector::from(Arc::new(config))))
+    let config = client_config(mode, target.ca_file.as_deref(), "ca_file")?;
+    Ok(config.map(|c| TlsConnector::from(Arc::new(c))))
 }
 
 /// The server name to verify for `host:port`.
@@ -239,46 +210,6 @@ pub fn server_name(upstream: &str) -> Result<ServerName<'static>, String> {
         .trim_end_matches(']');
     ServerName::try_from(host.to_owned())
         .map_err(|e| format!("invalid upstream host {host:?}: {e}"))
-}
-
-/// Accepts any certificate but still checks the handshake signature, as
-/// libpq's `sslmode=require` does.
-#[derive(Debug)]
-struct AnyCertificate(WebPkiSupportedAlgorithms);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
-    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use crate::search::{Page, Query};
 use crate::usage::{LineageEdge, UsageQuery, UsageRow};
 use crate::AuditError;
 
+pub mod pg_tls;
 pub mod postgres;
 pub mod sqlite;
 pub mod template;
@@ -189,8 +190,8 @@ pub fn open(
 ) -> Result<Box<dyn Store>, AuditError> {
     match location {
         crate::config::StoreLocation::Sqlite(p) => Ok(Box::new(SqliteStore::open(p)?)),
-        crate::config::StoreLocation::Postgres(url) => {
-            Ok(Box::new(PgStore::connect(url, password)?))
+        crate::config::StoreLocation::Postgres(pg) => {
+            Ok(Box::new(PgStore::connect_to(pg, password)?))
         }
     }
 }

@@ -1,15 +1,13 @@
 //! The shared store: PostgreSQL, for several replicas (one chain each).
 //!
 //! Methods block on a small private runtime, so call them from a plain
-//! thread (the writer) or `spawn_blocking`. Connections are made without
-//! TLS (`sslmode=disable`/`prefer` behave as plaintext): put the store on a
-//! trusted network or a local socket.
-
-use std::str::FromStr;
-use std::time::Duration;
+//! thread (the writer) or `spawn_blocking`. TLS as `[audit] store_tls`
+//! says (see [`super::pg_tls`]).
 
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+
+use super::pg_tls::PgLocation;
 
 use super::{BatchEntry, ChainInfo, Entry, Store, StoredRecord};
 use crate::chain::Checkpoint;
@@ -70,8 +68,7 @@ impl std::fmt::Debug for PgStore {
 }
 
 fn db(e: tokio_postgres::Error) -> AuditError {
-    // tokio-postgres errors never include the password.
-    AuditError::Store(format!("postgres: {e}"))
+    AuditError::Store(format!("postgres: {}", super::pg_tls::describe(&e)))
 }
 
 fn seq_i(seq: u64) -> i64 {
@@ -97,24 +94,29 @@ fn refs(b: &[Box<dyn ToSql + Sync + Send>]) -> Vec<&(dyn ToSql + Sync)> {
 }
 
 impl PgStore {
-    /// Connect (10 s timeout) and create the schema if needed. `password`
-    /// overrides one in the URL.
+    /// Connect to a URL (TLS as its `sslmode` says; 10 s timeout) and
+    /// create the schema if needed. `password` overrides one in the URL.
     pub fn connect(url: &str, password: Option<&str>) -> Result<PgStore, AuditError> {
-        let mut cfg = tokio_postgres::Config::from_str(url)
-            .map_err(|_| AuditError::Config("store: not a valid postgres:// URL".into()))?;
-        if let Some(p) = password {
-            cfg.password(p);
-        }
-        if cfg.get_connect_timeout().is_none() {
-            cfg.connect_timeout(Duration::from_secs(10));
-        }
-        cfg.application_name("sluice-audit");
+        let location = PgLocation {
+            url: url.to_owned(),
+            tls: None,
+            ca_file: None,
+        };
+        Self::connect_to(&location, password)
+    }
+
+    /// [`connect`](Self::connect) with the TLS settings of a config.
+    pub fn connect_to(
+        location: &PgLocation,
+        password: Option<&str>,
+    ) -> Result<PgStore, AuditError> {
+        let (cfg, tls) = location.connect_config(password, "sluice-audit")?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| AuditError::Store(format!("runtime: {e}")))?;
         let client = rt.block_on(async {
-            let (client, conn) = cfg.connect(NoTls).await.map_err(db)?;
+            let (client, conn) = cfg.connect(tls).await.map_err(db)?;
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "audit store connection ended");
