@@ -460,11 +460,35 @@ async fn serve(config: PathBuf, data_dir: PathBuf) -> anyhow::Result<()> {
     let reload_state = state.clone();
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            match reload_state.reload() {
+            let result = reload_state.reload();
+            match &result {
                 Ok(()) => tracing::info!("configuration reloaded"),
                 Err(e) => {
                     tracing::error!(error = %e, "reload failed; keeping the previous configuration")
                 }
+            }
+            // The trail shows every change of the rules it is kept under.
+            let (outcome, error) = match result {
+                Ok(()) => ("ok", None),
+                Err(e) => ("failed", Some(e)),
+            };
+            let event = sluice_audit::EventBody::Admin(sluice_audit::AdminAction {
+                actor: sluice_audit::Actor {
+                    name: "sluice".into(),
+                    kind: "service".into(),
+                    on_behalf_of: None,
+                },
+                action: "config.reload".into(),
+                object: reload_state.config_path().display().to_string(),
+                outcome: outcome.into(),
+                detail: Some(match error {
+                    Some(e) => format!("{e}; SIGHUP"),
+                    None => "SIGHUP".into(),
+                }),
+                environment: None,
+            });
+            if let Err(e) = reload_state.audit().record(event) {
+                tracing::error!(error = %e, "cannot record the reload in the audit trail");
             }
         }
     });

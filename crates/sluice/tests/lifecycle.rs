@@ -115,6 +115,27 @@ async fn sighup_reloads_targets_and_users() {
         sluice.log().contains("reload failed")
     });
     assert!(psql_as(&sluice, "bob", "bob-pw", "second", "select 1").0);
+
+    // Both reloads are in the audit trail, with their outcome.
+    let search = || {
+        let o = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["audit", "search", "--kind", "admin", "--data-dir"])
+            .arg(sluice.data_dir())
+            .output()
+            .expect("run sluice audit search");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    sluice_testkit::wait_until(Duration::from_secs(10), "reloads in the trail", || {
+        let out = search();
+        out.contains("config.reload") && out.contains("-> failed")
+    });
+    let out = search();
+    let reloads: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("config.reload"))
+        .collect();
+    assert_eq!(reloads.len(), 2, "{out}");
+    assert!(reloads.iter().any(|l| l.contains("-> ok")), "{out}");
 }
 
 fn psql_as(
