@@ -116,8 +116,12 @@ pub struct AuthFailure {
     pub source: String,
     /// Reason category: `bad_credentials`, `unknown_user`,
     /// `channel_binding`, `protocol`, `tls_required`, `token_invalid`,
-    /// `token_expired`, `other`.
+    /// `token_expired`, `idp_unavailable`, `policy` (signed in, refused by
+    /// the `connect` policy), `other`.
     pub reason: String,
+    /// What Sluice told the client (never the password or token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     /// The database (target) name the client asked for, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
@@ -451,6 +455,7 @@ impl EventBody {
                     s.source.as_str(),
                     s.reason.as_str(),
                     s.target.as_deref().unwrap_or(""),
+                    s.detail.as_deref().unwrap_or(""),
                 ] {
                     part(p);
                 }

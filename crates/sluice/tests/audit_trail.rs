@@ -111,6 +111,12 @@ async fn sessions_statements_refusals_masking_and_lineage_are_recorded() {
         .expect("failed sign-in recorded");
     assert_eq!(failure["user"], USER);
     assert_eq!(failure["target"], PROD);
+    assert_eq!(failure["method"], "scram-sha-256");
+    assert_eq!(failure["reason"], "bad_credentials", "{failure:#}");
+    assert!(failure["detail"]
+        .as_str()
+        .unwrap()
+        .contains("password authentication failed"));
     let start = events
         .iter()
         .find(|e| e["code"] == "session.start")

@@ -361,6 +361,53 @@ fn bad_tokens_are_refused_with_the_reason() {
     let tokens: Vec<&str> = cases.iter().map(|(t, _)| t.as_str()).collect();
     assert_never_logged(&s, &tokens);
     assert!(s.sluice.log().contains("token authentication failed"));
+
+    // The trail has one auth.failure per refused token, with its category
+    // and what the client was told, and never the token.
+    let events = || -> Vec<serde_json::Value> {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args([
+                "audit",
+                "search",
+                "--kind",
+                "auth",
+                "--format",
+                "json",
+                "--data-dir",
+            ])
+            .arg(s.sluice.data_dir())
+            .output()
+            .expect("run sluice audit search");
+        let page: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        page["rows"]
+            .as_array()
+            .map(|rows| rows.iter().map(|r| r["event"].clone()).collect())
+            .unwrap_or_default()
+    };
+    let refused = cases.iter().filter(|(_, want)| !want.is_empty()).count();
+    sluice_testkit::wait_until(
+        Duration::from_secs(10),
+        "auth failures in the trail",
+        || events().len() == refused,
+    );
+    let events = events();
+    let out = serde_json::to_string(&events).unwrap();
+    let reasons = |r: &str| events.iter().filter(|e| e["reason"] == r).count();
+    assert_eq!(reasons("token_expired"), 1, "{out}");
+    assert_eq!(reasons("token_invalid"), refused - 1, "{out}");
+    for e in &events {
+        assert_eq!(e["user"], "mallory");
+        assert_eq!(e["method"], "token");
+        let detail = e["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("token authentication failed"), "{e}");
+    }
+    for token in &tokens {
+        let sig = token.rsplit('.').next().unwrap_or(token);
+        assert!(
+            sig.len() < 8 || !out.contains(sig),
+            "the trail holds a token"
+        );
+    }
 }
 
 #[test]

@@ -12,8 +12,8 @@
 use std::time::SystemTime;
 
 use bytes::BytesMut;
-use sluice_identity::oidc::{HttpFetch, KeyCache, Validator};
-use sluice_identity::scram::Step;
+use sluice_identity::oidc::{HttpFetch, KeyCache, TokenError, Validator};
+use sluice_identity::scram::{ScramError, Step};
 use sluice_identity::{Principal, ScramServer, ScramVerifier};
 use sluice_wire::messages::{password, Authentication};
 use sluice_wire::tags::frontend;
@@ -28,13 +28,38 @@ use crate::Metrics;
 /// Largest authentication message accepted (tokens can be several KiB).
 const AUTH_MESSAGE_LIMIT: usize = 64 * 1024;
 
+/// A sign-in that failed: the error for the client, and for the audit
+/// trail the method tried and why it failed (the client is told less, so
+/// that names and methods cannot be probed).
+#[derive(Debug)]
+pub struct AuthFailed {
+    /// What the session ends with.
+    pub error: SessionError,
+    /// `scram-sha-256` or `token`.
+    pub method: &'static str,
+    /// `bad_credentials`, `unknown_user`, `channel_binding`, `protocol`,
+    /// `tls_required`, `token_invalid`, `token_expired`,
+    /// `idp_unavailable` or `other`.
+    pub reason: &'static str,
+}
+
+impl AuthFailed {
+    fn new(method: &'static str, reason: &'static str, error: SessionError) -> AuthFailed {
+        AuthFailed {
+            error,
+            method,
+            reason,
+        }
+    }
+}
+
 /// Authenticate `user`; on success the client has been sent what the method
 /// needs (AuthenticationSASLFinal for SCRAM) but not yet AuthenticationOk.
 pub async fn authenticate(
     stream: &mut ClientStream,
     user: &str,
     rt: &Runtime,
-) -> Result<Principal, SessionError> {
+) -> Result<Principal, AuthFailed> {
     if let Some(p) = certificate_principal(stream, rt) {
         // As PostgreSQL's `cert` method: the certificate must name this user.
         if p.name == user {
@@ -47,6 +72,18 @@ pub async fn authenticate(
         return token(stream, user, rt).await;
     }
     scram(stream, user, local, rt).await
+}
+
+/// A failure while exchanging messages (the client broke the protocol or
+/// went away) during `method`.
+fn exchange(method: &'static str) -> impl Fn(SessionError) -> AuthFailed {
+    move |e| {
+        let reason = match &e {
+            SessionError::Refused(_) => "protocol",
+            _ => "other",
+        };
+        AuthFailed::new(method, reason, e)
+    }
 }
 
 /// The principal a verified client certificate maps to, if any.
@@ -68,24 +105,40 @@ async fn token(
     stream: &mut ClientStream,
     user: &str,
     rt: &Runtime,
-) -> Result<Principal, SessionError> {
+) -> Result<Principal, AuthFailed> {
+    const METHOD: &str = "token";
+    let exchange = exchange(METHOD);
     // Refuse before asking, so the client never sends the token in clear.
     if !stream.is_tls() && !rt.config.listen.plaintext_tokens {
         Metrics::inc(&rt.metrics.auth_failures_total);
-        return Err(SessionError::fatal_hint(
-            "28000",
-            "sluice: signing in with a token requires TLS",
-            "connect with sslmode=require (tokens are never accepted in clear)",
+        return Err(AuthFailed::new(
+            METHOD,
+            "tls_required",
+            SessionError::fatal_hint(
+                "28000",
+                "sluice: signing in with a token requires TLS",
+                "connect with sslmode=require (tokens are never accepted in clear)",
+            ),
         ));
     }
-    stream
-        .write_all(&Authentication::CleartextPassword.encode())
-        .await?;
-    stream.flush().await?;
+    let asked: Result<(), SessionError> = async {
+        stream
+            .write_all(&Authentication::CleartextPassword.encode())
+            .await?;
+        stream.flush().await?;
+        Ok(())
+    }
+    .await;
+    asked.map_err(&exchange)?;
     let mut buf = BytesMut::with_capacity(4096);
-    let body = expect_password(stream, &mut buf).await?;
+    let body = expect_password(stream, &mut buf).await.map_err(&exchange)?;
     let token = password::decode_password(&body)
-        .map_err(|e| SessionError::fatal("08P01", format!("invalid password message: {e}")))?
+        .map_err(|e| {
+            exchange(SessionError::fatal(
+                "08P01",
+                format!("invalid password message: {e}"),
+            ))
+        })?
         .to_owned();
     let config = rt.config.clone();
     // Validation may fetch the issuer's keys over HTTP: off the session's thread.
@@ -94,7 +147,9 @@ async fn token(
             .validate(&token, SystemTime::now())
     })
     .await
-    .map_err(|e| std::io::Error::other(format!("token validation task failed: {e}")))?;
+    .map_err(|e| {
+        exchange(std::io::Error::other(format!("token validation task failed: {e}")).into())
+    })?;
     match result {
         Ok(v) => {
             if v.principal.name != user {
@@ -106,9 +161,18 @@ async fn token(
             Metrics::inc(&rt.metrics.auth_failures_total);
             // The reason names what failed, never the token itself.
             tracing::info!(user = ?user, reason = %e, detail = ?e, "token authentication failed");
-            Err(SessionError::fatal(
-                e.sqlstate(),
-                format!("sluice: token authentication failed for user \"{user}\": {e}"),
+            let reason = match e {
+                TokenError::Expired => "token_expired",
+                TokenError::IssuerUnavailable(_) => "idp_unavailable",
+                _ => "token_invalid",
+            };
+            Err(AuthFailed::new(
+                METHOD,
+                reason,
+                SessionError::fatal(
+                    e.sqlstate(),
+                    format!("sluice: token authentication failed for user \"{user}\": {e}"),
+                ),
             ))
         }
     }
@@ -120,7 +184,9 @@ async fn scram(
     user: &str,
     local: Option<&sluice_config::User>,
     rt: &Runtime,
-) -> Result<Principal, SessionError> {
+) -> Result<Principal, AuthFailed> {
+    const METHOD: &str = "scram-sha-256";
+    let exchange = exchange(METHOD);
     let verifier = match local {
         Some(u) => u.verifier.clone(),
         // Same exchange for an unknown user, so names cannot be probed.
@@ -138,42 +204,65 @@ async fn scram(
             }
             .encode(),
         )
-        .await?;
+        .await
+        .map_err(|e| exchange(e.into()))?;
 
     let mut buf = BytesMut::with_capacity(1024);
-    let failed = |reason: String| {
+    // The client hears the same for every cause; the trail gets the cause.
+    let failed = |reason: &'static str, detail: String| {
         Metrics::inc(&rt.metrics.auth_failures_total);
-        tracing::info!(user, %reason, "authentication failed");
-        SessionError::fatal(
-            "28P01",
-            format!("password authentication failed for user \"{user}\""),
+        tracing::info!(user, reason, %detail, "authentication failed");
+        let reason = if local.is_none() && reason == "bad_credentials" {
+            "unknown_user"
+        } else {
+            reason
+        };
+        AuthFailed::new(
+            METHOD,
+            reason,
+            SessionError::fatal(
+                "28P01",
+                format!("password authentication failed for user \"{user}\""),
+            ),
         )
     };
+    let scram_failed = |e: ScramError| {
+        let reason = match e {
+            ScramError::ChannelBinding(_) => "channel_binding",
+            ScramError::WrongPassword => "bad_credentials",
+            ScramError::Malformed(_) => "protocol",
+            ScramError::BadVerifier(_) => "other",
+        };
+        failed(reason, e.to_string())
+    };
 
-    let body = expect_password(stream, &mut buf).await?;
-    let initial = password::decode_sasl_initial(&body).map_err(|e| failed(e.to_string()))?;
+    let body = expect_password(stream, &mut buf).await.map_err(&exchange)?;
+    let initial =
+        password::decode_sasl_initial(&body).map_err(|e| failed("protocol", e.to_string()))?;
     let data = initial.data.unwrap_or_default();
     let first = scram
         .initial(initial.mechanism, data)
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(scram_failed)?;
     let Step::Continue(first) = first else {
-        return Err(failed("unexpected SCRAM step".into()));
+        return Err(failed("protocol", "unexpected SCRAM step".into()));
     };
     stream
         .write_all(&Authentication::SaslContinue(first.into()).encode())
-        .await?;
+        .await
+        .map_err(|e| exchange(e.into()))?;
 
-    let body = expect_password(stream, &mut buf).await?;
-    let last = scram.response(&body).map_err(|e| failed(e.to_string()))?;
+    let body = expect_password(stream, &mut buf).await.map_err(&exchange)?;
+    let last = scram.response(&body).map_err(scram_failed)?;
     let Step::Final(last) = last else {
-        return Err(failed("unexpected SCRAM step".into()));
+        return Err(failed("protocol", "unexpected SCRAM step".into()));
     };
     let Some(u) = local else {
-        return Err(failed("unknown user".into()));
+        return Err(failed("unknown_user", "unknown user".into()));
     };
     stream
         .write_all(&Authentication::SaslFinal(last.into()).encode())
-        .await?;
+        .await
+        .map_err(|e| exchange(e.into()))?;
     Ok(Principal {
         name: u.name.clone(),
         kind: u.kind,

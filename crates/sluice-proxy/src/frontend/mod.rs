@@ -268,11 +268,21 @@ async fn after_startup(
     // learns which targets exist without signing in.
     let principal = match auth::authenticate(stream, &user, rt).await {
         Ok(p) => p,
-        Err(e) => {
-            if let SessionError::Refused(refusal) = &e {
-                audit_auth_failure(rt, &user, peer, refusal.message().unwrap_or(""), &database);
+        Err(failed) => {
+            if let SessionError::Refused(refusal) = &failed.error {
+                audit_auth_failure(
+                    rt,
+                    AuthAttempt {
+                        user: &user,
+                        method: failed.method,
+                        reason: failed.reason,
+                        detail: refusal.message().unwrap_or(""),
+                    },
+                    peer,
+                    &database,
+                );
             }
-            return Err(e);
+            return Err(failed.error);
         }
     };
 
@@ -304,9 +314,13 @@ async fn after_startup(
         );
         audit_auth_failure(
             rt,
-            &principal.name,
+            AuthAttempt {
+                user: &principal.name,
+                method: principal.method,
+                reason: "policy",
+                detail: &format!("connect refused by policy rule {}", denied.rule),
+            },
             peer,
-            &format!("connect refused by policy rule {}", denied.rule),
             &target.name,
         );
         return Err(SessionError::fatal_hint(
@@ -330,20 +344,26 @@ async fn after_startup(
     Ok((principal, target, params, application_name))
 }
 
-/// Record a failed sign-in (or a refused connection) in the audit trail.
-/// The reason is Sluice's own message, which never holds the password or
-/// token; the target is the one asked for, known to exist or not.
-fn audit_auth_failure(rt: &Runtime, user: &str, peer: SocketAddr, reason: &str, database: &str) {
+/// A sign-in that failed, as the audit trail records it.
+struct AuthAttempt<'a> {
+    user: &'a str,
+    method: &'a str,
+    /// The category (see `sluice_audit::AuthFailure::reason`).
+    reason: &'a str,
+    /// Sluice's own message to the client: never the password or token.
+    detail: &'a str,
+}
+
+/// Record a failed sign-in (or a refused connection) in the audit trail;
+/// the target is the one asked for, known to exist or not.
+fn audit_auth_failure(rt: &Runtime, attempt: AuthAttempt<'_>, peer: SocketAddr, database: &str) {
     let target = rt.config.target(database);
     let event = sluice_audit::EventBody::AuthFailure(sluice_audit::AuthFailure {
-        user: user.to_owned(),
-        method: if rt.config.user(user).is_some() {
-            "scram-sha-256".into()
-        } else {
-            "token".into()
-        },
+        user: attempt.user.to_owned(),
+        method: attempt.method.to_owned(),
         source: peer.to_string(),
-        reason: reason.to_owned(),
+        reason: attempt.reason.to_owned(),
+        detail: Some(attempt.detail.to_owned()).filter(|d| !d.is_empty()),
         target: target.map(|t| t.name.clone()),
         environment: target.map(|t| t.environment.clone()),
     });
