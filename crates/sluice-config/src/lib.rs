@@ -367,6 +367,67 @@ pub struct Listen {
     /// Whether an OIDC token may be sent as a password without TLS (for
     /// development only; default false).
     pub plaintext_tokens: bool,
+    /// Load balancers whose connections start with a PROXY protocol header
+    /// (v1 or v2) naming the client; empty: none.
+    pub proxy_protocol_from: Vec<IpRange>,
+}
+
+/// An address range: `10.0.0.0/8`, `2001:db8::/32`, or one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRange {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    /// Whether `ip` is in the range (an IPv4-mapped IPv6 address counts as
+    /// its IPv4 address).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for IpRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<IpRange, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address or address/prefix"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to {max}"))?,
+        };
+        Ok(IpRange { addr, prefix })
+    }
 }
 
 /// Who may connect without TLS.
@@ -1057,6 +1118,8 @@ struct RawListen {
     plaintext: Plaintext,
     #[serde(default)]
     plaintext_tokens: bool,
+    #[serde(default)]
+    proxy_protocol_from: Vec<String>,
 }
 
 fn default_plaintext() -> Plaintext {
@@ -1168,6 +1231,16 @@ impl Config {
                 .transpose()?,
             plaintext: raw.listen.plaintext,
             plaintext_tokens: raw.listen.plaintext_tokens,
+            proxy_protocol_from: raw
+                .listen
+                .proxy_protocol_from
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    r.parse()
+                        .map_err(|e| err(format!("listen.proxy_protocol_from[{i}]"), e))
+                })
+                .collect::<Result<_, _>>()?,
         };
 
         let mut targets = Vec::new();
@@ -1426,6 +1499,38 @@ attributes = {{ region = "eu" }}
 "#,
             sluice_identity::make_verifier("pw")
         )
+    }
+
+    #[test]
+    fn proxy_protocol_balancers_are_address_ranges() {
+        let text = minimal().replace(
+            "http = \"127.0.0.1:7080\"",
+            "http = \"127.0.0.1:7080\"\nproxy_protocol_from = [\"10.1.0.0/16\", \"192.0.2.7\", \"2001:db8::/32\"]",
+        );
+        let c = Config::parse(&text, "sluice.toml", &env).unwrap();
+        let listed = |ip: &str| {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            c.listen.proxy_protocol_from.iter().any(|r| r.contains(ip))
+        };
+        assert!(listed("10.1.255.3"));
+        assert!(listed("::ffff:10.1.0.1"));
+        assert!(listed("192.0.2.7"));
+        assert!(listed("2001:db8:5::1"));
+        assert!(!listed("10.2.0.1"));
+        assert!(!listed("192.0.2.8"));
+        assert!(!listed("2001:db9::1"));
+        for bad in ["10.0.0.0/33", "somehost", "10.0.0.0/x"] {
+            let text = minimal().replace(
+                "http = \"127.0.0.1:7080\"",
+                &format!("http = \"127.0.0.1:7080\"\nproxy_protocol_from = [\"{bad}\"]"),
+            );
+            let e = Config::parse(&text, "sluice.toml", &env).unwrap_err();
+            assert_eq!(e.key, "listen.proxy_protocol_from[0]", "{e}");
+        }
+        assert!("0.0.0.0/0"
+            .parse::<IpRange>()
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
     }
 
     #[test]

@@ -42,13 +42,16 @@ const MIN_FREE: usize = 8 * 1024;
 const UPSTREAM_HOLD_LIMIT: usize = (1 << 30) + (1 << 20);
 
 /// Serve one accepted connection to the end.
-pub async fn run(tcp: tokio::net::TcpStream, peer: SocketAddr, state: &Arc<ProxyState>) {
+pub async fn run(mut tcp: tokio::net::TcpStream, peer: SocketAddr, state: &Arc<ProxyState>) {
     let _ = tcp.set_nodelay(true);
     let rt = state.runtime();
     let limits = rt.config.limits;
     let opening = match tokio::time::timeout(
         Duration::from_secs(limits.startup_timeout_secs),
-        frontend::handshake(tcp, peer, &rt),
+        async {
+            let peer = frontend::client_address(&mut tcp, peer, &rt).await?;
+            frontend::handshake(tcp, peer, &rt).await.map(|o| (peer, o))
+        },
     )
     .await
     {
@@ -64,6 +67,7 @@ pub async fn run(tcp: tokio::net::TcpStream, peer: SocketAddr, state: &Arc<Proxy
             return;
         }
     };
+    let (peer, opening) = opening;
     match opening {
         Opening::Cancel(target, mut stream) => {
             cancel(target, &rt, peer).await;

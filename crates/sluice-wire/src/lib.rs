@@ -9,6 +9,7 @@
 pub mod error;
 pub mod frame;
 pub mod messages;
+pub mod proxy_header;
 pub mod tags;
 
 pub use error::WireError;

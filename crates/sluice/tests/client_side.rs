@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -277,4 +279,96 @@ async fn direct_tls_needs_alpn_postgresql() {
     let _ = tls.read_to_end(&mut out).await;
     assert_eq!(out.first(), Some(&b'E'), "{out:?}");
     assert!(String::from_utf8_lossy(&out).contains("ALPN"));
+}
+
+/// A version 2 PROXY protocol header: `LOCAL`, or a TCP over IPv4 client.
+fn proxy_v2(client: Option<([u8; 4], u16)>) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    match client {
+        None => h.extend_from_slice(&[0x20, 0x00, 0, 0]),
+        Some((ip, port)) => {
+            h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+            h.extend_from_slice(&ip);
+            h.extend_from_slice(&[127, 0, 0, 1]);
+            h.extend_from_slice(&port.to_be_bytes());
+            h.extend_from_slice(&7432u16.to_be_bytes());
+        }
+    }
+    h
+}
+
+/// Behind a TCP load balancer speaking the PROXY protocol (here "at"
+/// 127.0.0.2): the client named in the header is the one Sluice judges and
+/// records; the balancer must send a header; nobody else can claim an
+/// address.
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_protocol_names_the_client_behind_a_load_balancer() {
+    let (_pg, sluice) = start_with("proxy_protocol_from = [\"127.0.0.2/32\"]", "");
+    let balancer = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    let port = sluice.pg_port();
+    let sessions = || -> Vec<String> {
+        let o = std::process::Command::new(bin())
+            .args([
+                "audit",
+                "search",
+                "--kind",
+                "session.start",
+                "--format",
+                "json",
+                "--data-dir",
+            ])
+            .arg(sluice.data_dir())
+            .output()
+            .expect("run sluice audit search");
+        let page: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        page["rows"]
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .filter_map(|r| r["event"]["source"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    // Version 1, a client on a loopback address: plaintext is allowed for
+    // it, and the trail names it, not the balancer.
+    let mut raw = Raw::connect_from(balancer, port);
+    raw.send(b"PROXY TCP4 127.0.0.9 127.0.0.1 40001 7432\r\n");
+    raw.login(USER, PASSWORD, TARGET);
+    drop(raw);
+    // Version 2, a remote client: the loopback-only plaintext rule refuses it.
+    let mut raw = Raw::connect_from(balancer, port);
+    raw.send(&proxy_v2(Some(([203, 0, 113, 7], 51234))));
+    raw.send(&startup(&[("user", USER), ("database", TARGET)]));
+    let e = raw.expect_error();
+    assert!(field(&e, b'M').contains("must use TLS"), "{e:?}");
+    // The balancer's own connection (a health check) keeps its address.
+    let mut raw = Raw::connect_from(balancer, port);
+    raw.send(&proxy_v2(None));
+    raw.login(USER, PASSWORD, TARGET);
+    drop(raw);
+    // A listed balancer that sends no header gets nowhere.
+    let mut raw = Raw::connect_from(balancer, port);
+    raw.send(&startup(&[("user", USER), ("database", TARGET)]));
+    assert!(raw.closed());
+    // From an address not listed, a header is not believed: it is not a
+    // startup packet, and the connection is refused.
+    let mut raw = Raw::connect(port);
+    raw.send(b"PROXY TCP4 127.0.0.8 127.0.0.1 40002 7432\r\n");
+    raw.send(&startup(&[("user", USER), ("database", TARGET)]));
+    assert!(raw.closed());
+
+    sluice_testkit::wait_until(Duration::from_secs(10), "sessions in the trail", || {
+        sessions().len() == 2
+    });
+    let sources = sessions();
+    assert!(
+        sources.contains(&"127.0.0.9:40001".to_owned()),
+        "{sources:?}"
+    );
+    assert!(
+        sources.iter().any(|s| s.starts_with("127.0.0.2:")),
+        "{sources:?}"
+    );
 }

@@ -84,6 +84,62 @@ pub async fn handshake(
     }
 }
 
+/// Who the client is. Connections from a load balancer listed in
+/// `[listen] proxy_protocol_from` must start with a PROXY protocol header
+/// (v1 or v2), whose source address then stands for the client everywhere
+/// (plaintext rule, policy, audit trail, logs); a balancer's own
+/// connection (`LOCAL`, `UNKNOWN`) keeps its address. Other connections
+/// are taken as they are: nobody else can claim an address.
+pub async fn client_address(
+    tcp: &mut TcpStream,
+    peer: SocketAddr,
+    rt: &Runtime,
+) -> Result<SocketAddr, SessionError> {
+    use sluice_wire::proxy_header::{self as header, ProxyHeader};
+    let trusted = &rt.config.listen.proxy_protocol_from;
+    if !trusted.iter().any(|r| r.contains(peer.ip())) {
+        return Ok(peer);
+    }
+    let refuse = |e: header::ProxyHeaderError| {
+        tracing::warn!(%peer, error = %e, "connection from a listed load balancer without a valid PROXY protocol header");
+        SessionError::fatal("08P01", format!("sluice: {e}"))
+    };
+    let mut first = [0u8; 1];
+    tcp.read_exact(&mut first).await?;
+    let parsed = match header::version(first[0]).map_err(refuse)? {
+        1 => {
+            // Byte by byte: what follows the line is the client's, not ours.
+            let mut line = first.to_vec();
+            while !line.ends_with(b"\r\n") {
+                if line.len() >= header::V1_MAX {
+                    return Err(refuse(header::ProxyHeaderError::Malformed(
+                        "a version 1 header is at most 107 bytes",
+                    )));
+                }
+                let mut b = [0u8; 1];
+                tcp.read_exact(&mut b).await?;
+                line.push(b[0]);
+            }
+            header::parse_v1(&line)
+        }
+        _ => {
+            let mut fixed = [0u8; header::V2_FIXED];
+            fixed[0] = first[0];
+            tcp.read_exact(&mut fixed[1..]).await?;
+            let mut rest = vec![0u8; header::v2_remaining(&fixed).map_err(refuse)?];
+            tcp.read_exact(&mut rest).await?;
+            header::parse_v2(&fixed, &rest)
+        }
+    };
+    match parsed.map_err(refuse)? {
+        ProxyHeader::Local => Ok(peer),
+        ProxyHeader::Proxied { source, .. } => {
+            tracing::debug!(balancer = %peer, client = %source, "PROXY protocol header");
+            Ok(source)
+        }
+    }
+}
+
 /// Tell the client why, if there is anything to tell, and close.
 pub async fn refuse(stream: &mut ClientStream, e: &SessionError) {
     if let SessionError::Refused(err) = e {

@@ -118,6 +118,22 @@ impl Raw {
         Raw { s, buf: Vec::new() }
     }
 
+    /// Connect from a given loopback address (127.0.0.2, …), as another
+    /// host would.
+    pub fn connect_from(source: std::net::Ipv4Addr, port: u16) -> Raw {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket
+            .bind(&std::net::SocketAddr::from((source, 0)).into())
+            .expect("bind the source address");
+        socket
+            .connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+            .expect("tcp connect");
+        let s: TcpStream = socket.into();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        Raw { s, buf: Vec::new() }
+    }
+
     pub fn send(&mut self, bytes: &[u8]) {
         // A refused write shows up as a closed connection on the next read.
         let _ = self.s.write_all(bytes);
