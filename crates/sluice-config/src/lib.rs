@@ -370,6 +370,9 @@ pub struct Listen {
     /// Load balancers whose connections start with a PROXY protocol header
     /// (v1 or v2) naming the client; empty: none.
     pub proxy_protocol_from: Vec<IpRange>,
+    /// The other replicas' PostgreSQL listeners (`host:port`): a cancel
+    /// request for a session that is not here is passed to them.
+    pub cancel_peers: Vec<String>,
 }
 
 /// An address range: `10.0.0.0/8`, `2001:db8::/32`, or one address.
@@ -1120,6 +1123,8 @@ struct RawListen {
     plaintext_tokens: bool,
     #[serde(default)]
     proxy_protocol_from: Vec<String>,
+    #[serde(default)]
+    cancel_peers: Vec<String>,
 }
 
 fn default_plaintext() -> Plaintext {
@@ -1239,6 +1244,21 @@ impl Config {
                 .map(|(i, r)| {
                     r.parse()
                         .map_err(|e| err(format!("listen.proxy_protocol_from[{i}]"), e))
+                })
+                .collect::<Result<_, _>>()?,
+            cancel_peers: raw
+                .listen
+                .cancel_peers
+                .iter()
+                .enumerate()
+                .map(|(i, p)| match p.rsplit_once(':') {
+                    Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                        Ok(p.clone())
+                    }
+                    _ => Err(err(
+                        format!("listen.cancel_peers[{i}]"),
+                        format!("{p:?} is not host:port"),
+                    )),
                 })
                 .collect::<Result<_, _>>()?,
         };
@@ -1531,6 +1551,22 @@ attributes = {{ region = "eu" }}
             .parse::<IpRange>()
             .unwrap()
             .contains("8.8.8.8".parse().unwrap()));
+        let with_peers = |peers: &str| {
+            Config::parse(
+                &minimal().replace(
+                    "http = \"127.0.0.1:7080\"",
+                    &format!("http = \"127.0.0.1:7080\"\ncancel_peers = [{peers}]"),
+                ),
+                "sluice.toml",
+                &env,
+            )
+        };
+        let c = with_peers("\"10.0.0.11:7432\", \"sluice-2.internal:7432\"").unwrap();
+        assert_eq!(c.listen.cancel_peers.len(), 2);
+        for bad in ["\"10.0.0.11\"", "\":7432\"", "\"h:99999\""] {
+            let e = with_peers(bad).unwrap_err();
+            assert_eq!(e.key, "listen.cancel_peers[0]", "{e}");
+        }
     }
 
     #[test]

@@ -257,6 +257,30 @@ fn rejected(body: &[u8]) -> UpstreamError {
     }
 }
 
+/// Pass a cancel request with an unknown key to another Sluice replica
+/// (`host:port` of its PostgreSQL listener), as a relayed cancel, and wait
+/// until it closes the connection (the cancel has been dealt with).
+pub async fn relay_cancel(
+    replica: &str,
+    process_id: i32,
+    secret_key: i32,
+    timeout: Duration,
+) -> Result<(), UpstreamError> {
+    let work = async {
+        let mut tcp = TcpStream::connect(replica).await?;
+        tcp.write_all(&startup::encode_relayed_cancel(process_id, secret_key))
+            .await?;
+        let _ = tcp.read_u8().await;
+        Ok(())
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| UpstreamError::Unreachable {
+            addr: replica.to_owned(),
+            reason: "relaying the cancel timed out".into(),
+        })?
+}
+
 /// Forward a cancel to the upstream backend behind a session.
 pub async fn send_cancel(
     target: &CancelTarget,

@@ -69,8 +69,8 @@ pub async fn run(mut tcp: tokio::net::TcpStream, peer: SocketAddr, state: &Arc<P
     };
     let (peer, opening) = opening;
     match opening {
-        Opening::Cancel(target, mut stream) => {
-            cancel(target, &rt, peer).await;
+        Opening::Cancel(request, mut stream) => {
+            cancel(request, &rt, peer).await;
             // A clean close (TLS close_notify included) tells the client the
             // cancel has been delivered.
             let _ = stream.shutdown().await;
@@ -79,10 +79,34 @@ pub async fn run(mut tcp: tokio::net::TcpStream, peer: SocketAddr, state: &Arc<P
     }
 }
 
-async fn cancel(target: Option<CancelTarget>, rt: &Runtime, peer: SocketAddr) {
+async fn cancel(request: frontend::CancelRequest, rt: &Runtime, peer: SocketAddr) {
     Metrics::inc(&rt.metrics.cancel_requests_total);
-    let Some(target) = target else {
-        tracing::info!(%peer, "cancel request with an unknown key ignored");
+    let Some(target) = request.target else {
+        let peers = &rt.config.listen.cancel_peers;
+        if request.relayed || peers.is_empty() {
+            tracing::info!(%peer, "cancel request with an unknown key ignored");
+        } else {
+            // The session may run on another replica (the balancer sent
+            // the cancel elsewhere): each is asked, the one that has it acts.
+            let timeout = Duration::from_secs(rt.config.limits.connect_timeout_secs);
+            let (process_id, secret_key) = request.key;
+            let relays: Vec<_> = peers
+                .iter()
+                .cloned()
+                .map(|to| {
+                    tokio::spawn(async move {
+                        if let Err(e) =
+                            upstream::relay_cancel(&to, process_id, secret_key, timeout).await
+                        {
+                            tracing::warn!(%peer, replica = %to, error = %e, "could not pass a cancel request on");
+                        }
+                    })
+                })
+                .collect();
+            for relay in relays {
+                let _ = relay.await;
+            }
+        }
         return;
     };
     let connector = rt

@@ -245,6 +245,68 @@ async fn cancel_reaches_the_right_backend() {
     assert_eq!(row.get::<_, &str>(1), "still here");
 }
 
+/// Behind a load balancer a cancel request may reach another replica than
+/// the one running the session: with `[listen] cancel_peers`, that replica
+/// passes it on, and the query is cancelled.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_sent_to_another_replica_is_passed_on() {
+    let (pg, a) = start();
+    let config = |listen_extra: &str| {
+        format!(
+            "{}{}{}",
+            listen(listen_extra),
+            target(TARGET, &pg.addr(), sluice_testkit::SCRAM_USER, "disable"),
+            user(USER, PASSWORD)
+        )
+    };
+    let b = sluice_testkit::SluiceProcess::builder(bin(), &config(""))
+        .env("TARGET_PW", sluice_testkit::SCRAM_PASSWORD)
+        .start();
+    a.rewrite_config(&config(&format!(
+        "cancel_peers = [\"127.0.0.1:{}\"]",
+        b.pg_port()
+    )));
+    a.signal("HUP");
+    sluice_testkit::wait_until(std::time::Duration::from_secs(10), "reload", || {
+        a.log().contains("configuration reloaded")
+    });
+
+    let c = connect(&b).await;
+    let token = c.cancel_token();
+    let slow = tokio::spawn(async move { c.batch_execute("select pg_sleep(30)").await });
+    let watcher = connect(&b).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let n: i64 = watcher
+            .query_one(
+                "select count(*) from pg_stat_activity where query = 'select pg_sleep(30)'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "query never started");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The cancel goes to replica A, which does not run the session.
+    let to_a = tokio::net::TcpStream::connect(("127.0.0.1", a.pg_port()))
+        .await
+        .unwrap();
+    token
+        .cancel_query_raw(to_a, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let err = tokio::time::timeout(std::time::Duration::from_secs(10), slow)
+        .await
+        .expect("the cancel was passed on and took effect")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.as_db_error().unwrap().code().code(), "57014");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn forged_cancel_keys_cancel_nothing() {
     let (_pg, sluice) = start();

@@ -25,9 +25,19 @@ pub use params::upstream_params;
 pub enum Opening {
     /// A session that passed authentication.
     Session(Box<Handshaken>),
-    /// A cancel request for a live session (`None`: unknown key, ignored),
-    /// and the client's socket, to close once the cancel is delivered.
-    Cancel(Option<CancelTarget>, ClientStream),
+    /// A cancel request, and the client's socket, to close once the cancel
+    /// is delivered.
+    Cancel(CancelRequest, ClientStream),
+}
+
+/// A cancel request as it came.
+pub struct CancelRequest {
+    /// The session it is for, when it runs here.
+    pub target: Option<CancelTarget>,
+    /// The key the client gave (`process_id`, `secret_key`).
+    pub key: (i32, i32),
+    /// Whether another replica relayed it (then it is not passed on).
+    pub relayed: bool,
 }
 
 /// A client that passed startup and authentication.
@@ -55,11 +65,19 @@ pub async fn handshake(
         StartupPacket::CancelRequest {
             process_id,
             secret_key,
+        }
+        | StartupPacket::RelayedCancel {
+            process_id,
+            secret_key,
         } => {
             // The socket is kept until the cancel has reached the upstream:
             // clients (asyncpg, libpq) wait for it to close before going on.
-            let target = rt.cancels.lookup(process_id, secret_key);
-            return Ok(Opening::Cancel(target, stream));
+            let request = CancelRequest {
+                target: rt.cancels.lookup(process_id, secret_key),
+                key: (process_id, secret_key),
+                relayed: matches!(first, StartupPacket::RelayedCancel { .. }),
+            };
+            return Ok(Opening::Cancel(request, stream));
         }
         StartupPacket::Startup(s) => after_startup(&mut stream, s, peer, rt).await,
         _ => Err(SessionError::fatal(

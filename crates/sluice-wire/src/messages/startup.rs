@@ -15,6 +15,10 @@ pub const SSL_REQUEST: i32 = 80_877_103;
 pub const GSSENC_REQUEST: i32 = 80_877_104;
 /// CancelRequest code.
 pub const CANCEL_REQUEST: i32 = 80_877_102;
+/// A CancelRequest one Sluice replica passes to another (Sluice's own code,
+/// in PostgreSQL's range for special requests, 1234.5690): the receiver
+/// never passes it on, so a cancel for an unknown key cannot loop.
+pub const RELAYED_CANCEL_REQUEST: i32 = (1234 << 16) | 5690;
 /// PostgreSQL's own limit on a startup packet (MAX_STARTUP_PACKET_LENGTH).
 pub const MAX_STARTUP_LEN: usize = 10_000;
 
@@ -66,6 +70,13 @@ pub enum StartupPacket {
         /// Secret key from BackendKeyData.
         secret_key: i32,
     },
+    /// A CancelRequest relayed by another Sluice replica.
+    RelayedCancel {
+        /// Process id from BackendKeyData.
+        process_id: i32,
+        /// Secret key from BackendKeyData.
+        secret_key: i32,
+    },
     /// Start a session.
     Startup(Startup),
 }
@@ -97,6 +108,10 @@ pub fn decode(packet: &[u8]) -> Result<StartupPacket, WireError> {
             process_id: r.i32()?,
             secret_key: r.i32()?,
         }),
+        RELAYED_CANCEL_REQUEST => Ok(StartupPacket::RelayedCancel {
+            process_id: r.i32()?,
+            secret_key: r.i32()?,
+        }),
         _ => {
             let major = (code >> 16) as u16;
             let minor = (code & 0xffff) as u16;
@@ -122,9 +137,18 @@ pub fn decode(packet: &[u8]) -> Result<StartupPacket, WireError> {
 
 /// Encode a CancelRequest.
 pub fn encode_cancel(process_id: i32, secret_key: i32) -> [u8; 16] {
+    encode_cancel_with(CANCEL_REQUEST, process_id, secret_key)
+}
+
+/// Encode a relayed CancelRequest (see [`RELAYED_CANCEL_REQUEST`]).
+pub fn encode_relayed_cancel(process_id: i32, secret_key: i32) -> [u8; 16] {
+    encode_cancel_with(RELAYED_CANCEL_REQUEST, process_id, secret_key)
+}
+
+fn encode_cancel_with(code: i32, process_id: i32, secret_key: i32) -> [u8; 16] {
     let mut out = [0u8; 16];
     out[..4].copy_from_slice(&16i32.to_be_bytes());
-    out[4..8].copy_from_slice(&CANCEL_REQUEST.to_be_bytes());
+    out[4..8].copy_from_slice(&code.to_be_bytes());
     out[8..12].copy_from_slice(&process_id.to_be_bytes());
     out[12..].copy_from_slice(&secret_key.to_be_bytes());
     out
@@ -162,6 +186,13 @@ mod tests {
         assert_eq!(
             decode(&encode_cancel(7, -3)).unwrap(),
             StartupPacket::CancelRequest {
+                process_id: 7,
+                secret_key: -3
+            }
+        );
+        assert_eq!(
+            decode(&encode_relayed_cancel(7, -3)).unwrap(),
+            StartupPacket::RelayedCancel {
                 process_id: 7,
                 secret_key: -3
             }
