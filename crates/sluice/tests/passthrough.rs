@@ -203,6 +203,27 @@ async fn copy_in_and_out() {
     );
 }
 
+/// Wait until `select pg_sleep(30)` runs upstream (seen through `sluice`).
+async fn sleep_is_running(sluice: &sluice_testkit::SluiceProcess) {
+    let watcher = connect(sluice).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let n: i64 = watcher
+            .query_one(
+                "select count(*) from pg_stat_activity where query = 'select pg_sleep(30)'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 1 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "query never started");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn cancel_reaches_the_right_backend() {
     let (_pg, sluice) = start();
@@ -216,23 +237,7 @@ async fn cancel_reaches_the_right_backend() {
             .await
     });
     // Wait until the sleep is running upstream, then cancel it.
-    let watcher = connect(&sluice).await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let n: i64 = watcher
-            .query_one(
-                "select count(*) from pg_stat_activity where query = 'select pg_sleep(30)'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if n == 1 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "query never started");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    sleep_is_running(&sluice).await;
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
     let err = tokio::time::timeout(std::time::Duration::from_secs(10), slow)
         .await
@@ -274,23 +279,7 @@ async fn a_cancel_sent_to_another_replica_is_passed_on() {
     let c = connect(&b).await;
     let token = c.cancel_token();
     let slow = tokio::spawn(async move { c.batch_execute("select pg_sleep(30)").await });
-    let watcher = connect(&b).await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let n: i64 = watcher
-            .query_one(
-                "select count(*) from pg_stat_activity where query = 'select pg_sleep(30)'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if n == 1 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "query never started");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    sleep_is_running(&b).await;
     // The cancel goes to replica A, which does not run the session.
     let to_a = tokio::net::TcpStream::connect(("127.0.0.1", a.pg_port()))
         .await

@@ -121,15 +121,11 @@ async fn token(
             ),
         ));
     }
-    let asked: Result<(), SessionError> = async {
-        stream
-            .write_all(&Authentication::CleartextPassword.encode())
-            .await?;
-        stream.flush().await?;
-        Ok(())
-    }
-    .await;
-    asked.map_err(&exchange)?;
+    stream
+        .write_all(&Authentication::CleartextPassword.encode())
+        .await
+        .map_err(|e| exchange(e.into()))?;
+    stream.flush().await.map_err(|e| exchange(e.into()))?;
     let mut buf = BytesMut::with_capacity(4096);
     let body = expect_password(stream, &mut buf).await.map_err(&exchange)?;
     let token = password::decode_password(&body)
