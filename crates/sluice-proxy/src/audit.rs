@@ -450,20 +450,22 @@ impl SessionAudit {
         s.bytes_to_client = outcome.bytes_to_client;
         s.duration_us = pending.started.elapsed().as_micros() as u64;
         s.sqlstate = outcome.sqlstate;
-        let detectors: Vec<&str> = masked.detectors().keys().map(|k| k.as_str()).collect();
-        let detector = if detectors.is_empty() {
-            "column".to_owned()
-        } else {
-            detectors.join(",")
-        };
-        s.masked = masked
-            .columns_masked
-            .iter()
-            .map(|c| MaskedColumn {
-                column: as_written(c, &info.columns_read),
-                detector: detector.clone(),
-            })
-            .collect();
+        if !masked.columns_masked.is_empty() {
+            let detectors: Vec<&str> = masked.detectors().keys().map(|k| k.as_str()).collect();
+            let detector = if detectors.is_empty() {
+                "column".to_owned()
+            } else {
+                detectors.join(",")
+            };
+            s.masked = masked
+                .columns_masked
+                .iter()
+                .map(|c| MaskedColumn {
+                    column: as_written(c, &info.columns_read),
+                    detector: detector.clone(),
+                })
+                .collect();
+        }
         // Lineage only for what happened.
         if s.sqlstate.is_none() && s.decision == Decision::Allow {
             s.lineage = info.lineage.as_ref().map(|(kind, sources, dest)| Lineage {
