@@ -1128,9 +1128,9 @@ impl Writer {
         true
     }
 
-    /// The spool could not take entries up to `last`: new statements are
+    /// The spool could not take what is in `unspooled`: new statements are
     /// refused (`fail_closed`) or go unrecorded and counted (`fail_open`)
-    /// until it can; what it could not take waits in memory.
+    /// until it can; `unspooled` waits in memory meanwhile.
     fn spool_failed(&mut self, e: &AuditError) {
         self.counters.spool_errors.fetch_add(1, Ordering::Relaxed);
         self.counters.spool_failing.store(1, Ordering::Relaxed);
