@@ -24,6 +24,8 @@ use sluice_sql::{Analysis, Kind};
 pub mod connect;
 mod unmask;
 
+pub use unmask::{ColumnUnmask, Unmask};
+
 /// The schema, as Cedar text.
 pub const SCHEMA: &str = include_str!("sluice.cedarschema");
 /// The built-in guardrails, as Cedar text.
@@ -288,7 +290,14 @@ impl PolicyEngine {
             .enumerate()
             .map(|(i, id)| (id, i))
             .collect();
-        let text: String = policies.policies().map(|p| p.to_string()).collect();
+        // Policies about statements (not only `unmask`, which is judged per
+        // column of a result, see unmask.rs): a Table or Column there makes
+        // every statement's tables and columns resources.
+        let text: String = policies
+            .policies()
+            .filter(|p| !unmask::only_unmask(p))
+            .map(|p| p.to_string())
+            .collect();
         // A Column policy is also about its Table (columns are in tables).
         let column_policies = text.contains("Sluice::Column");
         let table_policies = column_policies || text.contains("Sluice::Table");
@@ -612,33 +621,13 @@ impl PolicyEngine {
         };
         let mut entities: HashMap<EntityUid, Entity> = HashMap::new();
         let mut requests = Vec::new();
-        let env = RestrictedExpression::new_string(req.target.environment.to_owned());
+        let env = req.target.environment;
         let table =
             |name: &str, entities: &mut HashMap<EntityUid, Entity>| -> Result<EntityUid, String> {
                 let id = uid("Table", name);
                 if !entities.contains_key(&id) {
                     let (schema, table) = name.rsplit_once('.').unwrap_or(("", name));
-                    let e = Entity::new(
-                        id.clone(),
-                        HashMap::from([
-                            (
-                                "name".to_owned(),
-                                RestrictedExpression::new_string(name.to_owned()),
-                            ),
-                            (
-                                "schema".to_owned(),
-                                RestrictedExpression::new_string(schema.to_owned()),
-                            ),
-                            (
-                                "table".to_owned(),
-                                RestrictedExpression::new_string(table.to_owned()),
-                            ),
-                            ("environment".to_owned(), env.clone()),
-                        ]),
-                        HashSet::from([target.clone()]),
-                    )
-                    .map_err(|e| e.to_string())?;
-                    entities.insert(id.clone(), e);
+                    entities.insert(id.clone(), table_entity(schema, table, env, target)?);
                 }
                 Ok(id)
             };
@@ -660,23 +649,7 @@ impl PolicyEngine {
                 let parent = table(tbl, entities)?;
                 let id = uid("Column", name);
                 if !entities.contains_key(&id) {
-                    let e = Entity::new(
-                        id.clone(),
-                        HashMap::from([
-                            (
-                                "name".to_owned(),
-                                RestrictedExpression::new_string(name.to_owned()),
-                            ),
-                            (
-                                "column".to_owned(),
-                                RestrictedExpression::new_string(col.to_owned()),
-                            ),
-                            ("environment".to_owned(), env.clone()),
-                        ]),
-                        HashSet::from([parent]),
-                    )
-                    .map_err(|e| e.to_string())?;
-                    entities.insert(id.clone(), e);
+                    entities.insert(id.clone(), column_entity(name, col, env, parent)?);
                 }
                 Ok(id)
             };
@@ -699,43 +672,7 @@ impl PolicyEngine {
         principal: &EntityUid,
         resource: &EntityUid,
     ) -> Result<Entities, String> {
-        let groups: HashSet<EntityUid> = who.groups.iter().map(|g| uid("Group", g)).collect();
-        let mut list = vec![
-            // Attributes (from config or token claims) are tags:
-            // `principal.hasTag("region") && principal.getTag("region") == "eu"`.
-            Entity::new_with_tags(
-                principal.clone(),
-                HashMap::from([(
-                    "name".to_owned(),
-                    RestrictedExpression::new_string(who.name.clone()),
-                )]),
-                groups.clone(),
-                who.attributes
-                    .iter()
-                    .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone()))),
-            )
-            .map_err(|e| e.to_string())?,
-            Entity::new(
-                resource.clone(),
-                HashMap::from([
-                    (
-                        "name".to_owned(),
-                        RestrictedExpression::new_string(target.name.to_owned()),
-                    ),
-                    (
-                        "environment".to_owned(),
-                        RestrictedExpression::new_string(target.environment.to_owned()),
-                    ),
-                ]),
-                HashSet::new(),
-            )
-            .map_err(|e| e.to_string())?,
-        ];
-        list.extend(
-            groups
-                .into_iter()
-                .map(|g| Entity::new_no_attrs(g, HashSet::new())),
-        );
+        let list = entity_list(who, target, principal, resource)?;
         Entities::from_entities(list, Some(&self.schema)).map_err(|e| e.to_string())
     }
 
@@ -934,6 +871,116 @@ fn evaluation_failed(reason: String) -> Decision {
         reason: format!("the policy could not be evaluated ({reason}); refusing to be safe"),
         hint: Some("ask your administrator to check Sluice's policies".into()),
     }
+}
+
+/// The principal (with its groups) and the target as Cedar entities.
+fn entity_list(
+    who: &Principal,
+    target: &TargetRef<'_>,
+    principal: &EntityUid,
+    resource: &EntityUid,
+) -> Result<Vec<Entity>, String> {
+    let groups: HashSet<EntityUid> = who.groups.iter().map(|g| uid("Group", g)).collect();
+    let mut list = vec![
+        // Attributes (from config or token claims) are tags:
+        // `principal.hasTag("region") && principal.getTag("region") == "eu"`.
+        Entity::new_with_tags(
+            principal.clone(),
+            HashMap::from([(
+                "name".to_owned(),
+                RestrictedExpression::new_string(who.name.clone()),
+            )]),
+            groups.clone(),
+            who.attributes
+                .iter()
+                .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone()))),
+        )
+        .map_err(|e| e.to_string())?,
+        Entity::new(
+            resource.clone(),
+            HashMap::from([
+                (
+                    "name".to_owned(),
+                    RestrictedExpression::new_string(target.name.to_owned()),
+                ),
+                (
+                    "environment".to_owned(),
+                    RestrictedExpression::new_string(target.environment.to_owned()),
+                ),
+            ]),
+            HashSet::new(),
+        )
+        .map_err(|e| e.to_string())?,
+    ];
+    list.extend(
+        groups
+            .into_iter()
+            .map(|g| Entity::new_no_attrs(g, HashSet::new())),
+    );
+    Ok(list)
+}
+
+/// The Cedar entity of table `schema.table` of `target`.
+fn table_entity(
+    schema: &str,
+    table: &str,
+    environment: &str,
+    target: &EntityUid,
+) -> Result<Entity, String> {
+    let name = if schema.is_empty() {
+        table.to_owned()
+    } else {
+        format!("{schema}.{table}")
+    };
+    Entity::new(
+        uid("Table", &name),
+        HashMap::from([
+            ("name".to_owned(), RestrictedExpression::new_string(name)),
+            (
+                "schema".to_owned(),
+                RestrictedExpression::new_string(schema.to_owned()),
+            ),
+            (
+                "table".to_owned(),
+                RestrictedExpression::new_string(table.to_owned()),
+            ),
+            (
+                "environment".to_owned(),
+                RestrictedExpression::new_string(environment.to_owned()),
+            ),
+        ]),
+        HashSet::from([target.clone()]),
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// The Cedar entity of column `name` (`schema.table.column`), named
+/// `column` in its table `parent`.
+fn column_entity(
+    name: &str,
+    column: &str,
+    environment: &str,
+    parent: EntityUid,
+) -> Result<Entity, String> {
+    Entity::new(
+        uid("Column", name),
+        HashMap::from([
+            (
+                "name".to_owned(),
+                RestrictedExpression::new_string(name.to_owned()),
+            ),
+            (
+                "column".to_owned(),
+                RestrictedExpression::new_string(column.to_owned()),
+            ),
+            (
+                "environment".to_owned(),
+                RestrictedExpression::new_string(environment.to_owned()),
+            ),
+        ]),
+        HashSet::from([parent]),
+    )
+    .map_err(|e| e.to_string())
 }
 
 fn uid(kind: &str, id: &str) -> EntityUid {

@@ -205,7 +205,13 @@ async fn probe(
         return Ok(None);
     };
     for _ in 0..2 {
-        match plan_columns(masker, &lookup.catalog, &body, sources) {
+        match plan_columns(
+            masker,
+            &lookup.catalog,
+            &body,
+            sources,
+            lookup.unmask.as_deref(),
+        ) {
             Ok(plan) => return Ok(plan),
             Err(missing) => {
                 if let Err(e) = lookup

@@ -20,6 +20,7 @@ use sluice_wire::messages::row_description;
 use crate::audit::ResultSources;
 use crate::catalog::{Catalog, Missing};
 use crate::flight::ResultSourcesAt;
+use sluice_policy::ColumnUnmask;
 
 /// Rows up to this size are held whole to be masked; larger ones stream.
 pub const HOLD_ROW_LIMIT: usize = 16 << 20;
@@ -51,11 +52,13 @@ pub struct ResultPlan {
 /// The plan for the columns of a RowDescription (`body` without header):
 /// `Err` lists what the catalog must look up first; `Ok(None)` for a
 /// RowDescription that cannot be read.
+/// Columns `unmask` lets the session see are passed as they are.
 pub fn plan_columns(
     masker: &Masker,
     catalog: &Catalog,
     body: &[u8],
     sources: Option<&[OutputColumn]>,
+    unmask: Option<&ColumnUnmask>,
 ) -> Result<Option<ResultPlan>, Missing> {
     let Ok(fields) = row_description::decode(body) else {
         return Ok(None);
@@ -90,6 +93,23 @@ pub fn plan_columns(
             .then(|| catalog.column(f.table_oid, f.column))
             .flatten()
             .filter(|o| !o.table.is_empty());
+        let label = match &origin {
+            Some(o) => format!("{}.{}.{}", o.schema, o.table, o.column),
+            None => f.name.clone(),
+        };
+        let unmasked = match (unmask, &origin) {
+            (Some(u), Some(o)) => u.column(&o.schema, &o.table, &o.column),
+            (Some(u), None) => u.everything_else(),
+            (None, _) => false,
+        };
+        if unmasked {
+            plan.columns.push(ColumnPlan::Pass);
+            plan.formats.push(f.format);
+            plan.labels.push(label);
+            plan.records.push(None);
+            plan.json_roots.push(None);
+            continue;
+        }
         let type_name = catalog
             .type_name(f.type_oid)
             .map(|t| t.to_string())
@@ -148,10 +168,7 @@ pub fn plan_columns(
         }
         plan.records.push(record);
         plan.active |= !column.is_pass();
-        plan.labels.push(match &origin {
-            Some(o) => format!("{}.{}.{}", o.schema, o.table, o.column),
-            None => f.name.clone(),
-        });
+        plan.labels.push(label);
         plan.columns.push(column);
         plan.formats.push(f.format);
     }
@@ -257,6 +274,8 @@ pub struct Masking {
     pub report: MaskReport,
     /// Fail the statement instead of sending NULL for a value that cannot be masked.
     pub refuse_unmaskable: bool,
+    /// Columns policy lets this session see unmasked.
+    pub unmask: Option<Arc<ColumnUnmask>>,
     /// The plan whose masked columns `noted` marks.
     noted_plan: Option<Arc<ResultPlan>>,
     noted: Vec<bool>,
@@ -362,6 +381,7 @@ impl Masking {
             bytes: Vec::new(),
             report: MaskReport::default(),
             refuse_unmaskable: false,
+            unmask: None,
             noted_plan: None,
             noted: Vec::new(),
             row_buf: Vec::new(),
@@ -386,7 +406,14 @@ impl Masking {
             if let Some(p) = self.plans.get(body) {
                 return Ok(Some(p.clone()));
             }
-            let Some(plan) = plan_columns(&self.masker, &self.catalog, body, None)? else {
+            let Some(plan) = plan_columns(
+                &self.masker,
+                &self.catalog,
+                body,
+                None,
+                self.unmask.as_deref(),
+            )?
+            else {
                 return Ok(None);
             };
             let plan = Arc::new(plan);
@@ -406,7 +433,14 @@ impl Masking {
         {
             return Ok(Some(p.plan.clone()));
         }
-        let Some(plan) = plan_columns(&self.masker, &self.catalog, body, sources.columns())? else {
+        let Some(plan) = plan_columns(
+            &self.masker,
+            &self.catalog,
+            body,
+            sources.columns(),
+            self.unmask.as_deref(),
+        )?
+        else {
             return Ok(None);
         };
         let plan = Arc::new(plan);
@@ -1076,6 +1110,11 @@ mod tests {
     }
 }
 
+/// Values masked or withheld so far.
+fn masked_values(report: &MaskReport) -> u64 {
+    report.values_masked + report.values_nulled
+}
+
 /// How to mask the data of one `COPY … TO STDOUT`.
 #[derive(Debug)]
 pub struct CopyPlan {
@@ -1178,6 +1217,8 @@ pub struct CopyMasker {
     scratch: sluice_mask::copy::RowScratch,
     /// The last masked text row, reused from row to row.
     row: Vec<u8>,
+    /// The masked columns are in the report.
+    noted: bool,
 }
 
 impl CopyMasker {
@@ -1204,12 +1245,40 @@ impl CopyMasker {
             binary,
             scratch: Default::default(),
             row: Vec::new(),
+            noted: false,
         }
     }
 
     /// Mask COPY data (`chunk`: CopyData contents, possibly part of one)
     /// and append whole CopyData messages to `out`.
     pub fn data(
+        &mut self,
+        masking: &mut Masking,
+        chunk: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), String> {
+        let before = masked_values(&masking.report);
+        let result = self.data_inner(masking, chunk, out);
+        self.note_columns(masking, before);
+        result
+    }
+
+    /// Once a value was masked, the COPY's masked columns go in the report
+    /// (the statement's audit record and usage): every column whose plan
+    /// masks or scans, since the values of a row are not told apart here.
+    fn note_columns(&mut self, masking: &mut Masking, before: u64) {
+        if self.noted || masked_values(&masking.report) == before {
+            return;
+        }
+        self.noted = true;
+        for (plan, label) in self.plan.columns.iter().zip(&self.plan.labels) {
+            if !plan.is_pass() {
+                masking.report.note_column(label);
+            }
+        }
+    }
+
+    fn data_inner(
         &mut self,
         masking: &mut Masking,
         chunk: &[u8],
@@ -1250,7 +1319,10 @@ impl CopyMasker {
     /// The COPY's data ended: flush a last row without a newline.
     pub fn done(&mut self, masking: &mut Masking, out: &mut BytesMut) -> Result<(), String> {
         if let Some(record) = self.splitter.finish() {
-            self.record(masking, &record, out)?;
+            let before = masked_values(&masking.report);
+            let result = self.record(masking, &record, out);
+            self.note_columns(masking, before);
+            result?;
         }
         Ok(())
     }

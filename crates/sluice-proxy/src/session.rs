@@ -314,13 +314,17 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
     statements.refuse_unmaskable = rt.config.masking.refuse_unmaskable;
     let flight = statements.flight.clone();
     // Results are masked unless masking is off or policy lets this principal see them whole.
-    let unmasked = rt.policy.allows_unmask(
+    let (unmasked, column_unmask) = match rt.policy.unmask_for(
         &principal,
         &sluice_policy::TargetRef {
             name: &target.name,
             environment: &target.environment,
         },
-    );
+    ) {
+        sluice_policy::Unmask::Nothing => (false, None),
+        sluice_policy::Unmask::Everything => (true, None),
+        sluice_policy::Unmask::Columns(c) => (false, Some(c)),
+    };
     let catalog = rt.catalogs.get(&target.name).cloned().unwrap_or_default();
     // DDL from any session makes the target's cached column names stale.
     statements.catalog = Some(catalog.clone());
@@ -331,6 +335,7 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
         target: catalog_target,
         connector: connector.as_ref(),
         timeout,
+        unmask: column_unmask.clone(),
     };
     let copy_ctx = match (&rt.masker, unmasked) {
         (Some(masker), false) => Some((masker.clone(), access())),
@@ -342,6 +347,7 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
             statements.catalog = Some(catalog.clone());
             let mut m = Masking::new(masker.clone(), catalog.clone());
             m.refuse_unmaskable = rt.config.masking.refuse_unmaskable;
+            m.unmask = column_unmask.clone();
             Some((m, access()))
         }
         _ => None,
@@ -462,6 +468,8 @@ pub struct CatalogAccess<'a> {
     pub connector: Option<&'a tokio_rustls::TlsConnector>,
     /// Connect timeout.
     pub timeout: Duration,
+    /// Columns the session sees unmasked (plans made here honour them).
+    pub unmask: Option<Arc<sluice_policy::ColumnUnmask>>,
 }
 
 /// Why the relay stopped.

@@ -301,6 +301,90 @@ when { resource.environment == "development" };"#,
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn policy_unmasks_one_column_and_keeps_the_rest_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("unmask.cedar"),
+        r#"@id("dev-sees-phones-and-emails")
+permit (principal in Sluice::Group::"dev", action == Sluice::Action::"unmask", resource)
+when { resource is Sluice::Column && ["phone", "email"].contains(resource.column) };
+@id("but-no-emails-in-development")
+forbid (principal, action == Sluice::Action::"unmask", resource == Sluice::Column::"public.customers.email")
+when { resource.environment == "development" };"#,
+    )
+    .unwrap();
+    // The test user is in group "dev"; the target is in development.
+    let (_pg, mut sluice) = start_pii(&format!("[policy]\ndir = \"{}\"\n", dir.path().display()));
+    let c = connect(&sluice).await;
+    // Extended protocol, an alias: the phone is shown, the rest masked.
+    let r = c
+        .query_one(
+            "select phone as tel, email, ssn, full_name from customers where id = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), "+1 415 555 2671");
+    assert_ne!(r.get::<_, String>(1), EMAIL, "the forbid wins");
+    assert_ne!(r.get::<_, String>(2), SSN);
+    assert_ne!(r.get::<_, String>(3), "Alice Smith");
+    // Simple protocol, a join of the table with itself.
+    let rows = simple_rows(
+        &c.simple_query(
+            "select a.phone, b.card_number from customers a join customers b using (id) where id = 2",
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(rows[0][0].as_deref(), Some("+44 20 7946 0958"));
+    assert_ne!(rows[0][1].as_deref(), Some("5500 0000 0000 0004"));
+    // A value computed from the phone is not the column: still masked.
+    let r = c
+        .query_one("select phone || '' from customers where id = 1", &[])
+        .await
+        .unwrap();
+    assert_ne!(r.get::<_, String>(0), "+1 415 555 2671");
+    // COPY follows the same rules.
+    let mut out = Box::pin(
+        c.copy_out("copy (select phone, ssn from customers where id = 1) to stdout")
+            .await
+            .unwrap(),
+    );
+    let mut data = Vec::new();
+    while let Some(chunk) = out.next().await {
+        data.extend_from_slice(&chunk.unwrap());
+    }
+    let text = String::from_utf8_lossy(&data);
+    assert!(text.starts_with("+1 415 555 2671\t"), "{text}");
+    assert!(!text.contains(SSN), "{text}");
+    drop(c);
+
+    // The trail records the phone as read unmasked and the SSN as masked.
+    sluice.signal("TERM");
+    assert!(sluice
+        .wait_exit(std::time::Duration::from_secs(30))
+        .is_some());
+    let data = sluice.data_dir();
+    let usage = |column: &str| -> serde_json::Value {
+        let o = std::process::Command::new(bin())
+            .args(["usage", "--data-dir", data.to_str().unwrap()])
+            .args(["--column", column, "--format", "json"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let phone = usage("customers.phone");
+    let rows = phone.as_array().unwrap();
+    assert!(!rows.is_empty(), "{phone:#}");
+    assert!(rows.iter().all(|r| r["masked"] == false), "{phone:#}");
+    let ssn = usage("customers.ssn");
+    let rows = ssn.as_array().unwrap();
+    assert!(!rows.is_empty(), "{ssn:#}");
+    assert!(rows.iter().all(|r| r["masked"] == true), "{ssn:#}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn renamed_columns_are_seen_after_ddl() {
     let (_pg, sluice) = start_pii("");
     let c = connect(&sluice).await;
