@@ -7,7 +7,7 @@
 //! sent as NULL, never as it was. Rows too large to hold are streamed with
 //! length-preserving redaction (see [`StreamingRow`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -47,6 +47,32 @@ pub struct ResultPlan {
     /// Per column: for JSON made of a table's whole rows (`row_to_json(c)`),
     /// that table: the context of its top-level keys.
     pub json_roots: Vec<Option<Arc<str>>>,
+    /// Per column: for a computed field, the table columns it is computed
+    /// from (`table.column` as the statement wrote them), noted as masked
+    /// with it, less those another field of the result shows as they are.
+    pub sources: Vec<Vec<String>>,
+}
+
+impl ResultPlan {
+    /// Note in `report` that column `i` had a value masked.
+    fn note(&self, i: usize, report: &mut MaskReport) {
+        note_masked(&self.labels, &self.sources, i, report);
+    }
+}
+
+/// Note label `i` (and the sources of a computed field) as masked.
+fn note_masked(labels: &[String], sources: &[Vec<String>], i: usize, report: &mut MaskReport) {
+    if let Some(label) = labels.get(i) {
+        report.note_column(label);
+    }
+    for source in sources.get(i).into_iter().flatten() {
+        report.note_column(source);
+    }
+}
+
+/// The unqualified table of a name as written (`public.t` → `t`).
+fn bare_table(table: &str) -> &str {
+    table.rsplit('.').next().unwrap_or(table)
 }
 
 /// The plan for the columns of a RowDescription (`body` without header):
@@ -86,8 +112,13 @@ pub fn plan_columns(
         active: false,
         records: Vec::with_capacity(fields.len()),
         json_roots: Vec::with_capacity(fields.len()),
+        sources: Vec::with_capacity(fields.len()),
     };
     let count = fields.len();
+    // Per field: what it is computed from; the (table, column) pairs a
+    // field that passes shows as they are.
+    let mut computed_sources: Vec<Vec<(String, String)>> = Vec::with_capacity(count);
+    let mut shown: HashSet<(String, String)> = HashSet::new();
     for (i, f) in fields.into_iter().enumerate() {
         let origin = (f.table_oid != 0 && f.column > 0)
             .then(|| catalog.column(f.table_oid, f.column))
@@ -102,12 +133,18 @@ pub fn plan_columns(
             (Some(u), None) => u.everything_else(),
             (None, _) => false,
         };
+        let computed = match (&origin, sources) {
+            (None, Some(outputs)) => Some(computed_from(outputs, count, i)),
+            _ => None,
+        };
         if unmasked {
             plan.columns.push(ColumnPlan::Pass);
             plan.formats.push(f.format);
             plan.labels.push(label);
             plan.records.push(None);
             plan.json_roots.push(None);
+            note_shown(&mut shown, origin.as_ref(), computed.as_deref());
+            computed_sources.push(Vec::new());
             continue;
         }
         let type_name = catalog
@@ -129,10 +166,6 @@ pub fn plan_columns(
                 pg_type_name: type_name,
                 type_oid: f.type_oid,
             },
-        };
-        let computed = match (&origin, sources) {
-            (None, Some(outputs)) => Some(computed_from(outputs, count, i)),
-            _ => None,
         };
         let mut column = match &computed {
             // A computed column: judged also by what it is computed from.
@@ -169,10 +202,40 @@ pub fn plan_columns(
         plan.records.push(record);
         plan.active |= !column.is_pass();
         plan.labels.push(label);
+        if column.is_pass() {
+            note_shown(&mut shown, origin.as_ref(), computed.as_deref());
+        }
         plan.columns.push(column);
         plan.formats.push(f.format);
+        computed_sources.push(computed.unwrap_or_default());
     }
+    plan.sources = computed_sources
+        .into_iter()
+        .map(|from| {
+            from.into_iter()
+                .filter(|(t, c)| {
+                    c != "*" && !shown.contains(&(bare_table(t).to_owned(), c.clone()))
+                })
+                .map(|(t, c)| format!("{t}.{c}"))
+                .collect()
+        })
+        .collect();
     Ok(Some(plan))
+}
+
+/// Adds what a field that passes untouched shows: its table column, or
+/// the columns it is computed from.
+fn note_shown(
+    shown: &mut HashSet<(String, String)>,
+    origin: Option<&Arc<crate::catalog::ColumnOrigin>>,
+    computed: Option<&[(String, String)]>,
+) {
+    if let Some(o) = origin {
+        shown.insert((o.table.clone(), o.column.clone()));
+    }
+    for (t, c) in computed.into_iter().flatten() {
+        shown.insert((bare_table(t).to_owned(), c.clone()));
+    }
 }
 
 /// The one table whose whole rows a computed value is made of
@@ -674,9 +737,7 @@ impl Masking {
         }
         if !self.noted[column] {
             self.noted[column] = true;
-            if let Some(label) = plan.labels.get(column) {
-                self.report.note_column(label);
-            }
+            plan.note(column, &mut self.report);
         }
     }
 
@@ -910,9 +971,7 @@ impl StreamingRow {
         match self.column() {
             ColumnPlan::Pass => out.extend_from_slice(chunk),
             ColumnPlan::Mask { .. } => {
-                if let Some(label) = self.plan.labels.get(self.field) {
-                    masking.report.note_column(label);
-                }
+                self.plan.note(self.field, &mut masking.report);
                 out.extend(std::iter::repeat_n(b'*', chunk.len()));
             }
             ColumnPlan::Scan { .. } => {
@@ -1122,6 +1181,8 @@ pub struct CopyPlan {
     pub columns: Vec<ColumnPlan>,
     /// Labels for reports.
     pub labels: Vec<String>,
+    /// Sources of computed columns, for reports (see [`ResultPlan::sources`]).
+    pub sources: Vec<Vec<String>>,
     /// The data format.
     pub format: sluice_sql::CopyFormat,
     /// Text format options.
@@ -1198,6 +1259,7 @@ impl CopyPlan {
         Ok(CopyPlan {
             columns,
             labels: result.labels.clone(),
+            sources: result.sources.clone(),
             format: copy.format,
             text,
             csv,
@@ -1271,9 +1333,14 @@ impl CopyMasker {
             return;
         }
         self.noted = true;
-        for (plan, label) in self.plan.columns.iter().zip(&self.plan.labels) {
+        for (i, plan) in self.plan.columns.iter().enumerate() {
             if !plan.is_pass() {
-                masking.report.note_column(label);
+                note_masked(
+                    &self.plan.labels,
+                    &self.plan.sources,
+                    i,
+                    &mut masking.report,
+                );
             }
         }
     }
