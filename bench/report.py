@@ -60,7 +60,8 @@ def main():
         if str(meta.get(k, "")).isdigit():
             meta[k] = int(meta[k])
     report = {
-        "settings": {k: meta.get(k) for k in ("seconds", "repeat", "rows", "targets")},
+        "settings": {k: meta.get(k) for k in ("seconds", "repeat", "rows", "targets")}
+        | {"keep_awake_1_client": bool(meta.get("keep_awake"))},
         "machine": {k: meta.get(k) for k in ("nproc", "kernel", "cpu", "mem_total_kib", "loadavg_start", "loadavg_end")},
         "git": {"commit": meta.get("commit"), "dirty": meta.get("dirty") == "true"},
         "versions": {k: meta.get(k) for k in ("postgres", "pgbouncer", "pgbench", "sluice_version")},
@@ -155,6 +156,8 @@ def main():
     report["goals_met_transparent"] = None if None in goals else all(goals)
     print(f"goals met: sluice {report['goals_met']}, transparent sluice {report['goals_met_transparent']}"
           " (peak RSS is the default Sluice's)")
+    if report["settings"]["keep_awake_1_client"]:
+        print("1-client runs had every CPU kept busy by a nice-19 spinner (BENCH_KEEP_AWAKE)")
     print(f"machine: {meta.get('nproc')} cores, {meta.get('cpu')}, load {meta.get('loadavg_start')} -> {meta.get('loadavg_end')};"
           f" commit {str(meta.get('commit'))[:10]}{' (dirty)' if report['git']['dirty'] else ''}")
     with open(out_path, "w") as f:

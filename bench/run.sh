@@ -15,6 +15,8 @@
 #      BENCH_SKIP_SLUICE=1   measure direct and PgBouncer only
 #      BENCH_QUICK=1         smoke run: 2 s runs, 1 repetition, 100k rows
 #      BENCH_BUILD=1         rebuild Sluice (cargo build --release) even if a binary exists
+#      BENCH_KEEP_AWAKE=1    during 1-client runs, keep every CPU busy with a nice-19
+#                            spinner (see README: idle vCPUs of a VM wake slowly)
 #      SLUICE_BIN            Sluice binary (default: release build, see find_sluice)
 set -euo pipefail
 
@@ -93,8 +95,23 @@ stop_pid() {  # pid: TERM, wait up to 5 s, then KILL
   for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
   kill -9 "$pid" 2>/dev/null || true
 }
+awake_pids=""
+keep_awake() {  # start one lowest-priority busy loop per CPU
+  local i
+  for i in $(seq 1 "$(nproc)"); do
+    nice -n 19 sh -c 'while :; do :; done' &
+    awake_pids="$awake_pids $!"
+  done
+}
+let_sleep() {
+  local p
+  for p in $awake_pids; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  awake_pids=""
+}
+
 cleanup() {
   set +e
+  let_sleep
   [ -n "$child" ] && stop_pid "$child"
   [ -n "$sluice_pid" ] && stop_pid "$sluice_pid"
   [ -n "$plain_pid" ] && stop_pid "$plain_pid"
@@ -269,6 +286,7 @@ run "$work/pgbench-init.log" pgbench -i -s 10 -q -p "$pg_port" \
 
 for c in $clients; do
   j=$(( c < 2 ? c : 2 ))
+  if [ "$c" = 1 ] && [ -n "${BENCH_KEEP_AWAKE:-}" ]; then keep_awake; fi
   for mode in simple prepared; do
     for r in $(seq 1 "$repeat"); do
       for target in $pg_targets; do
@@ -285,6 +303,7 @@ for c in $clients; do
       done
     done
   done
+  let_sleep
 done
 rss_after_pgbench=$(vm_kib VmHWM)
 
@@ -348,7 +367,7 @@ BENCH_META=$(python3 -c 'import json,sys; print(json.dumps(dict(zip(sys.argv[1::
   pgbench "$(pgbench --version)" \
   sluice_bin "$sluice" sluice_version "$([ -n "$sluice" ] && "$sluice" --version 2>/dev/null || true)" \
   sluice_bin_mtime "$([ -n "$sluice" ] && date -u -r "$sluice" +%Y-%m-%dT%H:%M:%SZ || true)" \
-  sluice_note "$sluice_note" \
+  sluice_note "$sluice_note" keep_awake "${BENCH_KEEP_AWAKE:-}" \
   rss_peak_kib "$rss_peak" rss_now_kib "$rss_now" rss_peak_after_pgbench_kib "$rss_after_pgbench") \
   python3 "$bench_dir/report.py" "$results" "$out_json"
 
