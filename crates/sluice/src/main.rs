@@ -134,6 +134,35 @@ enum PolicyCommand {
         /// The statement(s); `-` reads standard input.
         sql: String,
     },
+    /// Show which columns a principal sees unmasked in results (the
+    /// `unmask` action), by policy alone (`[masking] enabled = false` in a
+    /// config would unmask everything).
+    Unmask {
+        /// Environment of the target (production, staging, …).
+        #[arg(long, default_value = "production")]
+        environment: String,
+        /// Name of the target.
+        #[arg(long, default_value = "policy-test")]
+        target: String,
+        /// Who reads.
+        #[arg(long = "as", default_value = "someone")]
+        principal: String,
+        /// Kind of principal.
+        #[arg(long, default_value = "human")]
+        kind: String,
+        /// Groups, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// Use the [policy] section of this config (built-in policies otherwise).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+        /// Columns as `schema.table.column` (`table.column`: in `public`).
+        #[arg(required = true)]
+        columns: Vec<String>,
+    },
     /// Load and validate the policies of a config (or the built-in ones).
     Validate {
         /// Config file.
@@ -283,6 +312,90 @@ fn policy(cmd: PolicyCommand) -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        PolicyCommand::Unmask {
+            environment,
+            target,
+            principal,
+            kind,
+            groups,
+            config,
+            format,
+            columns,
+        } => {
+            let engine = match load_policies(config.as_deref()) {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("sluice policy unmask: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let kind = match kind.parse() {
+                Ok(k) => k,
+                Err(e) => {
+                    eprintln!("sluice policy unmask: --kind: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let who = sluice_identity::Principal {
+                name: principal,
+                kind,
+                groups,
+                method: "policy-test",
+                ..Default::default()
+            };
+            let mut names = Vec::with_capacity(columns.len());
+            for c in &columns {
+                match c.split('.').collect::<Vec<_>>().as_slice() {
+                    [t, col] if !t.is_empty() && !col.is_empty() => {
+                        names.push(("public".to_owned(), t.to_string(), col.to_string()))
+                    }
+                    [s, t, col] if !s.is_empty() && !t.is_empty() && !col.is_empty() => {
+                        names.push((s.to_string(), t.to_string(), col.to_string()))
+                    }
+                    _ => {
+                        eprintln!(
+                            "sluice policy unmask: {c:?}: expected schema.table.column or table.column"
+                        );
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            let unmask = engine.unmask_for(
+                &who,
+                &sluice_policy::TargetRef {
+                    name: &target,
+                    environment: &environment,
+                },
+            );
+            let (whole, verdicts): (bool, Vec<bool>) = match &unmask {
+                sluice_policy::Unmask::Nothing => (false, vec![false; names.len()]),
+                sluice_policy::Unmask::Everything => (true, vec![true; names.len()]),
+                sluice_policy::Unmask::Columns(c) => (
+                    c.everything_else(),
+                    names
+                        .iter()
+                        .map(|(s, t, col)| c.column(s, t, col))
+                        .collect(),
+                ),
+            };
+            let word = |u: bool| if u { "unmasked" } else { "masked" };
+            if format == OutputFormat::Json {
+                let out = serde_json::json!({
+                    "target": { "name": target, "environment": environment, "unmasked": whole },
+                    "columns": names.iter().zip(&verdicts).map(|((s, t, c), u)| serde_json::json!({
+                        "column": format!("{s}.{t}.{c}"),
+                        "unmasked": u,
+                    })).collect::<Vec<_>>(),
+                });
+                println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            } else {
+                println!("computed fields: {}", word(whole));
+                for ((s, t, c), u) in names.iter().zip(&verdicts) {
+                    println!("{s}.{t}.{c}: {}", word(*u));
+                }
+            }
+            ExitCode::SUCCESS
+        }
         PolicyCommand::Test {
             environment,
             principal,

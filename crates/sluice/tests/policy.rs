@@ -318,6 +318,56 @@ fn policy_test_cli_works_without_a_database() {
 }
 
 #[test]
+fn policy_unmask_cli_shows_which_columns_a_principal_sees() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(
+        dir.path().join("policies/unmask.cedar"),
+        r#"@id("support-sees-phones")
+permit (principal in Sluice::Group::"support", action == Sluice::Action::"unmask",
+        resource == Sluice::Column::"public.customers.phone");"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        "[listen]\npostgres = \"127.0.0.1:1\"\n[policy]\ndir = \"policies\"\n",
+    )
+    .unwrap();
+    let config = dir.path().join("sluice.toml").display().to_string();
+    let unmask = |groups: &str, format: &str| {
+        let out = std::process::Command::new(bin())
+            .args(["policy", "unmask", "--config", &config, "--as", "sam"])
+            .args(["--groups", groups, "--format", format])
+            .args(["customers.phone", "public.customers.email"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let v: serde_json::Value = serde_json::from_str(&unmask("support", "json")).unwrap();
+    assert_eq!(v["target"]["unmasked"], false, "{v:#}");
+    assert_eq!(v["columns"][0]["column"], "public.customers.phone");
+    assert_eq!(v["columns"][0]["unmasked"], true, "{v:#}");
+    assert_eq!(v["columns"][1]["unmasked"], false, "{v:#}");
+    let text = unmask("sales", "text");
+    assert!(
+        text.contains("public.customers.phone: masked")
+            && text.contains("public.customers.email: masked"),
+        "{text}"
+    );
+    // A malformed column name is a usage error.
+    let out = std::process::Command::new(bin())
+        .args(["policy", "unmask", "email"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
 fn mask_classify_previews_masking_of_a_csv_offline() {
     use std::io::Write;
     let mut child = std::process::Command::new(bin())
