@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod approvals_cmd;
 mod audit_cmd;
@@ -109,28 +109,57 @@ enum Command {
     },
 }
 
+/// Who and where, for the offline policy tools.
+#[derive(Args)]
+struct PolicyWho {
+    /// Environment of the target (production, staging, …).
+    #[arg(long, default_value = "production")]
+    environment: String,
+    /// The principal's name.
+    #[arg(long = "as", default_value = "someone")]
+    principal: String,
+    /// Kind of principal.
+    #[arg(long, default_value = "human")]
+    kind: String,
+    /// Groups, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    groups: Vec<String>,
+    /// Use the [policy] section of this config (built-in policies otherwise).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    format: OutputFormat,
+}
+
+impl PolicyWho {
+    /// The policies and the principal; `Err` is the message for stderr.
+    fn load(
+        &self,
+        tool: &str,
+    ) -> Result<(sluice_policy::PolicyEngine, sluice_identity::Principal), String> {
+        let engine = load_policies(self.config.as_deref()).map_err(|e| format!("{tool}: {e}"))?;
+        let kind = self
+            .kind
+            .parse()
+            .map_err(|e| format!("{tool}: --kind: {e}"))?;
+        let who = sluice_identity::Principal {
+            name: self.principal.clone(),
+            kind,
+            groups: self.groups.clone(),
+            method: "policy-test",
+            ..Default::default()
+        };
+        Ok((engine, who))
+    }
+}
+
 #[derive(Subcommand)]
 enum PolicyCommand {
     /// Show how a statement would be judged: decision, rule and facts.
     Test {
-        /// Environment of the target (production, staging, …).
-        #[arg(long, default_value = "production")]
-        environment: String,
-        /// Who runs it.
-        #[arg(long = "as", default_value = "someone")]
-        principal: String,
-        /// Kind of principal.
-        #[arg(long, default_value = "human")]
-        kind: String,
-        /// Groups, comma-separated.
-        #[arg(long, value_delimiter = ',')]
-        groups: Vec<String>,
-        /// Use the [policy] section of this config (built-in guardrails otherwise).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-        format: OutputFormat,
+        #[command(flatten)]
+        who: PolicyWho,
         /// The statement(s); `-` reads standard input.
         sql: String,
     },
@@ -138,27 +167,11 @@ enum PolicyCommand {
     /// `unmask` action), by policy alone (`[masking] enabled = false` in a
     /// config would unmask everything).
     Unmask {
-        /// Environment of the target (production, staging, …).
-        #[arg(long, default_value = "production")]
-        environment: String,
+        #[command(flatten)]
+        who: PolicyWho,
         /// Name of the target.
         #[arg(long, default_value = "policy-test")]
         target: String,
-        /// Who reads.
-        #[arg(long = "as", default_value = "someone")]
-        principal: String,
-        /// Kind of principal.
-        #[arg(long, default_value = "human")]
-        kind: String,
-        /// Groups, comma-separated.
-        #[arg(long, value_delimiter = ',')]
-        groups: Vec<String>,
-        /// Use the [policy] section of this config (built-in policies otherwise).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-        format: OutputFormat,
         /// Columns as `schema.table.column` (`table.column`: in `public`).
         #[arg(required = true)]
         columns: Vec<String>,
@@ -313,36 +326,18 @@ fn policy(cmd: PolicyCommand) -> ExitCode {
             }
         },
         PolicyCommand::Unmask {
-            environment,
+            who,
             target,
-            principal,
-            kind,
-            groups,
-            config,
-            format,
             columns,
         } => {
-            let engine = match load_policies(config.as_deref()) {
-                Ok(e) => e,
+            let (engine, principal) = match who.load("sluice policy unmask") {
+                Ok(loaded) => loaded,
                 Err(e) => {
-                    eprintln!("sluice policy unmask: {e}");
+                    eprintln!("{e}");
                     return ExitCode::from(2);
                 }
             };
-            let kind = match kind.parse() {
-                Ok(k) => k,
-                Err(e) => {
-                    eprintln!("sluice policy unmask: --kind: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let who = sluice_identity::Principal {
-                name: principal,
-                kind,
-                groups,
-                method: "policy-test",
-                ..Default::default()
-            };
+            let (environment, format) = (who.environment, who.format);
             let mut names = Vec::with_capacity(columns.len());
             for c in &columns {
                 match c.split('.').collect::<Vec<_>>().as_slice() {
@@ -361,7 +356,7 @@ fn policy(cmd: PolicyCommand) -> ExitCode {
                 }
             }
             let unmask = engine.unmask_for(
-                &who,
+                &principal,
                 &sluice_policy::TargetRef {
                     name: &target,
                     environment: &environment,
@@ -396,19 +391,11 @@ fn policy(cmd: PolicyCommand) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        PolicyCommand::Test {
-            environment,
-            principal,
-            kind,
-            groups,
-            config,
-            format,
-            sql,
-        } => {
-            let engine = match load_policies(config.as_deref()) {
-                Ok(e) => e,
+        PolicyCommand::Test { who: args, sql } => {
+            let (engine, who) = match args.load("sluice policy test") {
+                Ok(loaded) => loaded,
                 Err(e) => {
-                    eprintln!("sluice policy test: {e}");
+                    eprintln!("{e}");
                     return ExitCode::from(2);
                 }
             };
@@ -422,27 +409,12 @@ fn policy(cmd: PolicyCommand) -> ExitCode {
             } else {
                 sql
             };
-            let kind = match kind.parse() {
-                Ok(k) => k,
-                Err(e) => {
-                    eprintln!("sluice policy test: --kind: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let who = sluice_identity::Principal {
-                name: principal,
-                kind,
-                groups,
-                attributes: Default::default(),
-                method: "policy-test",
-                ..Default::default()
-            };
             let analysis = sluice_sql::analyze(&sql, sluice_sql::Dialect::default());
             let decision = engine.decide(&sluice_policy::Request {
                 principal: &who,
                 target: sluice_policy::TargetRef {
                     name: "policy-test",
-                    environment: &environment,
+                    environment: &args.environment,
                 },
                 analysis: analysis.as_ref().ok(),
                 application_name: "sluice policy test",
@@ -450,7 +422,7 @@ fn policy(cmd: PolicyCommand) -> ExitCode {
                 client_address: "",
                 search_path: &[],
             });
-            print_decision(&decision, &analysis, &sql, format);
+            print_decision(&decision, &analysis, &sql, args.format);
             // Exit status tells CI pipelines whether the statement may run.
             match decision {
                 sluice_policy::Decision::Allow { .. } => ExitCode::SUCCESS,
