@@ -313,7 +313,8 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
     statements.tracing = state.tracer.is_some();
     statements.refuse_unmaskable = rt.config.masking.refuse_unmaskable;
     let flight = statements.flight.clone();
-    // Results are masked unless masking is off or policy lets this principal see them whole.
+    // Results are masked unless masking is off or policy lets this principal
+    // see them whole; with column rules, plans ask per column (masking.rs).
     let (unmasked, column_unmask) = match rt.policy.unmask_for(
         &principal,
         &sluice_policy::TargetRef {
