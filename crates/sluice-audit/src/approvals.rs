@@ -180,7 +180,7 @@ pub struct Binding {
     pub principal: String,
     /// The target (database name the client asked for).
     pub target: String,
-    /// pg_query fingerprint of the statement.
+    /// Fingerprint of the statement (`sluice_sql::fingerprint_and_normalize`).
     pub fingerprint: String,
     /// Hash of the literals / bind parameters (`""` when there are none), so
     /// an approval for `DELETE … WHERE id = 1` does not allow `id = 2`.

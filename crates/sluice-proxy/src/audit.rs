@@ -17,7 +17,8 @@ use sluice_sql::{Analysis, Kind};
 /// its verdict, so a repeated statement costs nothing to describe.
 #[derive(Debug, Default)]
 pub struct StatementInfo {
-    /// pg_query fingerprint (equal for statements differing in constants).
+    /// Fingerprint (equal for statements differing in constants; see
+    /// `sluice_sql::fingerprint_and_normalize`).
     pub fingerprint: Arc<str>,
     /// The text with constants replaced by `$n`.
     pub normalized: Arc<str>,

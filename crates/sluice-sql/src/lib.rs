@@ -48,14 +48,11 @@ pub fn analyze(sql: &str, dialect: Dialect) -> Result<Analysis, ParseError> {
 }
 
 /// The statement's fingerprint (equal for statements that differ only in
-/// constants) and its text with constants replaced by `$n` (safe to store).
-/// Kept off the per-statement path: each is another parse.
+/// constants, bind parameters, comments, whitespace and case; see
+/// `normalize.rs`) and its text with constants replaced by `$n` (safe to
+/// store), from one scan. Both are empty when the text cannot be scanned.
 pub fn fingerprint_and_normalize(sql: &str) -> (String, String) {
-    let fingerprint = pg_query::fingerprint(sql, 0, 0)
-        .map(|f| f.hex)
-        .unwrap_or_default();
-    let normalized = normalize::normalize(sql).unwrap_or_default();
-    (fingerprint, normalized)
+    normalize::fingerprint_and_normalize(sql).unwrap_or_default()
 }
 
 #[cfg(test)]

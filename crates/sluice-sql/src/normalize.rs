@@ -9,7 +9,7 @@
 //! constant (400 MB for a 100 KB `SELECT 1,1,…`). The scanner needs a few
 //! hundred bytes per token.
 
-use pg_query::protobuf::Token;
+use pg_query::protobuf::{KeywordKind, Token};
 
 /// `sql` with every constant (number, string, bit string, dollar-quoted
 /// body) replaced by `$n`, numbered after the highest `$n` already in it;
@@ -17,20 +17,34 @@ use pg_query::protobuf::Token;
 /// refuses the text (an unterminated string).
 pub fn normalize(sql: &str) -> Option<String> {
     let scan = pg_query::scan(sql).ok()?;
-    let constant = |t: i32| {
-        [
-            Token::Iconst,
-            Token::Fconst,
-            Token::Sconst,
-            Token::Usconst,
-            Token::Bconst,
-            Token::Xconst,
-        ]
-        .iter()
-        .any(|k| *k as i32 == t)
-    };
-    let mut next = 1 + scan
-        .tokens
+    normalized(sql, &scan.tokens)
+}
+
+/// The fingerprint and the normalized text of `sql` from one scan (see
+/// [`fingerprint`]); `None` when the scanner refuses the text.
+pub fn fingerprint_and_normalize(sql: &str) -> Option<(String, String)> {
+    let scan = pg_query::scan(sql).ok()?;
+    Some((
+        fingerprint(sql, &scan.tokens),
+        normalized(sql, &scan.tokens)?,
+    ))
+}
+
+fn is_constant(t: i32) -> bool {
+    [
+        Token::Iconst,
+        Token::Fconst,
+        Token::Sconst,
+        Token::Usconst,
+        Token::Bconst,
+        Token::Xconst,
+    ]
+    .iter()
+    .any(|k| *k as i32 == t)
+}
+
+fn normalized(sql: &str, tokens: &[pg_query::protobuf::ScanToken]) -> Option<String> {
+    let mut next = 1 + tokens
         .iter()
         .filter(|t| t.token == Token::Param as i32)
         .filter_map(|t| span(sql, t)?.get(1..)?.parse::<u32>().ok())
@@ -38,8 +52,8 @@ pub fn normalize(sql: &str) -> Option<String> {
         .unwrap_or(0);
     let mut out = String::with_capacity(sql.len());
     let mut copied = 0;
-    for t in &scan.tokens {
-        if !constant(t.token) {
+    for t in tokens {
+        if !is_constant(t.token) {
             continue;
         }
         let (Ok(start), Ok(end)) = (usize::try_from(t.start), usize::try_from(t.end)) else {
@@ -56,6 +70,75 @@ pub fn normalize(sql: &str) -> Option<String> {
     }
     out.push_str(sql.get(copied..)?);
     Some(out)
+}
+
+/// Sluice's statement fingerprint: 16 hex digits of a 64-bit FNV-1a hash
+/// of the statement's tokens as PostgreSQL's scanner reads them, with
+/// comments, whitespace and trailing semicolons left out, keywords and
+/// unquoted identifiers lower-cased (as the server folds them), every
+/// constant and bind parameter read as one placeholder and a list of them
+/// (`IN (1, 2, 3)`) as one. Statements that differ only in those share a
+/// fingerprint, also when one is sent with literals and the other prepared
+/// with `$n`. Read off the scan that normalizing needs anyway: pg_query's
+/// own fingerprint parsed the statement a second time, about a third of
+/// the cost of judging a new statement.
+fn fingerprint(sql: &str, tokens: &[pg_query::protobuf::ScanToken]) -> String {
+    const PLACEHOLDER: &str = "?";
+    // Each part, and whether it can end an operand (so that a `-` after
+    // it subtracts rather than negates).
+    let mut parts: Vec<(std::borrow::Cow<'_, str>, bool)> = Vec::with_capacity(tokens.len());
+    for t in tokens {
+        if t.token == Token::SqlComment as i32 || t.token == Token::CComment as i32 {
+            continue;
+        }
+        if is_constant(t.token) || t.token == Token::Param as i32 {
+            // `x = -5` reads as the constant -5: `+ -4210` and `+ 4210` are
+            // one statement with another constant.
+            let negated = match parts.as_slice() {
+                [.., (_, ends), (minus, _)] => minus == "-" && !ends,
+                [(minus, _)] => minus == "-",
+                _ => false,
+            };
+            if negated {
+                parts.pop();
+            }
+            // `?, ?` → `?`: lists of any length share a fingerprint.
+            if let [.., (p, _), (comma, _)] = parts.as_slice() {
+                if p == PLACEHOLDER && comma == "," {
+                    parts.pop();
+                    continue;
+                }
+            }
+            parts.push((PLACEHOLDER.into(), true));
+            continue;
+        }
+        let Some(text) = span(sql, t) else { continue };
+        let quoted =
+            text.starts_with('"') || text.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("u&"));
+        let ends_operand = t.token == Token::Ident as i32
+            || (t.keyword_kind != KeywordKind::NoKeyword as i32
+                && t.keyword_kind != KeywordKind::ReservedKeyword as i32)
+            || text == ")"
+            || text == "]";
+        let text = if quoted || !text.bytes().any(|b| b.is_ascii_uppercase()) {
+            text.into()
+        } else {
+            text.to_ascii_lowercase().into()
+        };
+        parts.push((text, ends_operand));
+    }
+    while parts.last().is_some_and(|(p, _)| p == ";") {
+        parts.pop();
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (part, _) in &parts {
+        // A separator byte no token holds, so tokens cannot run together.
+        for b in part.bytes().chain(std::iter::once(0)) {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{hash:016x}")
 }
 
 fn span<'a>(sql: &'a str, t: &pg_query::protobuf::ScanToken) -> Option<&'a str> {
@@ -142,6 +225,43 @@ mod tests {
             Some("select \"a'b\" /* c */ from t where x is true")
         );
         assert_eq!(normalize("select 'unterminated"), None);
+    }
+
+    fn fp(sql: &str) -> String {
+        fingerprint_and_normalize(sql).unwrap().0
+    }
+
+    #[test]
+    fn fingerprints_group_statements_that_differ_only_in_constants() {
+        let select = fp("SELECT abalance FROM pgbench_accounts WHERE aid = 42;");
+        assert_eq!(select.len(), 16);
+        for same in [
+            "select abalance from pgbench_accounts where aid = 7",
+            "SELECT  abalance\n FROM pgbench_accounts /* c */ WHERE aid = $1 ;",
+            "select abalance from pgbench_accounts where aid = 'x' -- why",
+        ] {
+            assert_eq!(fp(same), select, "{same}");
+        }
+        assert_eq!(
+            fp("update t set b = b + -4210 where id = 1"),
+            fp("update t set b = b + 4210 where id = -1")
+        );
+        assert_ne!(fp("select a - 1 from t"), fp("select a 1 from t"));
+        assert_eq!(
+            fp("select * from t where id in (1, 2, 3)"),
+            fp("select * from t where id in ($1)")
+        );
+        for different in [
+            "select abalance from pgbench_branches where aid = 42",
+            "select abalance from pgbench_accounts where aid > 42",
+            "select \"Abalance\" from pgbench_accounts where aid = 42",
+            "select abalance from pgbench_accounts where aid = 42; select 1",
+        ] {
+            assert_ne!(fp(different), select, "{different}");
+        }
+        // Tokens never run together: `ab c` is not `a bc`.
+        assert_ne!(fp("select ab c"), fp("select a bc"));
+        assert_eq!(fingerprint_and_normalize("select 'unterminated"), None);
     }
 
     #[test]
