@@ -9,6 +9,9 @@
 //!   judges a new text each time (the target's "miss");
 //! - **new sess.**: the same on a fresh guard each time (built outside the
 //!   timed loop): the first statement of a session, with cold caches;
+//! - **shared**: the first statement of a new session that another session
+//!   of the process has sent: the analysis comes from the process-wide
+//!   cache (`SharedAnalyses`), the decision is the session's own;
 //! - the parts of a miss alone: `sluice_sql::template`, `pg_query::parse`,
 //!   `sluice_sql::analyze` (parse + facts), `PolicyEngine::decide_in`, and
 //!   `rest`: miss − template − analyze − decide, what else a miss pays;
@@ -33,11 +36,12 @@
 
 use std::hint::black_box;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::Instant;
 
 use sluice_identity::{Principal, PrincipalKind};
 use sluice_policy::{Decision, PolicyEngine, Request, TargetRef};
-use sluice_proxy::guard::{Guard, Verdict};
+use sluice_proxy::guard::{Guard, SharedAnalyses, Verdict};
 use sluice_proxy::Metrics;
 
 const HIT_TARGET_US: f64 = 1.0;
@@ -315,6 +319,8 @@ struct Row {
     miss: Outcome,
     /// A miss on a new session (its first statement).
     miss_fresh: Outcome,
+    /// The same, analysed before by another session.
+    shared: Outcome,
     /// Parts of a miss, measured alone.
     template_fn: Outcome,
     parse: Stat,
@@ -419,6 +425,44 @@ fn measure(env: &Env<'_>, stmt: &'static Stmt, s: &Settings) -> Row {
         Some(w) => Outcome::Wrong(w),
     };
 
+    // --- the same, with the process's shared analyses holding the text:
+    // judged without a parse.
+    let shared_analyses = Arc::new(SharedAnalyses::default());
+    {
+        let mut first = env.guard(&metrics);
+        first.shared = Some(shared_analyses.clone());
+        black_box(first.judge_text(bytes));
+    }
+    let analysed = || metrics.statements_analysed_total.load(Relaxed);
+    let mut samples = Vec::with_capacity(s.reps);
+    let mut shared_wrong = None;
+    for _ in 0..s.reps {
+        let mut guards: Vec<Guard<'_>> = (0..n)
+            .map(|_| {
+                let mut g = env.guard(&metrics);
+                g.shared = Some(shared_analyses.clone());
+                g
+            })
+            .collect();
+        let (before, parsed) = (checked(), analysed());
+        let us = per_op(n, |i| {
+            black_box(guards[i as usize].judge_text(black_box(bytes)));
+        });
+        if checked() - before != u64::from(n) || analysed() != parsed {
+            shared_wrong = Some(format!(
+                "{} of {n} calls judged, {} analysed",
+                checked() - before,
+                analysed() - parsed
+            ));
+        }
+        drop(guards);
+        samples.push(us);
+    }
+    let shared = match shared_wrong {
+        None => Outcome::Measured(stat(samples)),
+        Some(w) => Outcome::Wrong(w),
+    };
+
     // --- miss in a warm session: one guard, a statement it has not seen,
     // each time: the text with a 12-character suffix of spaces and tabs
     // spelling the call's number, which the parser skips but which gives
@@ -515,6 +559,7 @@ fn measure(env: &Env<'_>, stmt: &'static Stmt, s: &Settings) -> Row {
         template,
         miss,
         miss_fresh,
+        shared,
         template_fn,
         parse,
         analyze,
@@ -658,13 +703,14 @@ fn main() {
         s.reps
     );
     println!(
-        "{:<30} {:>5} {:>8} {:>9} {:>8} {:>9} | {:>9} {:>7} {:>8} {:>7} {:>7} {:>7}  verdict",
+        "{:<30} {:>5} {:>8} {:>9} {:>8} {:>9} {:>7} | {:>9} {:>7} {:>8} {:>7} {:>7} {:>7}  verdict",
         "statement",
         "bytes",
         "hit",
         "template",
         "miss",
         "new sess.",
+        "shared",
         "template()",
         "parse",
         "analyze",
@@ -675,13 +721,14 @@ fn main() {
     for kind in ["oltp", "analytical"] {
         for r in rows.iter().filter(|r| r.stmt.kind == kind) {
             println!(
-                "{:<30} {:>5} {} {} {} {} | {} {:>7} {:>8} {:>7} {:>7} {:>7}  {}",
+                "{:<30} {:>5} {} {} {} {} {} | {} {:>7} {:>8} {:>7} {:>7} {:>7}  {}",
                 r.stmt.name,
                 r.bytes,
                 cell(&r.hit, 8),
                 cell(&r.template, 9),
                 cell(&r.miss, 8),
                 cell(&r.miss_fresh, 9),
+                cell(&r.shared, 7),
                 cell(&r.template_fn, 10),
                 num(r.parse.median),
                 num(r.analyze.median),
@@ -698,6 +745,7 @@ fn main() {
             ("template", &r.template),
             ("miss", &r.miss),
             ("miss on a new session", &r.miss_fresh),
+            ("shared analysis", &r.shared),
         ] {
             if let Outcome::Wrong(why) = o {
                 println!("WARNING: {} {what}: {why}", r.stmt.name);
@@ -713,6 +761,7 @@ fn main() {
     let (tpl_max, tpl_ok) = worst(&rows, |r| &r.template);
     let (miss_max, miss_ok) = worst(&rows, |r| &r.miss);
     let (fresh_max, _) = worst(&rows, |r| &r.miss_fresh);
+    let (shared_max, _) = worst(&rows, |r| &r.shared);
     let goal = |max: Option<f64>, complete: bool, limit: f64| -> Option<bool> {
         if complete {
             max.map(|m| m < limit)
@@ -730,14 +779,15 @@ fn main() {
     };
     let show = |x: Option<f64>| x.map_or("n/a".into(), num);
     println!(
-        "OLTP targets: exact hit < {HIT_TARGET_US} µs: {} (worst {}); template hit < {HIT_TARGET_US} µs: {} (worst {}); miss < {MISS_TARGET_US} µs: {} (worst {}; on a new session {})",
+        "OLTP targets: exact hit < {HIT_TARGET_US} µs: {} (worst {}); template hit < {HIT_TARGET_US} µs: {} (worst {}); miss < {MISS_TARGET_US} µs: {} (worst {}; on a new session {}; analysed before by another session {})",
         word(hit_met),
         show(hit_max),
         word(tpl_met),
         show(tpl_max),
         word(miss_met),
         show(miss_max),
-        show(fresh_max)
+        show(fresh_max),
+        show(shared_max)
     );
 
     if let Some(path) = &s.json {
@@ -755,11 +805,12 @@ fn main() {
             "  \"targets\": {{\"hit_us\": {HIT_TARGET_US}, \"miss_us\": {MISS_TARGET_US}, \"applies_to\": \"oltp\"}},\n"
         ));
         j.push_str(&format!(
-            "  \"oltp_worst\": {{\"hit\": {}, \"template\": {}, \"miss\": {}, \"miss_new_session\": {}}},\n",
+            "  \"oltp_worst\": {{\"hit\": {}, \"template\": {}, \"miss\": {}, \"miss_new_session\": {}, \"shared_analysis\": {}}},\n",
             json_opt(hit_max),
             json_opt(tpl_max),
             json_opt(miss_max),
-            json_opt(fresh_max)
+            json_opt(fresh_max),
+            json_opt(shared_max)
         ));
         j.push_str(&format!(
             "  \"goals\": {{\"hit\": {}, \"template\": {}, \"miss\": {}}},\n",
@@ -772,7 +823,7 @@ fn main() {
             .iter()
             .map(|r| {
                 format!(
-                    "    {{\"name\": {}, \"kind\": {}, \"bytes\": {}, \"sql\": {}, \"verdict\": {},\n      \"hit\": {},\n      \"template\": {},\n      \"miss\": {},\n      \"miss_new_session\": {},\n      \"template_fn\": {},\n      \"parse\": {},\n      \"analyze\": {},\n      \"decide\": {},\n      \"cedar\": {},\n      \"rest_us\": {}}}",
+                    "    {{\"name\": {}, \"kind\": {}, \"bytes\": {}, \"sql\": {}, \"verdict\": {},\n      \"hit\": {},\n      \"template\": {},\n      \"miss\": {},\n      \"miss_new_session\": {},\n      \"shared_analysis\": {},\n      \"template_fn\": {},\n      \"parse\": {},\n      \"analyze\": {},\n      \"decide\": {},\n      \"cedar\": {},\n      \"rest_us\": {}}}",
                     json_str(r.stmt.name),
                     json_str(r.stmt.kind),
                     r.bytes,
@@ -782,6 +833,7 @@ fn main() {
                     json_outcome(&r.template),
                     json_outcome(&r.miss),
                     json_outcome(&r.miss_fresh),
+                    json_outcome(&r.shared),
                     json_outcome(&r.template_fn),
                     json_stat(&r.parse),
                     json_stat(&r.analyze),

@@ -29,6 +29,73 @@ pub const APPROVAL_REQUIRED: &str = "SL001";
 
 /// Cached verdicts per session, by statement text.
 const CACHE_LIMIT: usize = 2048;
+/// Texts (and templates) the process-wide analysis cache holds at most …
+const SHARED_ENTRIES: usize = 8192;
+/// … and bytes of text; it starts over beyond either.
+const SHARED_BYTES: usize = 8 << 20;
+/// Longer texts are analysed in each session, not shared.
+const SHARED_TEXT_MAX: usize = 16 << 10;
+
+/// What analysis found in a text: the same for every session, whoever
+/// sends it (the analysis depends on the text alone).
+struct Described {
+    analysis: Option<sluice_sql::Analysis>,
+    info: Arc<StatementInfo>,
+    /// Whether a verdict judged from it holds for the text's whole template.
+    reusable: bool,
+}
+
+/// Analyses shared by every session of the process, so that only the first
+/// session to send a statement pays for parsing it: a new connection of a
+/// pool, or of a client that connects per request, finds its statements
+/// here by text, or by template when the verdict cannot depend on the
+/// literals (the rule of the session's own template cache). Each session
+/// still judges what it finds by its own principal and policy. Bounded by
+/// [`SHARED_ENTRIES`] and [`SHARED_BYTES`].
+#[derive(Default)]
+pub struct SharedAnalyses {
+    inner: Mutex<SharedInner>,
+}
+
+#[derive(Default)]
+struct SharedInner {
+    by_text: HashMap<Bytes, Arc<Described>>,
+    by_template: HashMap<String, Arc<Described>>,
+    bytes: usize,
+}
+
+impl SharedAnalyses {
+    fn get(&self, text: &[u8], template: Option<&str>) -> Option<Arc<Described>> {
+        let inner = self.inner.lock().ok()?;
+        if let Some(d) = inner.by_text.get(text) {
+            return Some(d.clone());
+        }
+        template.and_then(|t| inner.by_template.get(t).cloned())
+    }
+
+    fn put(&self, text: &[u8], template: Option<&str>, described: &Arc<Described>) {
+        if text.len() > SHARED_TEXT_MAX {
+            return;
+        }
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        let template = template.filter(|_| described.reusable);
+        let adds = text.len() + template.map_or(0, str::len);
+        if inner.by_text.len() + inner.by_template.len() >= SHARED_ENTRIES
+            || inner.bytes + adds > SHARED_BYTES
+        {
+            *inner = SharedInner::default();
+        }
+        inner.bytes += adds;
+        inner
+            .by_text
+            .insert(Bytes::copy_from_slice(text), described.clone());
+        if let Some(t) = template {
+            inner.by_template.insert(t.to_owned(), described.clone());
+        }
+    }
+}
 
 /// Refusals waiting for the server's marker error, shared by the two loops.
 #[derive(Clone, Default)]
@@ -188,6 +255,9 @@ pub struct Guard<'a> {
     cache: HashMap<Bytes, Verdict>,
     /// Verdicts that hold for every statement with the same template.
     templates: HashMap<String, Verdict>,
+    /// The process's analyses, shared with other sessions (`None`: this
+    /// session analyses everything itself).
+    pub shared: Option<Arc<SharedAnalyses>>,
     /// The client's IP address, for policy.
     pub client_address: String,
     /// Sluice's login on the upstream (what `$user` means in a search_path).
@@ -233,6 +303,7 @@ impl<'a> Guard<'a> {
             metrics,
             cache: HashMap::new(),
             templates: HashMap::new(),
+            shared: None,
             marker_prefix: format!("sluice_denied_{salt:016x}_"),
             client_address: String::new(),
             upstream_user: String::new(),
@@ -249,7 +320,7 @@ impl<'a> Guard<'a> {
         if !self.enabled {
             return Verdict::Allow(self.unjudged.clone());
         }
-        self.judge(None).0
+        self.judge(None, None).0
     }
 
     /// The verdict for a query string (of a Query or a Parse).
@@ -361,7 +432,7 @@ impl<'a> Guard<'a> {
         if let Some(v) = template.as_ref().and_then(|t| self.templates.get(t)) {
             return v.clone();
         }
-        let (verdict, reusable) = self.judge(Some(text));
+        let (verdict, reusable) = self.judge(Some(text), template.as_deref());
         if self.cache.len() >= CACHE_LIMIT {
             self.cache.clear();
         }
@@ -385,8 +456,31 @@ impl<'a> Guard<'a> {
         sluice_sql::analyze(text, sluice_sql::Dialect::default()).ok()
     }
 
+    /// What `text` is: from the process's shared analyses, or analysed now
+    /// (and shared).
+    fn describe(&self, text: Option<&str>, template: Option<&str>) -> Arc<Described> {
+        if let (Some(t), Some(shared)) = (text, &self.shared) {
+            if let Some(d) = shared.get(t.as_bytes(), template) {
+                return d;
+            }
+        }
+        if text.is_some() {
+            Metrics::inc(&self.metrics.statements_analysed_total);
+        }
+        let analysis = text.and_then(|t| self.analyze(t));
+        let described = Arc::new(Described {
+            info: Arc::new(StatementInfo::of(text.unwrap_or(""), analysis.as_ref())),
+            reusable: analysis.as_ref().is_some_and(|a| a.reusable_for_template()),
+            analysis,
+        });
+        if let (Some(t), Some(shared)) = (text, &self.shared) {
+            shared.put(t.as_bytes(), template, &described);
+        }
+        described
+    }
+
     /// Analyse and decide; also says whether the verdict holds for the whole template.
-    fn judge(&mut self, text: Option<&[u8]>) -> (Verdict, bool) {
+    fn judge(&mut self, text: Option<&[u8]>, template: Option<&str>) -> (Verdict, bool) {
         Metrics::inc(&self.metrics.statements_checked_total);
         let text = text.and_then(|t| std::str::from_utf8(t).ok());
         if let Some(t) = text.filter(|t| t.len() > self.max_statement_size) {
@@ -411,10 +505,11 @@ impl<'a> Guard<'a> {
             };
             return (verdict, false);
         }
-        let analysis = text.and_then(|t| self.analyze(t));
-        let info = Arc::new(StatementInfo::of(text.unwrap_or(""), analysis.as_ref()));
+        let described = self.describe(text, template);
+        let analysis = &described.analysis;
+        let info = described.info.clone();
         // A search_path set in this very string applies to its own statements.
-        if let Some(a) = &analysis {
+        if let Some(a) = analysis {
             for path in a.statements.iter().filter_map(|s| s.search_path.as_ref()) {
                 let user = self.upstream_user.clone();
                 self.widen_search_path(path, &user);
@@ -426,7 +521,7 @@ impl<'a> Guard<'a> {
             .unwrap_or(0)
             / 3600)
             % 24) as u8;
-        let reusable = analysis.as_ref().is_some_and(|a| a.reusable_for_template());
+        let reusable = described.reusable;
         let request = Request {
             principal: self.principal,
             target: TargetRef {

@@ -28,8 +28,11 @@ pub struct Metrics {
     pub client_bytes_total: AtomicU64,
     /// Bytes from upstreams to clients.
     pub upstream_bytes_total: AtomicU64,
-    /// Statements analysed and judged (cache misses included).
+    /// Statements judged (misses of the session's verdict cache).
     pub statements_checked_total: AtomicU64,
+    /// Statements parsed and analysed (judged statements whose analysis
+    /// no other session had made).
+    pub statements_analysed_total: AtomicU64,
     /// Statements refused by policy.
     pub statements_denied_total: AtomicU64,
     /// Statements refused because they need approval.
@@ -209,6 +212,12 @@ impl Metrics {
             "counter",
             "Statements judged by policy.",
             self.statements_checked_total.load(Relaxed),
+        );
+        put(
+            "sluice_statements_analysed_total",
+            "counter",
+            "Statements parsed and analysed (the rest of those judged came from other sessions' analyses).",
+            self.statements_analysed_total.load(Relaxed),
         );
         put(
             "sluice_statements_denied_total",

@@ -42,6 +42,8 @@ pub struct Runtime {
     pub audit: sluice_audit::AuditSink,
     /// Approval requests (shared with every runtime and replica).
     pub approvals: sluice_audit::ApprovalStore,
+    /// Statement analyses shared by the sessions of this runtime.
+    pub analyses: Arc<crate::guard::SharedAnalyses>,
 }
 
 /// State shared by every session of one process.
@@ -471,6 +473,7 @@ fn build_runtime(
         cancels: cancels.clone(),
         metrics: metrics.clone(),
         policy: Arc::new(policy),
+        analyses: Arc::default(),
     })
 }
 

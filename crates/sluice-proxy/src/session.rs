@@ -294,6 +294,7 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
 
     let mut guard = Guard::new(&rt.policy, &principal, &target, &application_name, metrics);
     guard.enabled = rt.config.policy.enabled;
+    guard.shared = Some(rt.analyses.clone());
     guard.max_statement_size = rt.config.limits.max_statement_size;
     guard.client_address = peer.ip().to_string();
     guard.upstream_user = target.user.clone();

@@ -640,6 +640,107 @@ when { context.relations_read.contains("hr.payroll") };"#,
     );
 }
 
+/// The value of a counter on `/metrics`.
+fn counter(sluice: &SluiceProcess, name: &str) -> u64 {
+    let (_, text) = sluice.http_get("/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// Sessions share what a statement is, not whether it may run: a statement
+/// another session sent is not parsed again (by text, or by template for
+/// other constants), and each session still judges it by its own principal.
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_share_analyses_but_each_is_judged_by_its_own_principal() {
+    let pg = PgServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("interns.cedar"),
+        r#"@id("interns-no-payroll")
+@reason("interns may not read hr.payroll")
+forbid (principal == Sluice::User::"intern", action, resource)
+when { context.relations_read.contains("hr.payroll") };"#,
+    )
+    .unwrap();
+    let config = format!(
+        "{}{}{}{}[policy]\ndir = \"{}\"\n",
+        listen(""),
+        target(TARGET, &pg.addr(), sluice_testkit::SCRAM_USER, "disable"),
+        user(USER, PASSWORD),
+        user("intern", "intern-pw"),
+        dir.path().display()
+    );
+    pg.psql(
+        "app",
+        "create schema hr authorization sluice_scram;
+         create table hr.payroll (id int, salary int); insert into hr.payroll values (1, 100), (2, 200);
+         alter table hr.payroll owner to sluice_scram;",
+    );
+    let sluice = SluiceProcess::builder(bin(), &config)
+        .env("TARGET_PW", sluice_testkit::SCRAM_PASSWORD)
+        .start();
+    let session = |who: &'static str, pw: &'static str| {
+        let conn = format!(
+            "host=127.0.0.1 port={} user={who} password={pw} dbname={TARGET} sslmode=disable",
+            sluice.pg_port()
+        );
+        async move {
+            let (c, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            c
+        }
+    };
+    let sql = "select salary from hr.payroll where id = 1";
+    let first = session(USER, PASSWORD).await;
+    let rows = |msgs: Vec<tokio_postgres::SimpleQueryMessage>| {
+        msgs.iter()
+            .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+            .count()
+    };
+    assert_eq!(rows(first.simple_query(sql).await.unwrap()), 1);
+    let analysed = counter(&sluice, "sluice_statements_analysed_total");
+    let checked = counter(&sluice, "sluice_statements_checked_total");
+
+    // The intern's session finds the analysis (by template: another
+    // constant) and is refused all the same; the same text is then a hit
+    // of the session's own cache.
+    let intern = session("intern", "intern-pw").await;
+    for sql in ["select salary from hr.payroll where id = 2", sql] {
+        let e = intern.simple_query(sql).await.unwrap_err();
+        assert!(
+            e.as_db_error()
+                .is_some_and(|d| d.message().contains("interns-no-payroll")),
+            "{sql}: {e}"
+        );
+    }
+    // A third session of the first user runs it, again without a parse.
+    let again = session(USER, PASSWORD).await;
+    let third = "select salary from hr.payroll where id = 3";
+    assert_eq!(rows(again.simple_query(third).await.unwrap()), 0);
+    assert_eq!(
+        counter(&sluice, "sluice_statements_checked_total"),
+        checked + 2,
+        "each new session judges the statement once"
+    );
+    assert_eq!(
+        counter(&sluice, "sluice_statements_analysed_total"),
+        analysed,
+        "no session parsed it again"
+    );
+    // A statement no session has sent is parsed.
+    again
+        .simple_query("select count(*) from hr.payroll")
+        .await
+        .unwrap();
+    assert_eq!(
+        counter(&sluice, "sluice_statements_analysed_total"),
+        analysed + 1
+    );
+}
+
 fn peak_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
