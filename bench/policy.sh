@@ -333,7 +333,7 @@ TOML
   done
   [ -n "$dead" ] && log "WARNING: stopped measuring: a Sluice process exited"
 
-  # The guard's own counter: statements analysed (misses) in each process.
+  # The guard's own counter: statements judged (verdict cache misses) in each process.
   if [ -z "$dead" ]; then
     read -r _ _ checked_on < <(metrics "$on_http")
     read -r _ _ checked_off < <(metrics "$off_http")

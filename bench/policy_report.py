@@ -172,7 +172,7 @@ def main():
             report["ratio_on_off_geomean"] = round(gm, 3)
             print(f"{'':>16}   geometric mean of on/off over the configurations: {gm:.3f}")
         co, cf = meta.get("checked_on"), meta.get("checked_off")
-        print(f"statements analysed (sluice_statements_checked_total): {feature} on {co}, {feature} off {cf}")
+        print(f"statements judged (sluice_statements_checked_total): {feature} on {co}, {feature} off {cf}")
         lost_any = any(l for k in audit for w in audit[k] for _, l in audit[k][w].values())
         if lost_any:
             print("WARNING: Sluice lost audit events (sluice_audit_dropped_total + sluice_audit_refused_total):"

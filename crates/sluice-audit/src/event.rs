@@ -196,7 +196,7 @@ pub struct Statement {
     pub target: String,
     /// The target's environment.
     pub environment: String,
-    /// Statement fingerprint (pg_query).
+    /// Statement fingerprint (equal for statements differing only in constants).
     pub fingerprint: Arc<str>,
     /// Normalized text (literals replaced by `$n`).
     pub normalized: Arc<str>,
