@@ -235,6 +235,18 @@ fn filters(sql: &mut Sql, q: &Query, dialect: Dialect) {
         let p = sql.bind(Param::Text(v));
         sql.and(&format!("e.code {} {p}", if like { "LIKE" } else { "=" }));
     }
+    // Refused statements and events other than statements (their decision
+    // is empty) are in the partial index `audit_events_notable`: its
+    // condition, written out, lets the planner walk it instead of the
+    // whole trail ("every blocked attempt this year").
+    let refused = q.decision.is_some_and(|d| d != Decision::Allow);
+    let not_statements = q
+        .kind
+        .as_deref()
+        .is_some_and(|k| kind_codes(k).1 != crate::event::STATEMENT);
+    if refused || not_statements {
+        sql.and("e.decision <> 'allow'");
+    }
     // The ULID bound lets the ULID index find the range: an event's ULID
     // carries its time_ms (there is no index on time_ms).
     if let Some(t) = q.since {

@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS audit_events (
     UNIQUE (chain, seq));
 CREATE INDEX IF NOT EXISTS audit_events_ulid ON audit_events (ulid COLLATE \"C\");
 CREATE INDEX IF NOT EXISTS audit_events_principal ON audit_events (principal);
+CREATE INDEX IF NOT EXISTS audit_events_notable ON audit_events (ulid COLLATE \"C\") WHERE decision <> 'allow';
 DROP INDEX IF EXISTS audit_events_time;
 CREATE INDEX IF NOT EXISTS audit_events_fts ON audit_events USING gin (to_tsvector('simple', search_text));
 CREATE TABLE IF NOT EXISTS audit_event_objects (
