@@ -37,6 +37,11 @@ pub struct Query {
     pub limit: usize,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
+    /// Leave each row's `event` empty and fill only `body`, the parsed
+    /// event: for callers in this process that read every event (the
+    /// evidence report), which would otherwise pay for a JSON tree too.
+    #[serde(skip)]
+    pub parsed_only: bool,
 }
 
 /// One result.
@@ -66,6 +71,10 @@ pub struct SearchRow {
     pub summary: String,
     /// The event body; `null` once retention removed it.
     pub event: Option<serde_json::Value>,
+    /// The same, parsed, for callers in this process (not serialized):
+    /// reading it back from `event` would parse every body once more.
+    #[serde(skip)]
+    pub body: Option<EventBody>,
 }
 
 /// A page of results.
@@ -344,6 +353,7 @@ pub(crate) fn row(
     target: String,
     decision: String,
     body: Option<String>,
+    json: bool,
 ) -> SearchRow {
     let parsed: Option<EventBody> = body.as_deref().and_then(|b| serde_json::from_str(b).ok());
     let summary = match (&parsed, &body) {
@@ -363,7 +373,11 @@ pub(crate) fn row(
         target,
         decision,
         summary,
-        event: body.as_deref().and_then(|b| serde_json::from_str(b).ok()),
+        event: body
+            .as_deref()
+            .filter(|_| json)
+            .and_then(|b| serde_json::from_str(b).ok()),
+        body: parsed,
     }
 }
 

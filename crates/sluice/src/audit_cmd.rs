@@ -174,6 +174,7 @@ impl Filters {
             text: self.text.clone(),
             limit: 0,
             cursor: None,
+            parsed_only: false,
         })
     }
 }

@@ -376,7 +376,7 @@ impl Acc {
         self.events.total += 1;
         *self.events.by_code.entry(row.code.clone()).or_default() += 1;
         let t = row.time_ms;
-        let body: Option<EventBody> = row.event.and_then(|v| serde_json::from_value(v).ok());
+        let body: Option<EventBody> = row.body;
         let Some(body) = body else {
             self.events.without_body += 1;
             // Only the index is left: still count access.
@@ -639,6 +639,7 @@ fn gather(args: &EvidenceArgs, from: i64, to: i64) -> Result<Report, String> {
         since: Some(from),
         until: Some(to),
         limit: 10_000,
+        parsed_only: true,
         ..Query::default()
     };
     loop {

@@ -447,18 +447,21 @@ fn print_decision(
         } => (Some(reason.clone()), None, Some(approvers.clone()), vec![]),
     };
     let facts = match analysis {
-        Ok(a) => serde_json::json!({
-            "statements": a.statements.iter().map(|s| serde_json::json!({
-                "kind": s.kind.map(|k| k.as_str()),
-                "actions": s.actions.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
-                "tables_read": s.tables_read,
-                "tables_written": s.tables_written,
-                "functions": s.functions,
-                "risks": s.risks.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>(),
-            "fingerprint": sluice_sql::fingerprint_and_normalize(sql).0,
-            "normalized": sluice_sql::fingerprint_and_normalize(sql).1,
-        }),
+        Ok(a) => {
+            let (fingerprint, normalized) = sluice_sql::fingerprint_and_normalize(sql);
+            serde_json::json!({
+                "statements": a.statements.iter().map(|s| serde_json::json!({
+                    "kind": s.kind.map(|k| k.as_str()),
+                    "actions": s.actions.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+                    "tables_read": s.tables_read,
+                    "tables_written": s.tables_written,
+                    "functions": s.functions,
+                    "risks": s.risks.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+                "fingerprint": fingerprint,
+                "normalized": normalized,
+            })
+        }
         Err(e) => serde_json::json!({ "parse_error": e.to_string() }),
     };
     if format == OutputFormat::Json {

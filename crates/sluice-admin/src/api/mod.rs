@@ -371,6 +371,7 @@ async fn search_audit(
         text: p.text("text", MAX_TEXT)?,
         limit: usize::try_from(p.int("limit", 1, 1000)?.unwrap_or(DEFAULT_PAGE)).unwrap_or(50),
         cursor: p.ulid("cursor")?,
+        parsed_only: false,
     };
     // Read your writes: what was recorded a moment ago is searchable.
     let _ = api.proxy.audit().flush(true, FLUSH_WAIT).await;

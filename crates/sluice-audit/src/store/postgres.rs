@@ -455,6 +455,7 @@ impl Store for PgStore {
                     r.try_get(7)?,
                     r.try_get(8)?,
                     r.try_get(9)?,
+                    !q.parsed_only,
                 ))
             })
             .collect::<Result<Vec<_>, tokio_postgres::Error>>()

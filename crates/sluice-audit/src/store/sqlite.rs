@@ -716,6 +716,7 @@ impl Store for SqliteStore {
                     r.get(7)?,
                     r.get(8)?,
                     full_body(r.get(9)?, r.get(10)?),
+                    !q.parsed_only,
                 ))
             })
             .map_err(db)?;
