@@ -934,20 +934,11 @@ fn table_entity(
     };
     Entity::new(
         uid("Table", &name),
-        HashMap::from([
-            ("name".to_owned(), RestrictedExpression::new_string(name)),
-            (
-                "schema".to_owned(),
-                RestrictedExpression::new_string(schema.to_owned()),
-            ),
-            (
-                "table".to_owned(),
-                RestrictedExpression::new_string(table.to_owned()),
-            ),
-            (
-                "environment".to_owned(),
-                RestrictedExpression::new_string(environment.to_owned()),
-            ),
+        string_attributes([
+            ("name", &name),
+            ("schema", schema),
+            ("table", table),
+            ("environment", environment),
         ]),
         HashSet::from([target.clone()]),
     )
@@ -964,23 +955,24 @@ fn column_entity(
 ) -> Result<Entity, String> {
     Entity::new(
         uid("Column", name),
-        HashMap::from([
-            (
-                "name".to_owned(),
-                RestrictedExpression::new_string(name.to_owned()),
-            ),
-            (
-                "column".to_owned(),
-                RestrictedExpression::new_string(column.to_owned()),
-            ),
-            (
-                "environment".to_owned(),
-                RestrictedExpression::new_string(environment.to_owned()),
-            ),
+        string_attributes([
+            ("name", name),
+            ("column", column),
+            ("environment", environment),
         ]),
         HashSet::from([parent]),
     )
     .map_err(|e| e.to_string())
+}
+
+/// Entity attributes that are all strings.
+fn string_attributes<const N: usize>(
+    pairs: [(&str, &str); N],
+) -> HashMap<String, RestrictedExpression> {
+    pairs
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), RestrictedExpression::new_string(v.to_owned())))
+        .collect()
 }
 
 fn uid(kind: &str, id: &str) -> EntityUid {

@@ -32,15 +32,46 @@ fn start_prod() -> (PgServer, SluiceProcess) {
 }
 
 async fn connect_to(sluice: &SluiceProcess, db: &str) -> tokio_postgres::Client {
-    let conn = format!(
+    open(&format!(
         "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={db} sslmode=disable",
         sluice.pg_port()
-    );
-    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+    ))
+    .await
+}
+
+/// A client for a connection string, its connection driven in the background.
+async fn open(conn: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(conn, tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(connection);
     client
+}
+
+/// PostgreSQL with `setup` run in `app`, and Sluice in front of it with one
+/// development target, the usual user plus `extra_users` (`[[users]]`
+/// entries) and `cedar` as its one policy file. The directory must outlive
+/// the process (reloads read it).
+fn start_with_policy(
+    cedar: &str,
+    extra_users: &str,
+    setup: &str,
+) -> (PgServer, SluiceProcess, tempfile::TempDir) {
+    let pg = PgServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policy.cedar"), cedar).unwrap();
+    let config = format!(
+        "{}{}{}{extra_users}[policy]\ndir = \"{}\"\n",
+        listen(""),
+        target(TARGET, &pg.addr(), sluice_testkit::SCRAM_USER, "disable"),
+        user(USER, PASSWORD),
+        dir.path().display()
+    );
+    pg.psql("app", setup);
+    let sluice = SluiceProcess::builder(bin(), &config)
+        .env("TARGET_PW", sluice_testkit::SCRAM_PASSWORD)
+        .start();
+    (pg, sluice, dir)
 }
 
 fn count(pg: &PgServer) -> String {
@@ -408,33 +439,17 @@ fn mask_classify_previews_masking_of_a_csv_offline() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_changed_search_path_does_not_hide_a_protected_table() {
-    let pg = PgServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("payroll.cedar"),
+    let (pg, sluice, _policies) = start_with_policy(
         r#"@id("payroll-is-read-only")
 @reason("public.payroll is read-only through Sluice")
 forbid (principal, action in [Sluice::Action::"update", Sluice::Action::"delete", Sluice::Action::"insert", Sluice::Action::"truncate"], resource)
 when { context.relations_written.contains("public.payroll") };"#,
-    )
-    .unwrap();
-    let config = format!(
-        "{}{}{}[policy]\ndir = \"{}\"\n",
-        listen(""),
-        target(TARGET, &pg.addr(), sluice_testkit::SCRAM_USER, "disable"),
-        user(USER, PASSWORD),
-        dir.path().display()
-    );
-    pg.psql(
-        "app",
+        "",
         "create schema scratch authorization sluice_scram;
          create table payroll (id int, amount int); insert into payroll values (1, 100);
          alter table payroll owner to sluice_scram;
          create table scratch.notes (id int); alter table scratch.notes owner to sluice_scram;",
     );
-    let sluice = SluiceProcess::builder(bin(), &config)
-        .env("TARGET_PW", sluice_testkit::SCRAM_PASSWORD)
-        .start();
     let c = connect(&sluice).await;
     for sql in [
         "update payroll set amount = 0 where id = 1",
@@ -565,32 +580,16 @@ async fn a_server_that_reads_backslashes_in_strings_is_refused() {
 /// still meet table policies.
 #[tokio::test(flavor = "multi_thread")]
 async fn table_policies_see_cursors_values_and_startup_search_paths() {
-    let pg = PgServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("payroll.cedar"),
+    let (pg, sluice, _policies) = start_with_policy(
         r#"@id("no-payroll")
 @reason("hr.payroll is not readable through Sluice")
 forbid (principal, action, resource)
 when { context.relations_read.contains("hr.payroll") };"#,
-    )
-    .unwrap();
-    let config = format!(
-        "{}{}{}[policy]\ndir = \"{}\"\n",
-        listen(""),
-        target(TARGET, &pg.addr(), sluice_testkit::SCRAM_USER, "disable"),
-        user(USER, PASSWORD),
-        dir.path().display()
-    );
-    pg.psql(
-        "app",
+        "",
         "create schema hr authorization sluice_scram;
          create table hr.payroll (name text, salary int); insert into hr.payroll values ('ceo', 999999);
          alter table hr.payroll owner to sluice_scram;",
     );
-    let sluice = SluiceProcess::builder(bin(), &config)
-        .env("TARGET_PW", sluice_testkit::SCRAM_PASSWORD)
-        .start();
     let refused = |r: Result<(), tokio_postgres::Error>, sql: &str| {
         let e = r.unwrap_err();
         assert!(
@@ -618,10 +617,7 @@ when { context.relations_read.contains("hr.payroll") };"#,
         "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={TARGET} sslmode=disable options='-c search_path=hr'",
         sluice.pg_port()
     );
-    let (c, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let c = open(&conn).await;
     refused(c.batch_execute("select * from payroll").await, "options");
 
     // A path the role starts with, set outside Sluice (ALTER ROLE … SET).
@@ -653,45 +649,22 @@ fn counter(sluice: &SluiceProcess, name: &str) -> u64 {
 /// other constants), and each session still judges it by its own principal.
 #[tokio::test(flavor = "multi_thread")]
 async fn sessions_share_analyses_but_each_is_judged_by_its_own_principal() {
-    let pg = PgServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("interns.cedar"),
+    let (_pg, sluice, _policies) = start_with_policy(
         r#"@id("interns-no-payroll")
 @reason("interns may not read hr.payroll")
 forbid (principal == Sluice::User::"intern", action, resource)
 when { context.relations_read.contains("hr.payroll") };"#,
-    )
-    .unwrap();
-    let config = format!(
-        "{}{}{}{}[policy]\ndir = \"{}\"\n",
-        listen(""),
-        target(TARGET, &pg.addr(), sluice_testkit::SCRAM_USER, "disable"),
-        user(USER, PASSWORD),
-        user("intern", "intern-pw"),
-        dir.path().display()
-    );
-    pg.psql(
-        "app",
+        &user("intern", "intern-pw"),
         "create schema hr authorization sluice_scram;
          create table hr.payroll (id int, salary int); insert into hr.payroll values (1, 100), (2, 200);
          alter table hr.payroll owner to sluice_scram;",
     );
-    let sluice = SluiceProcess::builder(bin(), &config)
-        .env("TARGET_PW", sluice_testkit::SCRAM_PASSWORD)
-        .start();
     let session = |who: &'static str, pw: &'static str| {
         let conn = format!(
             "host=127.0.0.1 port={} user={who} password={pw} dbname={TARGET} sslmode=disable",
             sluice.pg_port()
         );
-        async move {
-            let (c, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(connection);
-            c
-        }
+        async move { open(&conn).await }
     };
     let sql = "select salary from hr.payroll where id = 1";
     let first = session(USER, PASSWORD).await;
@@ -790,10 +763,7 @@ async fn client_values_cannot_forge_log_lines() {
         "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={PROD} sslmode=disable application_name='x\nFORGED session started user=admin'",
         sluice.pg_port()
     );
-    let (c, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let c = open(&conn).await;
     c.batch_execute("select 1").await.unwrap();
     let log = sluice.log();
     assert!(log.contains("FORGED"), "the session was logged: {log}");
