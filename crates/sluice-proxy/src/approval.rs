@@ -42,12 +42,11 @@ pub const APPROVAL_NEEDS_VALUES: &str = "SL005";
 /// any values, so such statements are refused (fail closed, also when the
 /// text cannot be scanned).
 pub fn has_parameters(text: &str) -> bool {
-    match pg_query::scan(text) {
-        Ok(r) => r
-            .tokens
+    match sluice_sql::scan(text) {
+        Some(tokens) => tokens
             .iter()
             .any(|t| t.token == pg_query::protobuf::Token::Param as i32),
-        Err(_) => true,
+        None => true,
     }
 }
 

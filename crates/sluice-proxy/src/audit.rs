@@ -59,9 +59,10 @@ pub enum Deferred {
 pub type ResultSources = Vec<Option<Vec<sluice_sql::OutputColumn>>>;
 
 impl StatementInfo {
-    /// Describe `text` (already analysed as `analysis`). Literals never
-    /// reach the description: only the normalized text is kept.
-    pub fn of(text: &str, analysis: Option<&Analysis>) -> StatementInfo {
+    /// Describe a statement by its analysis (`None`: it could not be
+    /// parsed). Literals never reach the description: only the normalized
+    /// text is kept.
+    pub fn of(analysis: Option<&Analysis>) -> StatementInfo {
         let Some(a) = analysis else {
             return StatementInfo {
                 kind: "unparseable".into(),
@@ -69,7 +70,7 @@ impl StatementInfo {
                 ..StatementInfo::default()
             };
         };
-        let (fingerprint, normalized) = sluice_sql::fingerprint_and_normalize(text);
+        let (fingerprint, normalized) = (a.fingerprint.clone(), a.normalized.clone());
         let kind = match a.statements.as_slice() {
             [] => "empty".to_owned(),
             [one] => one.kind.map_or("other", Kind::as_str).to_owned(),

@@ -469,7 +469,7 @@ impl<'a> Guard<'a> {
         }
         let analysis = text.and_then(|t| self.analyze(t));
         let described = Arc::new(Described {
-            info: Arc::new(StatementInfo::of(text.unwrap_or(""), analysis.as_ref())),
+            info: Arc::new(StatementInfo::of(analysis.as_ref())),
             reusable: analysis.as_ref().is_some_and(|a| a.reusable_for_template()),
             analysis,
         });
@@ -500,7 +500,7 @@ impl<'a> Guard<'a> {
                 error: e.encode(),
                 held: false,
                 rule: "statement-too-long".into(),
-                info: Arc::new(StatementInfo::of(t, None)),
+                info: Arc::new(StatementInfo::of(None)),
                 approval: None,
             };
             return (verdict, false);

@@ -236,6 +236,10 @@ pub enum Upsert {
 pub struct Analysis {
     /// One entry per statement, in order.
     pub statements: Vec<StatementFacts>,
+    /// The text's fingerprint (see [`crate::fingerprint_and_normalize`]).
+    pub fingerprint: String,
+    /// The text with its constants replaced by `$n`.
+    pub normalized: String,
 }
 
 /// The data format of a COPY.

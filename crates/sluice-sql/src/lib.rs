@@ -19,7 +19,7 @@ mod template;
 mod walk;
 
 pub use facts::{Analysis, CopyFormat, CopyOut, Kind, Risk, RowsEffect, StatementFacts, Upsert};
-pub use normalize::{normalize, redact_secrets};
+pub use normalize::{normalize, redact_secrets, scan};
 pub use outputs::OutputColumn;
 pub use template::template;
 pub use walk::{default_search_path, split_search_path};
@@ -43,8 +43,16 @@ pub fn analyze(sql: &str, dialect: Dialect) -> Result<Analysis, ParseError> {
         options |= pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS;
     }
     let parsed = pg_query::parse(sql, options).map_err(|e| ParseError(e.to_string()))?;
-    let statements = walk::statements(&parsed.protobuf, sql);
-    Ok(Analysis { statements })
+    // One scan serves the token risks, the fingerprint and the normalized text.
+    let tokens = normalize::scan(sql).unwrap_or_default();
+    let statements = walk::statements(&parsed.protobuf, sql, &tokens);
+    let (fingerprint, normalized) =
+        normalize::fingerprint_and_normalize_tokens(sql, &tokens).unwrap_or_default();
+    Ok(Analysis {
+        statements,
+        fingerprint,
+        normalized,
+    })
 }
 
 /// The statement's fingerprint (equal for statements that differ only in
@@ -114,6 +122,27 @@ mod tests {
         let (fingerprint, normalized) = fingerprint_and_normalize("delete from t where id = 5");
         assert_eq!(fingerprint.len(), 16);
         assert_eq!(normalized, "delete from t where id = $1");
+    }
+
+    #[test]
+    fn an_analysis_carries_the_fingerprint_and_normalized_text_of_its_scan() {
+        for sql in [
+            "delete from t where id = 5",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 48211; select 'x' || $1",
+            "select U&\"d\\0061t\\+000061\" from t -- comment 7",
+        ] {
+            let a = analyze(sql, Dialect::default()).unwrap();
+            let (fingerprint, normalized) = fingerprint_and_normalize(sql);
+            assert!(!fingerprint.is_empty(), "{sql}");
+            assert_eq!(
+                (a.fingerprint, a.normalized),
+                (fingerprint, normalized),
+                "{sql}"
+            );
+        }
+        // The scan's risks still reach the facts: a Unicode-escaped name is dynamic code.
+        let a = analyze("select U&\"d\\0061t\\+000061\" from t", Dialect::default()).unwrap();
+        assert!(a.risks().contains(&Risk::DynamicCode));
     }
 }
 

@@ -1,7 +1,7 @@
 //! Statement text without its constants, for the audit trail and for
 //! approvers.
 //!
-//! Built on PostgreSQL's own scanner (`pg_query::scan`), so a literal is
+//! Built on PostgreSQL's own scanner ([`scan`]), so a literal is
 //! exactly what the server reads as one. pg_query's `normalize` was used
 //! before; it works on the parse tree, keeps the literals of some statements
 //! (EXECUTE arguments, PREPARE bodies, `ALTER ROLE … SET` values), leaves a
@@ -9,25 +9,47 @@
 //! constant (400 MB for a 100 KB `SELECT 1,1,…`). The scanner needs a few
 //! hundred bytes per token.
 
-use pg_query::protobuf::{KeywordKind, Token};
+use pg_query::protobuf::{KeywordKind, ScanToken, Token};
+
+/// PostgreSQL's tokens of `sql`; `None` when its scanner refuses the text
+/// (an unterminated string, quoted name or comment).
+///
+/// `pg_query::scan_tokens` skips protobuf, but for a text with no token at
+/// all (empty, or only comments) it makes a slice from a null pointer
+/// (undefined behaviour). So the text is scanned with `\n;` after it, which
+/// always ends in one token of its own (a newline ends any comment or token
+/// that can still be open without being an error), and that token is dropped.
+pub fn scan(sql: &str) -> Option<Vec<ScanToken>> {
+    let mut text = String::with_capacity(sql.len() + 2);
+    text.push_str(sql);
+    text.push_str("\n;");
+    let mut tokens = pg_query::scan_tokens(&text).ok()?;
+    match tokens.pop() {
+        Some(t) if usize::try_from(t.start).ok() == Some(sql.len() + 1) => Some(tokens),
+        _ => None,
+    }
+}
 
 /// `sql` with every constant (number, string, bit string, dollar-quoted
 /// body) replaced by `$n`, numbered after the highest `$n` already in it;
 /// comments, identifiers and keywords are kept. `None` when the scanner
 /// refuses the text (an unterminated string).
 pub fn normalize(sql: &str) -> Option<String> {
-    let scan = pg_query::scan(sql).ok()?;
-    normalized(sql, &scan.tokens)
+    normalized(sql, &scan(sql)?)
 }
 
 /// The fingerprint and the normalized text of `sql` from one scan (see
 /// [`fingerprint`]); `None` when the scanner refuses the text.
 pub fn fingerprint_and_normalize(sql: &str) -> Option<(String, String)> {
-    let scan = pg_query::scan(sql).ok()?;
-    Some((
-        fingerprint(sql, &scan.tokens),
-        normalized(sql, &scan.tokens)?,
-    ))
+    fingerprint_and_normalize_tokens(sql, &scan(sql)?)
+}
+
+/// [`fingerprint_and_normalize`] from the text's tokens, already scanned.
+pub fn fingerprint_and_normalize_tokens(
+    sql: &str,
+    tokens: &[ScanToken],
+) -> Option<(String, String)> {
+    Some((fingerprint(sql, tokens), normalized(sql, tokens)?))
 }
 
 fn is_constant(t: i32) -> bool {
@@ -43,7 +65,7 @@ fn is_constant(t: i32) -> bool {
     .any(|k| *k as i32 == t)
 }
 
-fn normalized(sql: &str, tokens: &[pg_query::protobuf::ScanToken]) -> Option<String> {
+fn normalized(sql: &str, tokens: &[ScanToken]) -> Option<String> {
     let mut next = 1 + tokens
         .iter()
         .filter(|t| t.token == Token::Param as i32)
@@ -82,7 +104,7 @@ fn normalized(sql: &str, tokens: &[pg_query::protobuf::ScanToken]) -> Option<Str
 /// with `$n`. Read off the scan that normalizing needs anyway: pg_query's
 /// own fingerprint parsed the statement a second time, about a third of
 /// the cost of judging a new statement.
-fn fingerprint(sql: &str, tokens: &[pg_query::protobuf::ScanToken]) -> String {
+fn fingerprint(sql: &str, tokens: &[ScanToken]) -> String {
     const PLACEHOLDER: &str = "?";
     // Each part, and whether it can end an operand (so that a `-` after
     // it subtracts rather than negates).
@@ -141,7 +163,7 @@ fn fingerprint(sql: &str, tokens: &[pg_query::protobuf::ScanToken]) -> String {
     format!("{hash:016x}")
 }
 
-fn span<'a>(sql: &'a str, t: &pg_query::protobuf::ScanToken) -> Option<&'a str> {
+fn span<'a>(sql: &'a str, t: &ScanToken) -> Option<&'a str> {
     sql.get(usize::try_from(t.start).ok()?..usize::try_from(t.end).ok()?)
 }
 
@@ -151,13 +173,13 @@ fn span<'a>(sql: &'a str, t: &pg_query::protobuf::ScanToken) -> Option<&'a str> 
 /// servers), and any literal holding `password=` (connection strings of
 /// subscriptions and dblink). Approvers see the statement, not the secret.
 pub fn redact_secrets(sql: &str) -> String {
-    let Ok(scan) = pg_query::scan(sql) else {
+    let Some(tokens) = scan(sql) else {
         return sql.to_owned();
     };
     let mut out = String::with_capacity(sql.len());
     let mut copied = 0;
     let mut previous = "";
-    for t in &scan.tokens {
+    for t in &tokens {
         let Some(text) = span(sql, t) else { continue };
         let is_string = t.token == Token::Sconst as i32 || t.token == Token::Usconst as i32;
         if is_string {
@@ -191,6 +213,35 @@ pub fn redact_secrets(sql: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scanning_gives_the_scanners_tokens_also_for_texts_without_any() {
+        for sql in [
+            "",
+            "   \n\t",
+            "-- only a comment",
+            "/* only a comment */",
+            "/* nested /* comment */ */ -- and more",
+            "select 1",
+            "select 1 -- trailing comment",
+            "select 'a' 'b' from t where x = $1 /* c */",
+            "select $$dollar$$ || E'\\n' || U&'\\0041' -",
+            "select 1;",
+        ] {
+            let expected = pg_query::scan(sql).unwrap().tokens;
+            assert_eq!(scan(sql), Some(expected), "{sql:?}");
+        }
+        for refused in [
+            "select 'open",
+            "select /* open",
+            "select \"open",
+            "select $x$ open",
+        ] {
+            assert!(pg_query::scan(refused).is_err(), "{refused:?}");
+            assert_eq!(scan(refused), None, "{refused:?}");
+        }
+        assert_eq!(normalize("-- nothing"), Some("-- nothing".to_owned()));
+    }
 
     #[test]
     fn every_constant_becomes_a_parameter() {

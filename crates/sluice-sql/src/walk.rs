@@ -6,8 +6,12 @@ use pg_query::{NodeEnum, NodeRef};
 use crate::facts::{Kind, Risk, StatementFacts};
 
 /// Facts for every statement of a parse result.
-pub fn statements(tree: &protobuf::ParseResult, sql: &str) -> Vec<StatementFacts> {
-    let tokens = token_risks(sql);
+pub fn statements(
+    tree: &protobuf::ParseResult,
+    sql: &str,
+    scanned: &[protobuf::ScanToken],
+) -> Vec<StatementFacts> {
+    let tokens = token_risks(sql, scanned);
     tree.stmts
         .iter()
         .filter_map(|raw| {
@@ -744,14 +748,11 @@ pub fn function_risk(base: &str) -> Option<Risk> {
 /// Risks found from the tokens, independent of how deep the tree walk goes:
 /// a risky function name anywhere outside a string literal counts, and a
 /// Unicode-escaped identifier (which could spell any name) is dynamic code.
-pub fn token_risks(sql: &str) -> Vec<(usize, Risk)> {
+fn token_risks(sql: &str, tokens: &[protobuf::ScanToken]) -> Vec<(usize, Risk)> {
     const IDENT: i32 = 258;
     const UIDENT: i32 = 259;
-    let Ok(scan) = pg_query::scan(sql) else {
-        return Vec::new();
-    };
     let mut out = Vec::new();
-    for t in &scan.tokens {
+    for t in tokens {
         let at = t.start.max(0) as usize;
         match t.token {
             IDENT => {
