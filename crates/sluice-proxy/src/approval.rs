@@ -23,6 +23,7 @@ use sluice_wire::messages::{ErrorResponse, Severity};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
+use crate::guard::PreparedChange;
 use crate::rows_guard::GuardError;
 use crate::statements::{ApprovalStep, Statements};
 use crate::stream::WriteHalf;
@@ -224,9 +225,17 @@ pub async fn run(
         return Ok(());
     }
 
-    // A prepared statement with parameters: no approval can cover values
-    // not known yet.
-    if step.parse.is_some() && has_parameters(&step.text) {
+    // A prepared statement with parameters (a Parse, or a SQL-level
+    // PREPARE run later by EXECUTE with any values): no approval can cover
+    // values not known yet. Other `$n` in a simple query (a SQL-standard
+    // function body) are not bind parameters.
+    let prepares = step.parse.is_some()
+        || need
+            .allowed
+            .prepared
+            .iter()
+            .any(|(_, change)| matches!(change, PreparedChange::Define(..)));
+    if prepares && has_parameters(&step.text) {
         let refusal = st.not_approved(
             &step,
             error(

@@ -262,6 +262,28 @@ async fn a_prepared_statement_with_parameters_is_refused_not_approved_blindly() 
     let db = e.as_db_error().unwrap();
     assert_eq!(db.code().code(), "SL005", "{}", db.message());
     assert!(db.message().contains("bind parameters"), "{}", db.message());
+    // The same through SQL: EXECUTE would run it later with any value.
+    let e = c
+        .batch_execute("prepare del(int) as delete from customers where id = $1")
+        .await
+        .unwrap_err();
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "SL005", "{}", db.message());
+    let e = c.batch_execute("execute del(1)").await.unwrap_err();
+    assert_eq!(
+        e.as_db_error().unwrap().code().code(),
+        "26000",
+        "nothing was prepared: {e}"
+    );
+    // `$1` in a SQL-standard function body is no bind parameter: the
+    // schema change is an ordinary approval request.
+    let e = c
+        .batch_execute(
+            "create function twice(int) returns int language sql begin atomic select $1 * 2; end",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().code().code(), "SL001", "{e}");
     // With its value in the text, it becomes an approval request.
     let e = c
         .batch_execute("delete from customers where id = 1")
