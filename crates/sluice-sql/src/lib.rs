@@ -14,6 +14,7 @@ mod columns;
 mod facts;
 mod normalize;
 mod outputs;
+mod parse;
 mod sweep;
 mod template;
 mod walk;
@@ -42,10 +43,10 @@ pub fn analyze(sql: &str, dialect: Dialect) -> Result<Analysis, ParseError> {
     if dialect.backslash_escapes {
         options |= pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS;
     }
-    let parsed = pg_query::parse(sql, options).map_err(|e| ParseError(e.to_string()))?;
+    let tree = parse::parse_tree(sql, options)?;
     // One scan serves the token risks, the fingerprint and the normalized text.
     let tokens = normalize::scan(sql).unwrap_or_default();
-    let statements = walk::statements(&parsed.protobuf, sql, &tokens);
+    let statements = walk::statements(&tree, sql, &tokens);
     let (fingerprint, normalized) =
         normalize::fingerprint_and_normalize_tokens(sql, &tokens).unwrap_or_default();
     Ok(Analysis {
