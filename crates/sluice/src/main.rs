@@ -422,7 +422,7 @@ fn policy(cmd: PolicyCommand) -> ExitCode {
                 client_address: "",
                 search_path: &[],
             });
-            print_decision(&decision, &analysis, &sql, args.format);
+            print_decision(&decision, &analysis, args.format);
             // Exit status tells CI pipelines whether the statement may run.
             match decision {
                 sluice_policy::Decision::Allow { .. } => ExitCode::SUCCESS,
@@ -435,7 +435,6 @@ fn policy(cmd: PolicyCommand) -> ExitCode {
 fn print_decision(
     decision: &sluice_policy::Decision,
     analysis: &Result<sluice_sql::Analysis, sluice_sql::ParseError>,
-    sql: &str,
     format: OutputFormat,
 ) {
     use sluice_policy::Decision;
@@ -448,7 +447,7 @@ fn print_decision(
     };
     let facts = match analysis {
         Ok(a) => {
-            let (fingerprint, normalized) = sluice_sql::fingerprint_and_normalize(sql);
+            let (fingerprint, normalized) = (&a.fingerprint, &a.normalized);
             serde_json::json!({
                 "statements": a.statements.iter().map(|s| serde_json::json!({
                     "kind": s.kind.map(|k| k.as_str()),
