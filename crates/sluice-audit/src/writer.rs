@@ -33,6 +33,15 @@ const GROUP_WINDOW: Duration = Duration::from_millis(5);
 const GROUP_TARGET: usize = 512;
 /// Entries the store gets per transaction.
 const STORE_BATCH: usize = 8192;
+/// Spooled entries wait for the store until this many have gathered or
+/// the oldest has waited [`STORE_DELAY`]: a store transaction has a fixed
+/// cost (its commit rewrites the last page of every index into the WAL),
+/// which tens of events per batch would each pay a large share of. The
+/// spool already holds them durably, so waiting loses nothing; a flush
+/// that waits for the store, retention and shutdown do not wait.
+const STORE_GATHER: usize = 1024;
+/// See [`STORE_GATHER`]: how long an event may take to become searchable.
+const STORE_DELAY: Duration = Duration::from_millis(100);
 /// Unstored entries kept in memory; beyond this they are re-read from the
 /// spool when the store is back.
 const MEM_CAP: u64 = 64 << 20;
@@ -70,6 +79,8 @@ pub struct Counters {
     pub stored_seq: AtomicU64,
     /// Checkpoints written.
     pub checkpoints: AtomicU64,
+    /// Store transactions (batches written to the store).
+    pub store_writes: AtomicU64,
 }
 
 /// Why `record()` refused an event (fail-closed). The proxy refuses the
@@ -499,6 +510,7 @@ impl AuditWriter {
             state_saved_at: Instant::now(),
             waiters: Vec::new(),
             next_store_try: Instant::now(),
+            pending_since: None,
             backoff: Duration::from_millis(100),
             next_retention: Instant::now(),
             dropped_noted: 0,
@@ -713,6 +725,8 @@ struct Writer {
     /// Flushes waiting for a seq to be stored (`true`) or spooled.
     waiters: Vec<(u64, bool, std::sync::mpsc::Sender<FlushStatus>)>,
     next_store_try: Instant,
+    /// When the oldest entry of `pending` was spooled (see [`STORE_GATHER`]).
+    pending_since: Option<Instant>,
     backoff: Duration,
     next_retention: Instant,
     dropped_noted: u64,
@@ -854,6 +868,17 @@ impl Writer {
             } else {
                 timeout
             };
+            // Wake up when the gathering entries are due for the store (when
+            // they are overdue, the store is failing and backs off instead).
+            let timeout = match self.pending_since {
+                Some(since) if self.store.is_some() => {
+                    match (since + STORE_DELAY).saturating_duration_since(Instant::now()) {
+                        left if left.is_zero() => timeout,
+                        left => timeout.min(left),
+                    }
+                }
+                _ => timeout,
+            };
             let mut msgs = Vec::new();
             let mut disconnected = false;
             match rx.recv_timeout(timeout) {
@@ -889,7 +914,9 @@ impl Writer {
                 self.sync();
             }
             self.periodic();
-            self.try_store(shutdown);
+            // A flush that waits for the store does not wait for a batch to gather.
+            let store_now = shutdown || flushes.iter().any(|(stored, _)| *stored);
+            self.try_store(store_now);
             for (stored, reply) in flushes {
                 self.waiters.push((self.state.seq, stored, reply));
             }
@@ -1107,6 +1134,9 @@ impl Writer {
             let size = size as u64;
             self.unstored_bytes += size;
             if !self.from_disk {
+                if self.pending.is_empty() {
+                    self.pending_since = Some(Instant::now());
+                }
                 self.pending.push_back(Pending {
                     entry: e,
                     size,
@@ -1117,6 +1147,7 @@ impl Writer {
         if !self.from_disk && self.unstored_bytes > MEM_CAP {
             self.from_disk = true;
             self.pending.clear();
+            self.pending_since = None;
         }
         if self.unspooled.is_empty() {
             self.unsynced = true;
@@ -1266,6 +1297,14 @@ impl Writer {
         if !force && Instant::now() < self.next_store_try {
             return;
         }
+        let gathered = self.pending.len() >= STORE_GATHER
+            || self
+                .pending_since
+                .is_none_or(|since| since.elapsed() >= STORE_DELAY)
+            || self.waiters.iter().any(|(_, stored, _)| *stored);
+        if !force && !self.from_disk && !gathered {
+            return;
+        }
         if self.store.is_none() {
             let Some(opener) = self.opener.as_mut() else {
                 return;
@@ -1326,6 +1365,7 @@ impl Writer {
                 self.store_failed(&e);
                 return;
             }
+            self.counters.store_writes.fetch_add(1, Ordering::Relaxed);
             let len = batch.len();
             let max = batch
                 .iter()
@@ -1339,7 +1379,11 @@ impl Writer {
             let bytes: u64 = if self.from_disk {
                 from_disk.iter().map(|(_, s)| *s).sum()
             } else {
-                self.pending.drain(..len).map(|p| p.size).sum()
+                let bytes = self.pending.drain(..len).map(|p| p.size).sum();
+                if self.pending.is_empty() {
+                    self.pending_since = None;
+                }
+                bytes
             };
             self.unstored_bytes = self.unstored_bytes.saturating_sub(bytes);
             if let Some(max) = max {

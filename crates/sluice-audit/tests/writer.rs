@@ -384,3 +384,55 @@ fn full_disk_loses_no_event() {
     .unwrap_or_else(|f| panic!("{f}"));
     assert_eq!(r.chains[0].records, expected);
 }
+
+/// Events that come one at a time (each its own writer batch, fsynced to
+/// the spool) are gathered into few store transactions, and still reach
+/// the store without anyone asking; a flush that waits for the store gets
+/// it at once.
+#[test]
+fn a_trickle_of_events_is_stored_in_few_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = AuditWriter::start(&config(), dir.path()).unwrap();
+    let sink = w.sink();
+    let n = 200;
+    let mut spooled = 0;
+    for i in 0..n {
+        sink.record(statement(i, "alice", "production")).unwrap();
+        spooled = sink
+            .flush_blocking(false, Duration::from_secs(10))
+            .unwrap()
+            .spooled_seq;
+    }
+    let counters = sink.counters();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while counters.stored_seq.load(Ordering::Relaxed) < spooled {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "spooled events never reached the store by themselves"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let writes = counters.store_writes.load(Ordering::Relaxed);
+    assert!(
+        writes <= n as u64 / 5,
+        "{writes} store transactions for {n} events arriving one by one"
+    );
+    sink.record(statement(n, "bob", "production")).unwrap();
+    let st = sink.flush_blocking(true, Duration::from_secs(10)).unwrap();
+    assert_eq!(st.stored_seq, st.spooled_seq);
+    w.shutdown().unwrap();
+    let mut s = SqliteStore::open(&dir.path().join("audit/audit.db")).unwrap();
+    let page = s
+        .search(&Query {
+            limit: 1000,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        page.rows
+            .iter()
+            .filter(|r| r.code == "db.statement")
+            .count(),
+        n + 1
+    );
+}

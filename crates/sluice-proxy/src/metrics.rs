@@ -282,6 +282,12 @@ impl Metrics {
                     &a.spool_errors,
                 ),
                 (
+                    "sluice_audit_store_writes_total",
+                    "counter",
+                    "Batches of audit events written to the store (one transaction each).",
+                    &a.store_writes,
+                ),
+                (
                     "sluice_audit_spooled_seq",
                     "gauge",
                     "Sequence number of the last audit event in the durable spool.",
