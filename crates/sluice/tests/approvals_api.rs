@@ -530,18 +530,26 @@ async fn a_statement_held_on_one_replica_is_approved_through_another() {
         "used"
     );
 
-    // The audit trail is shared too: B's search finds A's statement.
-    let found = get(
-        &replica_b,
-        "/api/audit?text=shared&kind=db.statement",
-        Some(AUDITOR_TOKEN),
-    );
-    assert_eq!(found.status, 200);
-    assert!(
-        found.body["rows"].as_array().is_some_and(|r| !r.is_empty()),
-        "{}",
-        found.text
-    );
+    // The audit trail is shared too: B's search finds A's statement once
+    // A's writer has stored it (within about 100 ms; B cannot flush A).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = get(
+            &replica_b,
+            "/api/audit?text=shared&kind=db.statement",
+            Some(AUDITOR_TOKEN),
+        );
+        assert_eq!(found.status, 200);
+        if found.body["rows"].as_array().is_some_and(|r| !r.is_empty()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replica B never found replica A's statement: {}",
+            found.text
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Approvers see what a statement does, not the password in it: the
