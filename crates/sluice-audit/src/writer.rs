@@ -914,12 +914,10 @@ impl Writer {
                 self.sync();
             }
             self.periodic();
-            // A flush that waits for the store does not wait for a batch to gather.
-            let store_now = shutdown || flushes.iter().any(|(stored, _)| *stored);
-            self.try_store(store_now);
             for (stored, reply) in flushes {
                 self.waiters.push((self.state.seq, stored, reply));
             }
+            self.try_store(shutdown);
             for (now, reply) in retentions {
                 let r = self.retention(now).map_err(|e| e.to_string());
                 let _ = reply.send(r);
@@ -1297,6 +1295,7 @@ impl Writer {
         if !force && Instant::now() < self.next_store_try {
             return;
         }
+        // A flush waiting for the store does not wait for a batch to gather.
         let gathered = self.pending.len() >= STORE_GATHER
             || self
                 .pending_since

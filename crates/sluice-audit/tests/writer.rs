@@ -387,8 +387,8 @@ fn full_disk_loses_no_event() {
 
 /// Events that come one at a time (each its own writer batch, fsynced to
 /// the spool) are gathered into few store transactions, and still reach
-/// the store without anyone asking; a flush that waits for the store gets
-/// it at once.
+/// the store without anyone asking; a flush that waits for the store
+/// finds everything stored.
 #[test]
 fn a_trickle_of_events_is_stored_in_few_transactions() {
     let dir = tempfile::tempdir().unwrap();
