@@ -177,52 +177,42 @@ pub(crate) fn table_cond(sql: &mut Sql, col: &str, table: &str) -> String {
     format!("({col} = {a} OR {col} LIKE {b} ESCAPE '\\')")
 }
 
+// The statements below are the PostgreSQL store's (a row per event); the
+// SQLite store searches its blocks (store/sqlite.rs) with the same filters.
+
 /// The count statement (filters only).
-pub(crate) fn build_count(q: &Query, dialect: Dialect) -> Sql {
-    let mut sql = Sql::new(dialect, "SELECT COUNT(*) FROM audit_events e WHERE 1=1");
-    filters(&mut sql, q, dialect);
+pub(crate) fn build_count(q: &Query) -> Sql {
+    let mut sql = Sql::new(
+        Dialect::Postgres,
+        "SELECT COUNT(*) FROM audit_events e WHERE 1=1",
+    );
+    filters(&mut sql, q);
     sql
 }
 
-/// The event's ULID as its index has it (byte order on PostgreSQL).
-fn ulid_column(dialect: Dialect) -> &'static str {
-    match dialect {
-        Dialect::Postgres => "e.ulid COLLATE \"C\"",
-        Dialect::Sqlite => "e.ulid",
-    }
-}
+/// The event's ULID as its index has it (byte order).
+const ULID_COLUMN: &str = "e.ulid COLLATE \"C\"";
 
 /// The search statement.
-pub(crate) fn build(q: &Query, dialect: Dialect) -> Sql {
-    // SQLite keeps a statement's body as a template plus values (the
-    // store joins them); PostgreSQL keeps bodies whole.
-    let select = match dialect {
-        Dialect::Sqlite => {
-            "SELECT e.chain, e.seq, e.ulid, e.time_ms, e.code, e.environment, e.principal, e.target, \
-             e.decision, e.body, t.body FROM audit_events e \
-             LEFT JOIN audit_body_templates t ON t.id = e.tpl WHERE 1=1"
-        }
-        Dialect::Postgres => {
-            "SELECT e.chain, e.seq, e.ulid, e.time_ms, e.code, e.environment, e.principal, e.target, \
-             e.decision, e.body FROM audit_events e WHERE 1=1"
-        }
-    };
-    let mut sql = Sql::new(dialect, select);
-    filters(&mut sql, q, dialect);
+pub(crate) fn build(q: &Query) -> Sql {
+    let mut sql = Sql::new(
+        Dialect::Postgres,
+        "SELECT e.chain, e.seq, e.ulid, e.time_ms, e.code, e.environment, e.principal, e.target, \
+         e.decision, e.body FROM audit_events e WHERE 1=1",
+    );
+    filters(&mut sql, q);
     if let Some(c) = &q.cursor {
         let p = sql.bind(Param::Text(c.clone()));
-        sql.and(&format!("{} < {p}", ulid_column(dialect)));
+        sql.and(&format!("{ULID_COLUMN} < {p}"));
     }
     let limit = page_size(q) as i64 + 1;
     let p = sql.bind(Param::Int(limit));
-    sql.text.push_str(&format!(
-        " ORDER BY {} DESC LIMIT {p}",
-        ulid_column(dialect)
-    ));
+    sql.text
+        .push_str(&format!(" ORDER BY {ULID_COLUMN} DESC LIMIT {p}"));
     sql
 }
 
-fn filters(sql: &mut Sql, q: &Query, dialect: Dialect) {
+fn filters(sql: &mut Sql, q: &Query) {
     let eq = |sql: &mut Sql, col: &str, v: &Option<String>| {
         if let Some(v) = v {
             let p = sql.bind(Param::Text(v.clone()));
@@ -263,7 +253,7 @@ fn filters(sql: &mut Sql, q: &Query, dialect: Dialect) {
         sql.and(&format!("e.time_ms >= {p}"));
         if let Some(floor) = crate::util::ulid_floor(t) {
             let p = sql.bind(Param::Text(floor));
-            sql.and(&format!("{} >= {p}", ulid_column(dialect)));
+            sql.and(&format!("{ULID_COLUMN} >= {p}"));
         }
     }
     if let Some(t) = q.until {
@@ -271,7 +261,7 @@ fn filters(sql: &mut Sql, q: &Query, dialect: Dialect) {
         sql.and(&format!("e.time_ms < {p}"));
         if let Some(floor) = crate::util::ulid_floor(t) {
             let p = sql.bind(Param::Text(floor));
-            sql.and(&format!("{} < {p}", ulid_column(dialect)));
+            sql.and(&format!("{ULID_COLUMN} < {p}"));
         }
     }
     if q.table.is_some() || q.column.is_some() {
@@ -293,41 +283,16 @@ fn filters(sql: &mut Sql, q: &Query, dialect: Dialect) {
             let p = sql.bind(Param::Text(c));
             conds.push(format!("o.col = {p}"));
         }
-        let per_event = format!(
+        sql.and(&format!(
             "EXISTS (SELECT 1 FROM audit_event_objects o WHERE {})",
             conds.join(" AND ")
-        );
-        match dialect {
-            // Statements share their objects through their shape (see the
-            // SQLite store); the placeholders are numbered, so reusable.
-            Dialect::Sqlite => {
-                conds[0] = "o.shape = e.shape".to_owned();
-                sql.and(&format!(
-                    "({per_event} OR EXISTS (SELECT 1 FROM audit_shape_objects o WHERE {}))",
-                    conds.join(" AND ")
-                ));
-            }
-            Dialect::Postgres => sql.and(&per_event),
-        }
+        ));
     }
     if let Some(text) = q.text.as_deref().filter(|t| !t.trim().is_empty()) {
-        match dialect {
-            Dialect::Sqlite => {
-                let p = sql.bind(Param::Text(fts5_query(text)));
-                // FTS rows are events (rowid = id) or statement shapes
-                // (rowid = -shape).
-                sql.and(&format!(
-                    "(e.id IN (SELECT rowid FROM audit_events_fts WHERE audit_events_fts MATCH {p}) \
-                     OR e.shape IN (SELECT -rowid FROM audit_events_fts WHERE audit_events_fts MATCH {p}))"
-                ));
-            }
-            Dialect::Postgres => {
-                let p = sql.bind(Param::Text(text.to_owned()));
-                sql.and(&format!(
-                    "to_tsvector('simple', e.search_text) @@ plainto_tsquery('simple', {p})"
-                ));
-            }
-        }
+        let p = sql.bind(Param::Text(text.to_owned()));
+        sql.and(&format!(
+            "to_tsvector('simple', e.search_text) @@ plainto_tsquery('simple', {p})"
+        ));
     }
 }
 

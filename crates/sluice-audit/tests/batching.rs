@@ -385,9 +385,15 @@ fn retention_removes_the_shared_search_entries_it_no_longer_needs() {
         .unwrap();
     assert_eq!(r.removed, 14, "{r:?}");
     let db = dir.path().join("audit/audit.db");
+    // Statement shapes (other events have shapes of their own, without
+    // objects: the retention's admin event).
     let shapes = |s: &SqliteStore| -> i64 {
         s.connection()
-            .query_row("SELECT COUNT(*) FROM audit_shapes", [], |r| r.get(0))
+            .query_row(
+                "SELECT COUNT(DISTINCT shape) FROM audit_shape_objects",
+                [],
+                |r| r.get(0),
+            )
             .unwrap()
     };
     // Bob's shape went with his bodies; alice's stays for production.
@@ -403,10 +409,10 @@ fn retention_removes_the_shared_search_entries_it_no_longer_needs() {
     assert!(verify(&mut s, &keys(dir.path()), None).is_ok());
 }
 
-/// A file written before statement shapes became a column of the event
-/// (they had a table of their own, and time ranges an index) and before
-/// body templates: opening it moves the shapes over, and search and verify
-/// find everything as before.
+/// A file written before blocks, in the first layout: a row per event in
+/// `audit_events`, with its own FTS row and objects, whole bodies. Opening
+/// it moves the records into blocks, and search and verify find everything
+/// as before; the writer carries on in it.
 #[test]
 fn a_file_from_the_earlier_layout_is_migrated_on_open() {
     let dir = tempfile::tempdir().unwrap();
@@ -415,41 +421,69 @@ fn a_file_from_the_earlier_layout_is_migrated_on_open() {
     record(&w, 3, "bob", "production");
     w.shutdown().unwrap();
     let db = dir.path().join("audit/audit.db");
+    let mut s = SqliteStore::open_existing(&db).unwrap();
+    let chain = s.chains().unwrap()[0].chain.clone();
+    let records = s.read_chain(&chain, 0, 100).unwrap();
+    drop(s);
+    let old = dir.path().join("old.db");
     {
-        // Back to the earlier layout, as that version left it: whole bodies.
-        let mut s = SqliteStore::open_existing(&db).unwrap();
-        let chain = s.chains().unwrap()[0].chain.clone();
-        for r in s.read_chain(&chain, 0, 100).unwrap() {
-            s.connection()
-                .execute(
-                    "UPDATE audit_events SET body = ?1, tpl = NULL WHERE chain = ?2 AND seq = ?3",
-                    rusqlite::params![r.record.body, chain, r.record.seq as i64],
+        let c = rusqlite::Connection::open(&old).unwrap();
+        c.execute_batch(&format!(
+            "{FIRST_LAYOUT}
+             ATTACH '{}' AS cur;
+             INSERT INTO audit_chains SELECT * FROM cur.audit_chains;
+             INSERT INTO audit_checkpoints SELECT * FROM cur.audit_checkpoints;
+             INSERT INTO audit_usage_daily SELECT * FROM cur.audit_usage_daily;
+             DETACH cur;",
+            db.display()
+        ))
+        .unwrap();
+        for r in &records {
+            let (rec, idx) = (&r.record, &r.index);
+            c.execute(
+                "INSERT INTO audit_events (chain, seq, ulid, time_ms, code, environment, principal,
+                 target, session, decision, fingerprint, digest, body, mac)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                rusqlite::params![
+                    rec.chain,
+                    rec.seq as i64,
+                    rec.ulid,
+                    rec.time_ms,
+                    rec.code,
+                    rec.environment,
+                    idx.principal,
+                    idx.target,
+                    idx.session,
+                    idx.decision,
+                    idx.fingerprint,
+                    rec.digest,
+                    rec.body,
+                    rec.mac
+                ],
+            )
+            .unwrap();
+            let id = c.last_insert_rowid();
+            let ev = rec.event().unwrap().unwrap();
+            c.execute(
+                "INSERT INTO audit_events_fts (rowid, text) VALUES (?1, ?2)",
+                rusqlite::params![id, ev.search_text()],
+            )
+            .unwrap();
+            for (t, col) in ev.objects() {
+                c.execute(
+                    "INSERT OR IGNORE INTO audit_event_objects (tbl, col, event_id) VALUES (?1, ?2, ?3)",
+                    rusqlite::params![t, col, id],
                 )
                 .unwrap();
+            }
         }
-        drop(s);
-        let c = rusqlite::Connection::open(&db).unwrap();
-        c.execute_batch(
-            "DROP TABLE audit_body_templates;
-             ALTER TABLE audit_events DROP COLUMN tpl;",
-        )
-        .unwrap();
-        c.execute_batch(
-            "CREATE TABLE audit_event_shapes (event_id INTEGER PRIMARY KEY, shape INTEGER NOT NULL);
-             INSERT INTO audit_event_shapes SELECT id, shape FROM audit_events WHERE shape IS NOT NULL;
-             CREATE INDEX audit_event_shapes_shape ON audit_event_shapes (shape);
-             DROP INDEX audit_events_shape;
-             ALTER TABLE audit_events DROP COLUMN shape;
-             CREATE INDEX audit_events_time ON audit_events (time_ms);",
-        )
-        .unwrap();
-        let shaped: i64 = c
-            .query_row("SELECT COUNT(*) FROM audit_event_shapes", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(shaped, 7);
+    }
+    std::fs::rename(&old, &db).unwrap();
+    for ext in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
     }
     let mut s = SqliteStore::open_existing(&db).unwrap();
-    let names: Vec<String> = s
+    let tables: Vec<String> = s
         .connection()
         .prepare("SELECT name FROM sqlite_master WHERE name LIKE 'audit_event%' ORDER BY name")
         .unwrap()
@@ -458,20 +492,27 @@ fn a_file_from_the_earlier_layout_is_migrated_on_open() {
         .collect::<Result<_, _>>()
         .unwrap();
     assert!(
-        names.contains(&"audit_events_shape".to_string()),
-        "{names:?}"
+        !tables
+            .iter()
+            .any(|t| t == "audit_events" || t == "audit_event_objects"),
+        "{tables:?}"
     );
-    assert!(
-        !names.contains(&"audit_event_shapes".to_string()),
-        "{names:?}"
-    );
-    assert!(
-        !names.contains(&"audit_events_time".to_string()),
-        "{names:?}"
+    assert_eq!(
+        number(
+            &s,
+            "SELECT CAST(value AS INTEGER) FROM audit_meta WHERE key = 'schema'"
+        ),
+        2
     );
     assert_eq!(s.count(&statements_matching("alice")).unwrap(), 4);
     assert_eq!(s.count(&statements_matching("bob")).unwrap(), 3);
     assert_eq!(s.count(&reading("users.email")).unwrap(), 7);
+    let by_bob = Query {
+        principal: Some("bob".into()),
+        ..Query::default()
+    };
+    assert_eq!(s.count(&by_bob).unwrap(), 3);
+    assert_eq!(s.read_chain(&chain, 0, 100).unwrap().len(), records.len());
     assert!(verify(&mut s, &keys(dir.path()), None).is_ok());
     drop(s);
     // The writer carries on in the migrated file; a second open changes nothing.
@@ -481,14 +522,47 @@ fn a_file_from_the_earlier_layout_is_migrated_on_open() {
     let mut s = SqliteStore::open_existing(&db).unwrap();
     assert_eq!(s.count(&statements_matching("bob")).unwrap(), 5);
     assert_eq!(s.count(&reading("users.email")).unwrap(), 9);
-    // Earlier rows keep their whole bodies; new ones use templates.
-    let templated = number(
-        &s,
-        "SELECT COUNT(*) FROM audit_events WHERE tpl IS NOT NULL",
-    );
-    assert_eq!(templated, 2);
     assert!(verify(&mut s, &keys(dir.path()), None).is_ok());
 }
+
+/// The first layout of the SQLite store (a row per event), as files made
+/// by the first versions have it.
+const FIRST_LAYOUT: &str = "
+CREATE TABLE audit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE audit_chains (
+    chain TEXT PRIMARY KEY, public_key TEXT NOT NULL, created_ms INTEGER NOT NULL);
+CREATE TABLE audit_events (
+    id INTEGER PRIMARY KEY,
+    chain TEXT NOT NULL, seq INTEGER NOT NULL, ulid TEXT NOT NULL, time_ms INTEGER NOT NULL,
+    code TEXT NOT NULL, environment TEXT NOT NULL, principal TEXT NOT NULL,
+    target TEXT NOT NULL, session TEXT NOT NULL, decision TEXT NOT NULL,
+    fingerprint TEXT NOT NULL, digest BLOB NOT NULL, body TEXT, mac BLOB NOT NULL,
+    UNIQUE (chain, seq));
+CREATE INDEX audit_events_ulid ON audit_events (ulid);
+CREATE INDEX audit_events_time ON audit_events (time_ms);
+CREATE INDEX audit_events_principal ON audit_events (principal, ulid);
+CREATE TABLE audit_event_objects (
+    tbl TEXT NOT NULL, col TEXT NOT NULL, event_id INTEGER NOT NULL,
+    PRIMARY KEY (tbl, col, event_id)) WITHOUT ROWID;
+CREATE INDEX audit_event_objects_event ON audit_event_objects (event_id);
+CREATE VIRTUAL TABLE audit_events_fts USING fts5 (text, content='', contentless_delete=1);
+CREATE TABLE audit_checkpoints (
+    chain TEXT NOT NULL, seq INTEGER NOT NULL, time_ms INTEGER NOT NULL, reason TEXT NOT NULL,
+    environment TEXT, before_ms INTEGER, mac BLOB NOT NULL, signature BLOB NOT NULL,
+    PRIMARY KEY (chain, seq, reason, time_ms));
+CREATE TABLE audit_usage_daily (
+    day INTEGER NOT NULL, principal TEXT NOT NULL, on_behalf_of TEXT NOT NULL,
+    target TEXT NOT NULL, environment TEXT NOT NULL, tbl TEXT NOT NULL, col TEXT NOT NULL,
+    masked INTEGER NOT NULL, reads INTEGER NOT NULL, writes INTEGER NOT NULL,
+    nrows INTEGER NOT NULL, nbytes INTEGER NOT NULL, first_ms INTEGER NOT NULL, last_ms INTEGER NOT NULL,
+    PRIMARY KEY (day, principal, on_behalf_of, target, environment, tbl, col, masked));
+CREATE TABLE audit_lineage (
+    id INTEGER PRIMARY KEY, source TEXT NOT NULL, destination TEXT NOT NULL, kind TEXT NOT NULL,
+    fingerprint TEXT NOT NULL, principal TEXT NOT NULL, on_behalf_of TEXT NOT NULL,
+    principal_kind TEXT NOT NULL, target TEXT NOT NULL, environment TEXT NOT NULL,
+    time_ms INTEGER NOT NULL, chain TEXT NOT NULL, seq INTEGER NOT NULL);
+INSERT INTO audit_meta (key, value) VALUES ('schema', '1');
+";
 
 /// Time ranges are answered through the ULID index: the bounds are exact
 /// to the millisecond.
@@ -547,4 +621,83 @@ fn a_time_range_is_exact_to_the_millisecond() {
             "{since:?}..{until:?}"
         );
     }
+}
+
+/// A search reads the blocks holding its keys, newest first, and stops as
+/// soon as no older block can hold a newer match: a rare principal, a
+/// refusal filter matching nothing, the newest page of a long trail. Pages
+/// come back in order, without repeats or gaps.
+#[test]
+fn a_search_reads_only_the_blocks_it_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = AuditWriter::start(&config(), dir.path()).unwrap();
+    record(&w, 2000, "alice", "production");
+    record(&w, 1, "bob", "staging");
+    record(&w, 1000, "alice", "production");
+    w.shutdown().unwrap();
+    let mut s = SqliteStore::open_existing(&dir.path().join("audit/audit.db")).unwrap();
+    let blocks = number(&s, "SELECT COUNT(*) FROM audit_blocks");
+    assert!(blocks >= 12, "{blocks} blocks");
+    let reads = |s: &mut SqliteStore, q: Query| {
+        let before = s.blocks_read();
+        let page = s.search(&q).unwrap();
+        (page, s.blocks_read() - before)
+    };
+    let (page, read) = reads(
+        &mut s,
+        Query {
+            principal: Some("bob".into()),
+            ..Query::default()
+        },
+    );
+    assert_eq!(page.rows.len(), 1);
+    assert_eq!(page.rows[0].environment, "staging");
+    assert_eq!(read, 1);
+    let (page, read) = reads(
+        &mut s,
+        Query {
+            environment: Some("staging".into()),
+            ..Query::default()
+        },
+    );
+    assert_eq!((page.rows.len(), read), (1, 1));
+    let (page, read) = reads(
+        &mut s,
+        Query {
+            decision: Some(Decision::Deny),
+            ..Query::default()
+        },
+    );
+    assert_eq!((page.rows.len(), read), (0, 0));
+    let (page, read) = reads(&mut s, Query::default());
+    assert_eq!(page.rows.len(), 100);
+    assert!(read <= 3, "{read} blocks read for the newest page");
+    // Every page of alice's 3000, in order.
+    let mut all = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = s
+            .search(&Query {
+                principal: Some("alice".into()),
+                limit: 700,
+                cursor: cursor.clone(),
+                ..Query::default()
+            })
+            .unwrap();
+        all.extend(page.rows.into_iter().map(|r| (r.ulid, r.seq)));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(all.len(), 3000);
+    assert!(
+        all.windows(2).all(|w| w[0].0 > w[1].0),
+        "newest first, no repeats"
+    );
+    let alice = Query {
+        principal: Some("alice".into()),
+        ..Query::default()
+    };
+    assert_eq!(s.count(&alice).unwrap(), 3000);
 }

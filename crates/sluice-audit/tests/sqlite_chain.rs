@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
+use sluice_audit::store::block::BlockRecord;
 use sluice_audit::verify::{local_from_data_dir, verify};
 use sluice_audit::{AuditWriter, SqliteStore, Store};
 
@@ -25,6 +26,16 @@ fn trail() -> tempfile::TempDir {
 
 fn exec(s: &SqliteStore, sql: &str) {
     s.connection().execute_batch(sql).unwrap();
+}
+
+/// Edit the records in the file as an attacker with write access could
+/// (blocks and search keys rewritten to match).
+fn edit(dir: &Path, f: impl FnOnce(&mut Vec<(String, BlockRecord)>)) {
+    db(dir).edit_records(f).unwrap();
+}
+
+fn at(records: &mut [(String, BlockRecord)], seq: u64) -> &mut BlockRecord {
+    &mut records.iter_mut().find(|(_, r)| r.seq == seq).unwrap().1
 }
 
 fn failure(dir: &Path) -> sluice_audit::Failure {
@@ -74,14 +85,14 @@ fn changed_body_is_detected() {
         .unwrap();
     let forged = body.replace("\"alice\"", "\"mallory\"");
     assert_ne!(forged, body);
-    let digest = sluice_audit::chain::sha256(forged.as_bytes()).to_vec();
-    s.connection()
-        .execute(
-            "UPDATE audit_events SET body = ?1, tpl = NULL, digest = ?2, principal = 'mallory'
-             WHERE seq = 5",
-            rusqlite::params![forged, digest],
-        )
-        .unwrap();
+    drop(s);
+    edit(dir.path(), |all| {
+        let r = at(all, 5);
+        r.digest = sluice_audit::chain::sha256(forged.as_bytes()).to_vec();
+        r.body = Some(forged);
+        r.tpl = None;
+        r.principal = "mallory".into();
+    });
     let f = failure(dir.path());
     assert_eq!(f.seq, 5, "{f}");
     assert!(f.what.contains("MAC mismatch"), "{f}");
@@ -92,21 +103,19 @@ fn changed_body_is_detected() {
 fn changed_body_without_digest_and_changed_column_are_detected() {
     // A value of one statement (its duration).
     let dir = trail();
-    let s = db(dir.path());
-    exec(
-        &s,
-        "UPDATE audit_events SET body = replace(body, ',100', ',101') WHERE seq = 6",
-    );
+    edit(dir.path(), |all| {
+        let r = at(all, 6);
+        let body = r.body.take().unwrap();
+        assert!(body.contains(",100"), "{body}");
+        r.body = Some(body.replace(",100", ",101"));
+    });
     let f = failure(dir.path());
     assert_eq!(f.seq, 6);
     assert!(f.what.contains("digest"), "{f}");
 
     // Values that no longer fit their template.
     let dir = trail();
-    exec(
-        &db(dir.path()),
-        "UPDATE audit_events SET body = '[]' WHERE seq = 8",
-    );
+    edit(dir.path(), |all| at(all, 8).body = Some("[]".into()));
     let f = failure(dir.path());
     assert_eq!(f.seq, 8);
     assert!(f.what.contains("digest"), "{f}");
@@ -118,27 +127,30 @@ fn changed_body_without_digest_and_changed_column_are_detected() {
         &s,
         "UPDATE audit_body_templates SET body = replace(body, 'alice', 'alicf')",
     );
-    let first = number(
-        &s,
-        "SELECT MIN(seq) FROM audit_events WHERE tpl IS NOT NULL",
-    );
+    let mut first = 0;
+    edit(dir.path(), |all| {
+        first = all
+            .iter()
+            .filter(|(_, r)| r.tpl.is_some())
+            .map(|(_, r)| r.seq)
+            .min()
+            .unwrap();
+    });
     let f = failure(dir.path());
-    assert_eq!(f.seq, first as u64);
+    assert_eq!(f.seq, first);
     assert!(f.what.contains("digest"), "{f}");
 
     // A template gone.
     let dir = trail();
     exec(&db(dir.path()), "DELETE FROM audit_body_templates");
     let f = failure(dir.path());
-    assert_eq!(f.seq, first as u64);
+    assert_eq!(f.seq, first);
     assert!(f.what.contains("digest"), "{f}");
 
     let dir = trail();
-    let s = db(dir.path());
-    exec(
-        &s,
-        "UPDATE audit_events SET principal = 'someone-else' WHERE seq = 7",
-    );
+    edit(dir.path(), |all| {
+        at(all, 7).principal = "someone-else".into()
+    });
     let f = failure(dir.path());
     assert_eq!(f.seq, 7);
     assert!(f.what.contains("principal"), "{f}");
@@ -147,7 +159,7 @@ fn changed_body_without_digest_and_changed_column_are_detected() {
 #[test]
 fn deleted_record_is_detected() {
     let dir = trail();
-    exec(&db(dir.path()), "DELETE FROM audit_events WHERE seq = 7");
+    edit(dir.path(), |all| all.retain(|(_, r)| r.seq != 7));
     let f = failure(dir.path());
     assert_eq!(f.seq, 7, "{f}");
     assert!(f.what.contains("missing"), "{f}");
@@ -157,15 +169,16 @@ fn deleted_record_is_detected() {
 fn inserted_record_is_detected() {
     let dir = trail();
     // Make room at seq 8 and insert a copy of record 7 there.
-    exec(
-        &db(dir.path()),
-        "UPDATE audit_events SET seq = -seq - 1 WHERE seq >= 8;
-         UPDATE audit_events SET seq = -seq WHERE seq < 0;
-         INSERT INTO audit_events (chain, seq, ulid, time_ms, code, environment, principal, target, session,
-           decision, fingerprint, digest, body, mac, tpl)
-         SELECT chain, 8, ulid, time_ms, code, environment, principal, target, session, decision, fingerprint,
-           digest, body, mac, tpl FROM audit_events WHERE seq = 7;",
-    );
+    edit(dir.path(), |all| {
+        for (_, r) in all.iter_mut().filter(|(_, r)| r.seq >= 8) {
+            r.seq += 1;
+        }
+        let mut copy = at(all, 7).clone();
+        copy.seq = 8;
+        let pos = all.iter().position(|(_, r)| r.seq == 9).unwrap();
+        let chain = all[0].0.clone();
+        all.insert(pos, (chain, copy));
+    });
     let f = failure(dir.path());
     assert_eq!(f.seq, 8, "{f}");
     assert!(f.what.contains("MAC mismatch"), "{f}");
@@ -174,12 +187,11 @@ fn inserted_record_is_detected() {
 #[test]
 fn reordered_records_are_detected() {
     let dir = trail();
-    exec(
-        &db(dir.path()),
-        "UPDATE audit_events SET seq = -1 WHERE seq = 3;
-         UPDATE audit_events SET seq = 3 WHERE seq = 4;
-         UPDATE audit_events SET seq = 4 WHERE seq = -1;",
-    );
+    edit(dir.path(), |all| {
+        at(all, 3).seq = 0;
+        at(all, 4).seq = 3;
+        at(all, 0).seq = 4;
+    });
     let f = failure(dir.path());
     assert_eq!(f.seq, 3, "{f}");
 }
@@ -188,7 +200,7 @@ fn reordered_records_are_detected() {
 fn truncated_tail_is_detected() {
     // Through a checkpoint: the store alone shows it.
     let dir = trail();
-    exec(&db(dir.path()), "DELETE FROM audit_events WHERE seq > 15");
+    edit(dir.path(), |all| all.retain(|(_, r)| r.seq <= 15));
     let f = failure(dir.path());
     assert_eq!(f.seq, 16, "{f}");
     assert!(f.what.contains("truncated"), "{f}");
@@ -196,9 +208,10 @@ fn truncated_tail_is_detected() {
     // After the last checkpoint, that checkpoint and the spooled copies
     // deleted too: the writer's state file in the data dir shows it.
     let dir = trail();
+    edit(dir.path(), |all| all.retain(|(_, r)| r.seq <= 22));
     exec(
         &db(dir.path()),
-        "DELETE FROM audit_events WHERE seq > 22; DELETE FROM audit_checkpoints WHERE seq > 22;",
+        "DELETE FROM audit_checkpoints WHERE seq > 22;",
     );
     let local = local_from_data_dir(dir.path()).unwrap();
     assert_eq!(
@@ -297,7 +310,19 @@ fn retention_keeps_the_trail_verifiable() {
     w.shutdown().unwrap();
 
     // A body removed by hand (no retention checkpoint covers production).
-    exec(&db(dir.path()), "UPDATE audit_events SET body = NULL, principal = '', target = '', session = '', decision = '', fingerprint = '' WHERE seq = 8");
+    edit(dir.path(), |all| {
+        let r = at(all, 8);
+        *r = BlockRecord {
+            seq: r.seq,
+            ulid: r.ulid.clone(),
+            time_ms: r.time_ms,
+            code: r.code.clone(),
+            environment: r.environment.clone(),
+            digest: r.digest.clone(),
+            mac: r.mac.clone(),
+            ..BlockRecord::default()
+        };
+    });
     let f = failure(dir.path());
     assert_eq!(f.seq, 8);
     assert!(f.what.contains("retention"), "{f}");

@@ -130,9 +130,8 @@ fn verify_passes_then_names_the_tampered_record() {
 
 /// Tamper through the library's own SQLite handle.
 fn rusqlite_free_update(dir: &Path) -> bool {
-    let s = sluice_audit::SqliteStore::open_existing(&dir.join("audit/audit.db")).unwrap();
-    s.connection()
-        .execute_batch("DELETE FROM audit_events WHERE seq = 4")
+    let mut s = sluice_audit::SqliteStore::open_existing(&dir.join("audit/audit.db")).unwrap();
+    s.edit_records(|all| all.retain(|(_, r)| r.seq != 4))
         .is_ok()
 }
 

@@ -11,6 +11,7 @@ use crate::search::{Page, Query};
 use crate::usage::{LineageEdge, UsageQuery, UsageRow};
 use crate::AuditError;
 
+pub mod block;
 pub mod pg_tls;
 pub mod postgres;
 pub mod sqlite;

@@ -438,7 +438,7 @@ impl Store for PgStore {
     }
 
     fn search(&mut self, q: &Query) -> Result<Page, AuditError> {
-        let sql = search::build(q, Dialect::Postgres);
+        let sql = search::build(q);
         let b = boxed(&sql.params);
         let rows = self.query(&sql.text, &refs(&b))?;
         let rows = rows
@@ -464,7 +464,7 @@ impl Store for PgStore {
     }
 
     fn count(&mut self, q: &Query) -> Result<u64, AuditError> {
-        let sql = search::build_count(q, Dialect::Postgres);
+        let sql = search::build_count(q);
         let b = boxed(&sql.params);
         let rows = self.query(&sql.text, &refs(&b))?;
         let n: i64 = rows

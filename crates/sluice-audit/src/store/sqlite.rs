@@ -1,13 +1,22 @@
 //! The embedded store: one SQLite file in WAL mode with an FTS5 index.
+//!
+//! Records live in blocks (store/block.rs): a row per block of up to 256
+//! records of one chain, and a row per distinct search key of a block
+//! (principal, target, environment, session, decision, code, shape). A
+//! search finds the blocks holding its keys, newest first, and filters
+//! their records; statement text, tables and columns are found through
+//! shapes (the FTS index and `audit_shape_objects`), which every event
+//! with a body has: shared by the executions of a statement, or its own.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, ToSql};
 
+use super::block::{self, BlockRecord, RecordRef};
 use super::{template, BatchEntry, ChainInfo, Entry, Store, StoredRecord};
 use crate::chain::Checkpoint;
-use crate::event::{EventBody, IndexFields, Record};
+use crate::event::{EventBody, Record};
 use crate::search::{self, Dialect, Page, Param, Query};
 use crate::usage::{self, LineageEdge, UsageQuery, UsageRow};
 use crate::util::format_time;
@@ -22,14 +31,15 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS audit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS audit_chains (
     chain TEXT PRIMARY KEY, public_key TEXT NOT NULL, created_ms INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS audit_events (
-    id INTEGER PRIMARY KEY,
-    chain TEXT NOT NULL, seq INTEGER NOT NULL, ulid TEXT NOT NULL, time_ms INTEGER NOT NULL,
-    code TEXT NOT NULL, environment TEXT NOT NULL, principal TEXT NOT NULL,
-    target TEXT NOT NULL, session TEXT NOT NULL, decision TEXT NOT NULL,
-    fingerprint TEXT NOT NULL, digest BLOB NOT NULL, body TEXT, mac BLOB NOT NULL,
-    shape INTEGER, tpl INTEGER,
-    UNIQUE (chain, seq));
+-- Records, BLOCK_MAX at most per block, encoded (store/block.rs); the
+-- search keys of each block in audit_block_keys.
+CREATE TABLE IF NOT EXISTS audit_blocks (
+    id INTEGER PRIMARY KEY, chain TEXT NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+    min_ulid TEXT NOT NULL, max_ulid TEXT NOT NULL, min_ms INTEGER NOT NULL, bodies INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    UNIQUE (chain, first_seq));
+CREATE TABLE IF NOT EXISTS audit_block_keys (
+    key TEXT NOT NULL, block INTEGER NOT NULL, PRIMARY KEY (key, block)) WITHOUT ROWID;
 -- A statement body is its template (tpl) with the values in body filled in
 -- (see store/template.rs); last_ms and last_seq tell retention when every
 -- event using it has had its body removed.
@@ -37,19 +47,7 @@ CREATE TABLE IF NOT EXISTS audit_body_templates (
     id INTEGER PRIMARY KEY, chain TEXT NOT NULL, environment TEXT NOT NULL,
     last_ms INTEGER NOT NULL, last_seq INTEGER NOT NULL, body TEXT NOT NULL,
     UNIQUE (chain, body));
-CREATE INDEX IF NOT EXISTS audit_events_ulid ON audit_events (ulid);
-CREATE INDEX IF NOT EXISTS audit_events_principal ON audit_events (principal, ulid);
--- The few events an auditor asks for by kind or decision: refused
--- statements and everything but statements (whose decision is ''). Allowed
--- statements, nearly all events, never touch it.
-CREATE INDEX IF NOT EXISTS audit_events_notable ON audit_events (ulid) WHERE decision <> 'allow';
--- Time ranges use the ULID index (search adds the ULID bound); files made
--- before this had an index on time_ms that only cost writes.
-DROP INDEX IF EXISTS audit_events_time;
-CREATE TABLE IF NOT EXISTS audit_event_objects (
-    tbl TEXT NOT NULL, col TEXT NOT NULL, event_id INTEGER NOT NULL,
-    PRIMARY KEY (tbl, col, event_id)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS audit_event_objects_event ON audit_event_objects (event_id);
+-- FTS rows are shapes, at rowid -shape.
 CREATE VIRTUAL TABLE IF NOT EXISTS audit_events_fts USING fts5 (text, content='', contentless_delete=1);
 CREATE TABLE IF NOT EXISTS audit_shapes (shape INTEGER PRIMARY KEY, key BLOB NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS audit_shape_objects (
@@ -72,10 +70,11 @@ CREATE TABLE IF NOT EXISTS audit_lineage (
     principal_kind TEXT NOT NULL, target TEXT NOT NULL, environment TEXT NOT NULL,
     time_ms INTEGER NOT NULL, chain TEXT NOT NULL, seq INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS audit_lineage_dest ON audit_lineage (destination);
-INSERT OR IGNORE INTO audit_meta (key, value) VALUES ('schema', '1');
+INSERT OR IGNORE INTO audit_meta (key, value) VALUES ('schema', '2');
 ";
 
-/// Brings a file made by an earlier version up to [`SCHEMA`]: the shape of
+/// Brings a file with a row per event up to the last such layout (then
+/// [`convert_rows_to_blocks`] moves its rows into blocks): the shape of
 /// a statement event was a row of its own in `audit_event_shapes` (two
 /// more B-trees to write per event); it is now a column of the event. Body
 /// templates came later (`tpl`): earlier rows keep their whole bodies.
@@ -130,6 +129,107 @@ fn migrate(conn: &mut Connection) -> Result<(), AuditError> {
         .map_err(db)
 }
 
+/// Whether the file has a table.
+fn has_table(conn: &Connection, name: &str) -> Result<bool, AuditError> {
+    conn.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+    .map_err(db)
+}
+
+/// Moves the records of a file made before blocks (a row per event in
+/// `audit_events`, objects and FTS rows of their own for events without a
+/// shape) into blocks, in one transaction; the old tables go.
+fn convert_rows_to_blocks(conn: &mut Connection) -> Result<(), AuditError> {
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(db)?;
+    // Another process may have converted it while this one waited.
+    if !has_table(&tx, "audit_events")? {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let chains: Vec<String> = tx
+        .prepare("SELECT DISTINCT chain FROM audit_events ORDER BY chain")
+        .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+        .map_err(db)?;
+    let mut moved = 0u64;
+    for chain in &chains {
+        let mut st = tx
+            .prepare(
+                "SELECT e.id, e.seq, e.ulid, e.time_ms, e.code, e.environment, e.principal, e.target,
+                 e.session, e.decision, e.fingerprint, e.digest, e.body, e.mac, e.shape, e.tpl, t.body
+                 FROM audit_events e LEFT JOIN audit_body_templates t ON t.id = e.tpl
+                 WHERE e.chain = ?1 ORDER BY e.seq",
+            )
+            .map_err(db)?;
+        let mut rows = st.query(params![chain]).map_err(db)?;
+        let mut records = Vec::with_capacity(block::BLOCK_MAX);
+        while let Some(row) = rows.next().map_err(db)? {
+            let get = |i: usize| -> Result<String, AuditError> { row.get(i).map_err(db) };
+            let id: i64 = row.get(0).map_err(db)?;
+            let mut r = BlockRecord {
+                seq: row.get::<_, i64>(1).map_err(db)?.max(0) as u64,
+                ulid: get(2)?,
+                time_ms: row.get(3).map_err(db)?,
+                code: get(4)?,
+                environment: get(5)?,
+                principal: get(6)?,
+                target: get(7)?,
+                session: get(8)?,
+                decision: get(9)?,
+                fingerprint: get(10)?,
+                digest: row.get(11).map_err(db)?,
+                body: row.get(12).map_err(db)?,
+                mac: row.get(13).map_err(db)?,
+                shape: row.get(14).map_err(db)?,
+                tpl: row.get(15).map_err(db)?,
+            };
+            if r.shape.is_none() && r.body.is_some() {
+                // Its objects and FTS row move to a shape of its own.
+                tx.execute("DELETE FROM audit_events_fts WHERE rowid = ?1", params![id])
+                    .map_err(db)?;
+                let template: Option<String> = row.get(16).map_err(db)?;
+                let full = full_body(r.body.clone(), template);
+                let ev: Option<EventBody> =
+                    full.as_deref().and_then(|b| serde_json::from_str(b).ok());
+                if let Some(ev) = ev {
+                    r.shape = Some(shape_id(
+                        &tx,
+                        &ev,
+                        format!("\u{1}{chain}\n{}", r.seq),
+                        &mut HashMap::default(),
+                    )?);
+                }
+            }
+            records.push(r);
+            if records.len() == block::BLOCK_MAX {
+                insert_block(&tx, chain, &records)?;
+                moved += records.len() as u64;
+                records.clear();
+            }
+        }
+        insert_block(&tx, chain, &records)?;
+        moved += records.len() as u64;
+    }
+    tx.execute_batch(
+        "DROP TABLE audit_events;
+         DROP TABLE IF EXISTS audit_event_objects;
+         UPDATE audit_meta SET value = '2' WHERE key = 'schema';",
+    )
+    .map_err(db)?;
+    tx.commit().map_err(db)?;
+    tracing::info!(
+        records = moved,
+        seconds = started.elapsed().as_secs_f64(),
+        "audit store: records moved into blocks"
+    );
+    Ok(())
+}
+
 /// SQLite store.
 pub struct SqliteStore {
     conn: Connection,
@@ -142,6 +242,8 @@ pub struct SqliteStore {
     /// Buffers for a body's template key and values.
     template_buf: String,
     values_buf: String,
+    /// Blocks searches have read (tests check that a search reads few).
+    blocks_read: u64,
 }
 
 /// Shapes the cache holds at most (it starts over beyond).
@@ -268,18 +370,602 @@ fn template_id(
     Ok(id)
 }
 
-/// Deletes shapes no event refers to any more, with their objects and FTS
+/// Deletes shapes no block refers to any more, with their objects and FTS
 /// rows (after retention removed or deleted events).
 const SHAPES_GC: &str = "
 CREATE TEMP TABLE IF NOT EXISTS gone_shapes (shape INTEGER PRIMARY KEY);
 DELETE FROM gone_shapes;
 INSERT INTO gone_shapes SELECT shape FROM audit_shapes s
-  WHERE NOT EXISTS (SELECT 1 FROM audit_events e WHERE e.shape = s.shape);
+  WHERE NOT EXISTS (SELECT 1 FROM audit_block_keys k WHERE k.key = 'h' || s.shape);
 DELETE FROM audit_events_fts WHERE rowid IN (SELECT -shape FROM gone_shapes);
 DELETE FROM audit_shape_objects WHERE shape IN (SELECT shape FROM gone_shapes);
 DELETE FROM audit_shapes WHERE shape IN (SELECT shape FROM gone_shapes);
 DELETE FROM gone_shapes;
 ";
+
+/// The block being filled by `append_batch`: records of one chain, encoded
+/// as they come, and the keys they add.
+#[derive(Default)]
+struct BlockBuilder {
+    chain: String,
+    data: Vec<u8>,
+    len: usize,
+    first_seq: u64,
+    last_seq: u64,
+    min_ulid: String,
+    max_ulid: String,
+    min_ms: i64,
+    bodies: i64,
+    keys: std::collections::HashSet<String, foldhash::fast::RandomState>,
+}
+
+impl BlockBuilder {
+    fn push(&mut self, r: &RecordRef<'_>) {
+        if self.len == 0 {
+            self.first_seq = r.seq;
+            self.min_ulid.clear();
+            self.min_ulid.push_str(r.ulid);
+            self.max_ulid.clear();
+            self.max_ulid.push_str(r.ulid);
+            self.min_ms = r.time_ms;
+        } else {
+            // ULIDs come from the sessions, a little out of order.
+            if r.ulid < self.min_ulid.as_str() {
+                self.min_ulid.clear();
+                self.min_ulid.push_str(r.ulid);
+            }
+            if r.ulid > self.max_ulid.as_str() {
+                self.max_ulid.clear();
+                self.max_ulid.push_str(r.ulid);
+            }
+            self.min_ms = self.min_ms.min(r.time_ms);
+        }
+        self.last_seq = r.seq;
+        self.len += 1;
+        self.bodies += i64::from(r.body.is_some());
+        block::encode_record(r, &mut self.data);
+        let keys = &mut self.keys;
+        block::add_keys(r, &mut |k| {
+            if !keys.contains(k) {
+                keys.insert(k.to_owned());
+            }
+        });
+    }
+
+    /// Write the block (if any) and start an empty one.
+    fn flush(&mut self, tx: &rusqlite::Transaction<'_>) -> Result<(), AuditError> {
+        if self.len == 0 {
+            return Ok(());
+        }
+        tx.prepare_cached(
+            "INSERT INTO audit_blocks (chain, first_seq, last_seq, min_ulid, max_ulid, min_ms, bodies, data)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .and_then(|mut st| {
+            st.execute(params![
+                self.chain,
+                seq_i(self.first_seq),
+                seq_i(self.last_seq),
+                self.min_ulid,
+                self.max_ulid,
+                self.min_ms,
+                self.bodies,
+                self.data
+            ])
+        })
+        .map_err(db)?;
+        let id = tx.last_insert_rowid();
+        let mut k = tx
+            .prepare_cached("INSERT OR IGNORE INTO audit_block_keys (key, block) VALUES (?1, ?2)")
+            .map_err(db)?;
+        for key in self.keys.drain() {
+            k.execute(params![key, id]).map_err(db)?;
+        }
+        self.data.clear();
+        self.len = 0;
+        self.bodies = 0;
+        Ok(())
+    }
+}
+
+/// Write a block made of `records` (a rewrite by retention, a migration).
+fn insert_block(
+    tx: &rusqlite::Transaction<'_>,
+    chain: &str,
+    records: &[BlockRecord],
+) -> Result<(), AuditError> {
+    let mut b = BlockBuilder {
+        chain: chain.to_owned(),
+        ..BlockBuilder::default()
+    };
+    for r in records {
+        b.push(&r.as_ref());
+    }
+    b.flush(tx)
+}
+
+/// Delete a block and its keys.
+fn delete_block(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+    records: &[BlockRecord],
+) -> Result<(), AuditError> {
+    let mut k = tx
+        .prepare_cached("DELETE FROM audit_block_keys WHERE key = ?1 AND block = ?2")
+        .map_err(db)?;
+    for key in block::keys_of(records) {
+        k.execute(params![key, id]).map_err(db)?;
+    }
+    tx.execute("DELETE FROM audit_blocks WHERE id = ?1", params![id])
+        .map_err(db)?;
+    Ok(())
+}
+
+/// The highest stored seq of a chain (0 when none).
+fn head_seq(conn: &Connection, chain: &str) -> Result<u64, AuditError> {
+    conn.prepare_cached(
+        "SELECT last_seq FROM audit_blocks WHERE chain = ?1 ORDER BY first_seq DESC LIMIT 1",
+    )
+    .and_then(|mut st| {
+        st.query_row(params![chain], |r| r.get::<_, i64>(0))
+            .optional()
+    })
+    .map(|s| s.map_or(0, |s| s.max(0) as u64))
+    .map_err(db)
+}
+
+/// Blocks of a chain in seq order: (id, records), from the block holding
+/// `from` (or the first after it) on, while `more` says so.
+fn chain_blocks(
+    conn: &Connection,
+    chain: &str,
+    from: u64,
+    more: &mut dyn FnMut(i64, Vec<BlockRecord>) -> Result<bool, AuditError>,
+) -> Result<(), AuditError> {
+    let start: i64 = conn
+        .prepare_cached(
+            "SELECT COALESCE(MAX(first_seq), 0) FROM audit_blocks WHERE chain = ?1 AND first_seq <= ?2",
+        )
+        .and_then(|mut st| st.query_row(params![chain, seq_i(from)], |r| r.get(0)))
+        .map_err(db)?;
+    let mut st = conn
+        .prepare_cached(
+            "SELECT id, first_seq, data FROM audit_blocks WHERE chain = ?1 AND first_seq >= ?2 ORDER BY first_seq",
+        )
+        .map_err(db)?;
+    let mut rows = st.query(params![chain, start]).map_err(db)?;
+    while let Some(row) = rows.next().map_err(db)? {
+        let id: i64 = row.get(0).map_err(db)?;
+        let first: i64 = row.get(1).map_err(db)?;
+        let data: Vec<u8> = row.get(2).map_err(db)?;
+        if !more(id, decode_block(chain, first, &data)?)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Usage, lineage and template ages for the records of a batch.
+fn write_derived(
+    tx: &rusqlite::Transaction<'_>,
+    used_templates: &HashMap<i64, (i64, i64)>,
+    new_records: &[(&Record, &EventBody)],
+) -> Result<(), AuditError> {
+    let mut touch = tx
+            .prepare_cached(
+                "UPDATE audit_body_templates SET last_ms = MAX(last_ms, ?2), last_seq = MAX(last_seq, ?3)
+                 WHERE id = ?1",
+            )
+            .map_err(db)?;
+    for (id, (ms, seq)) in used_templates {
+        touch.execute(params![id, ms, seq]).map_err(db)?;
+    }
+    let (sums, edges) = super::derive(new_records);
+    let mut up = tx
+            .prepare_cached(
+                "INSERT INTO audit_usage_daily (day, principal, on_behalf_of, target, environment, tbl, col,
+                 masked, reads, writes, nrows, nbytes, first_ms, last_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                 ON CONFLICT (day, principal, on_behalf_of, target, environment, tbl, col, masked) DO UPDATE SET
+                   reads = reads + excluded.reads, writes = writes + excluded.writes,
+                   nrows = nrows + excluded.nrows, nbytes = nbytes + excluded.nbytes,
+                   first_ms = MIN(first_ms, excluded.first_ms), last_ms = MAX(last_ms, excluded.last_ms)",
+            )
+            .map_err(db)?;
+    for (k, d) in &sums {
+        up.execute(params![
+            k.day,
+            k.principal,
+            k.on_behalf_of,
+            k.target,
+            k.environment,
+            k.table,
+            k.column,
+            k.masked,
+            d.reads,
+            d.writes,
+            d.rows,
+            d.bytes,
+            d.first_ms,
+            d.last_ms
+        ])
+        .map_err(db)?;
+    }
+    if !edges.is_empty() {
+        let mut li = tx
+                .prepare_cached(
+                    "INSERT INTO audit_lineage (source, destination, kind, fingerprint, principal, on_behalf_of,
+                     principal_kind, target, environment, time_ms, chain, seq)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                )
+                .map_err(db)?;
+        for e in &edges {
+            li.execute(params![
+                e.source,
+                e.destination,
+                e.kind,
+                e.fingerprint,
+                e.principal,
+                e.on_behalf_of,
+                e.principal_kind,
+                e.target,
+                e.environment,
+                e.time_ms,
+                e.chain,
+                seq_i(e.seq)
+            ])
+            .map_err(db)?;
+        }
+    }
+    Ok(())
+}
+
+/// [`block::decode`], naming the block in an error.
+fn decode_block(chain: &str, first_seq: i64, data: &[u8]) -> Result<Vec<BlockRecord>, AuditError> {
+    block::decode(data).map_err(|e| {
+        AuditError::Corrupt(format!(
+            "the block of chain {chain} from seq {first_seq} is damaged: {e}"
+        ))
+    })
+}
+
+/// A block a search may read: id, chain and ULID range.
+struct BlockMeta {
+    id: i64,
+    chain: String,
+    min_ulid: String,
+    max_ulid: String,
+}
+
+/// Shapes whose objects or search text match the table, column and text
+/// filters of `q`; `None` when it has none of them.
+fn matching_shapes(
+    conn: &Connection,
+    q: &Query,
+) -> Result<Option<std::collections::HashSet<i64>>, AuditError> {
+    let mut found: Option<std::collections::HashSet<i64>> = None;
+    let mut narrow = |ids: Vec<i64>| {
+        let ids: std::collections::HashSet<i64> = ids.into_iter().collect();
+        found = Some(match found.take() {
+            None => ids,
+            Some(f) => f.intersection(&ids).copied().collect(),
+        });
+    };
+    if q.table.is_some() || q.column.is_some() {
+        let mut sql = search::Sql::new(
+            Dialect::Sqlite,
+            "SELECT DISTINCT o.shape FROM audit_shape_objects o WHERE 1=1",
+        );
+        let (ctable, col) = match &q.column {
+            Some(c) => {
+                let (t, c) = search::split_column(c);
+                (t.map(str::to_owned), Some(c.to_lowercase()))
+            }
+            None => (None, None),
+        };
+        for t in [q.table.as_deref(), ctable.as_deref()]
+            .into_iter()
+            .flatten()
+        {
+            let cond = search::table_cond(&mut sql, "o.tbl", t);
+            sql.and(&cond);
+        }
+        if let Some(c) = col {
+            let p = sql.bind(Param::Text(c));
+            sql.and(&format!("o.col = {p}"));
+        }
+        narrow(query_ids(conn, &sql)?);
+    }
+    if let Some(text) = q.text.as_deref().filter(|t| !t.trim().is_empty()) {
+        let mut sql = search::Sql::new(
+            Dialect::Sqlite,
+            "SELECT -rowid FROM audit_events_fts WHERE audit_events_fts MATCH ",
+        );
+        let p = sql.bind(Param::Text(search::fts5_query(text)));
+        sql.text.push_str(&p);
+        narrow(query_ids(conn, &sql)?);
+    }
+    Ok(found)
+}
+
+fn query_ids(conn: &Connection, sql: &search::Sql) -> Result<Vec<i64>, AuditError> {
+    let params: Vec<Box<dyn ToSql>> = sql.params.iter().map(to_sql).collect();
+    let mut st = conn.prepare(&sql.text).map_err(db)?;
+    let rows = st
+        .query_map(params_from_iter(params.iter()), |r| r.get::<_, i64>(0))
+        .map_err(db)?;
+    rows.collect::<Result<_, _>>().map_err(db)
+}
+
+/// Blocks holding a key (`exact`), or a key in [from, to) (`range`).
+fn blocks_with_key(conn: &Connection, key: &str) -> Result<Vec<i64>, AuditError> {
+    conn.prepare_cached("SELECT block FROM audit_block_keys WHERE key = ?1")
+        .and_then(|mut st| {
+            st.query_map(params![key], |r| r.get::<_, i64>(0))?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(db)
+}
+
+fn blocks_with_key_range(conn: &Connection, from: &str, to: &str) -> Result<Vec<i64>, AuditError> {
+    conn.prepare_cached("SELECT DISTINCT block FROM audit_block_keys WHERE key >= ?1 AND key < ?2")
+        .and_then(|mut st| {
+            st.query_map(params![from, to], |r| r.get::<_, i64>(0))?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(db)
+}
+
+/// Shapes beyond this many are not looked up block by block: the blocks
+/// are read and their records filtered instead.
+const SHAPE_KEYS_MAX: usize = 2048;
+
+/// The blocks that may hold events matching `q`, newest first; `shapes`
+/// from [`matching_shapes`].
+fn candidate_blocks(
+    conn: &Connection,
+    q: &Query,
+    shapes: Option<&std::collections::HashSet<i64>>,
+) -> Result<Vec<BlockMeta>, AuditError> {
+    // Each keyed filter narrows the blocks to those holding its key.
+    let mut sets: Vec<Vec<i64>> = Vec::new();
+    for (letter, v) in [
+        ('p', &q.principal),
+        ('t', &q.target),
+        ('e', &q.environment),
+        ('s', &q.session),
+    ] {
+        if let Some(v) = v {
+            sets.push(blocks_with_key(conn, &format!("{letter}{v}"))?);
+        }
+    }
+    if let Some(d) = q.decision {
+        sets.push(blocks_with_key(conn, &format!("d{}", d.as_str()))?);
+    }
+    if let Some(kind) = &q.kind {
+        match kind_code(kind) {
+            (true, prefix) => sets.push(blocks_with_key_range(
+                conn,
+                &format!("c{prefix}"),
+                &format!("c{prefix}\u{10ffff}"),
+            )?),
+            (false, code) => sets.push(blocks_with_key(conn, &format!("c{code}"))?),
+        }
+    }
+    if let Some(shapes) = shapes.filter(|s| s.len() <= SHAPE_KEYS_MAX) {
+        let mut ids = Vec::new();
+        for s in shapes {
+            ids.extend(blocks_with_key(conn, &format!("h{s}"))?);
+        }
+        sets.push(ids);
+    }
+    let wanted: Option<std::collections::HashSet<i64>> = sets.into_iter().fold(None, |acc, ids| {
+        let ids: std::collections::HashSet<i64> = ids.into_iter().collect();
+        Some(match acc {
+            None => ids,
+            Some(a) => a.intersection(&ids).copied().collect(),
+        })
+    });
+    // An event's ULID carries its time: a time range is a ULID range.
+    let since = q.since.and_then(crate::util::ulid_floor);
+    let until = q.until.and_then(crate::util::ulid_floor);
+    let keep = |m: &BlockMeta| {
+        q.chain.as_deref().is_none_or(|c| c == m.chain)
+            && since.as_deref().is_none_or(|f| m.max_ulid.as_str() >= f)
+            && until.as_deref().is_none_or(|f| m.min_ulid.as_str() < f)
+            && q.cursor.as_deref().is_none_or(|c| m.min_ulid.as_str() < c)
+    };
+    let meta = |r: &rusqlite::Row<'_>| {
+        Ok(BlockMeta {
+            id: r.get(0)?,
+            chain: r.get(1)?,
+            min_ulid: r.get(2)?,
+            max_ulid: r.get(3)?,
+        })
+    };
+    const META: &str = "SELECT id, chain, min_ulid, max_ulid FROM audit_blocks";
+    let mut out: Vec<BlockMeta> = Vec::new();
+    match &wanted {
+        Some(ids) if ids.len() <= 4096 => {
+            let mut st = conn
+                .prepare_cached(&format!("{META} WHERE id = ?1"))
+                .map_err(db)?;
+            for id in ids {
+                if let Some(m) = st.query_row(params![id], meta).optional().map_err(db)? {
+                    out.extend(Some(m).filter(|m| keep(m)));
+                }
+            }
+        }
+        _ => {
+            let mut st = conn.prepare_cached(META).map_err(db)?;
+            let rows = st.query_map([], meta).map_err(db)?;
+            for m in rows {
+                let m = m.map_err(db)?;
+                if keep(&m) && wanted.as_ref().is_none_or(|ids| ids.contains(&m.id)) {
+                    out.push(m);
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| b.max_ulid.cmp(&a.max_ulid));
+    Ok(out)
+}
+
+/// `(prefix?, value)`: the event code a kind stands for, or the prefix of
+/// its codes.
+fn kind_code(kind: &str) -> (bool, &str) {
+    match kind {
+        "statement" => (false, crate::event::STATEMENT),
+        "auth" => (false, crate::event::AUTH_FAILURE),
+        "admin" => (false, crate::event::ADMIN),
+        "session" => (true, "session."),
+        other => (false, other),
+    }
+}
+
+/// Whether a record of `chain` matches every filter of `q`.
+fn record_matches(
+    q: &Query,
+    chain: &str,
+    r: &BlockRecord,
+    shapes: Option<&std::collections::HashSet<i64>>,
+) -> bool {
+    let eq = |want: &Option<String>, got: &str| want.as_deref().is_none_or(|w| w == got);
+    eq(&q.principal, &r.principal)
+        && eq(&q.target, &r.target)
+        && eq(&q.environment, &r.environment)
+        && eq(&q.session, &r.session)
+        && eq(&q.chain, chain)
+        && q.decision.is_none_or(|d| d.as_str() == r.decision)
+        && q.kind.as_deref().is_none_or(|k| match kind_code(k) {
+            (true, prefix) => r.code.starts_with(prefix),
+            (false, code) => r.code == code,
+        })
+        && q.since.is_none_or(|t| r.time_ms >= t)
+        && q.until.is_none_or(|t| r.time_ms < t)
+        && q.cursor.as_deref().is_none_or(|c| r.ulid.as_str() < c)
+        && shapes.is_none_or(|s| r.shape.is_some_and(|shape| s.contains(&shape)))
+}
+
+impl SqliteStore {
+    /// The records matching `q` (chain, record), newest first: at most
+    /// `limit` when given (reading blocks only until no older block can
+    /// hold a newer match), else all of them.
+    fn find(
+        &mut self,
+        q: &Query,
+        limit: Option<usize>,
+    ) -> Result<Vec<(String, BlockRecord)>, AuditError> {
+        let shapes = matching_shapes(&self.conn, q)?;
+        if shapes.as_ref().is_some_and(|s| s.is_empty()) {
+            return Ok(Vec::new());
+        }
+        let blocks = candidate_blocks(&self.conn, q, shapes.as_ref())?;
+        let mut found: Vec<(String, BlockRecord)> = Vec::new();
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT first_seq, data FROM audit_blocks WHERE id = ?1")
+            .map_err(db)?;
+        for (i, b) in blocks.iter().enumerate() {
+            let Some((first, data)) = st
+                .query_row(params![b.id], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+                })
+                .optional()
+                .map_err(db)?
+            else {
+                continue;
+            };
+            self.blocks_read += 1;
+            for r in decode_block(&b.chain, first, &data)? {
+                if record_matches(q, &b.chain, &r, shapes.as_ref()) {
+                    found.push((b.chain.clone(), r));
+                }
+            }
+            if let Some(limit) = limit {
+                if found.len() >= limit {
+                    found.sort_by(|a, b| b.1.ulid.cmp(&a.1.ulid));
+                    found.truncate(limit);
+                    // Blocks come newest first: once the next one's newest
+                    // event is older than the last kept, none can place.
+                    let oldest = found.last().map(|f| f.1.ulid.as_str()).unwrap_or("");
+                    if blocks
+                        .get(i + 1)
+                        .is_none_or(|next| next.max_ulid.as_str() < oldest)
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        found.sort_by(|a, b| b.1.ulid.cmp(&a.1.ulid));
+        if let Some(limit) = limit {
+            found.truncate(limit);
+        }
+        Ok(found)
+    }
+
+    /// A template's text, through a per-call cache.
+    fn template_text(
+        &self,
+        id: i64,
+        cache: &mut HashMap<i64, Option<String>>,
+    ) -> Result<Option<String>, AuditError> {
+        if let Some(t) = cache.get(&id) {
+            return Ok(t.clone());
+        }
+        let t: Option<String> = self
+            .conn
+            .prepare_cached("SELECT body FROM audit_body_templates WHERE id = ?1")
+            .and_then(|mut st| st.query_row(params![id], |r| r.get(0)).optional())
+            .map_err(db)?;
+        cache.insert(id, t.clone());
+        Ok(t)
+    }
+
+    /// The whole body of a stored record (its template's values filled in).
+    fn body_of(
+        &self,
+        r: &BlockRecord,
+        cache: &mut HashMap<i64, Option<String>>,
+    ) -> Result<Option<String>, AuditError> {
+        let template = match r.tpl {
+            Some(id) if r.body.is_some() => self.template_text(id, cache)?,
+            _ => None,
+        };
+        Ok(full_body(r.body.clone(), template))
+    }
+
+    /// Blocks of `chain` a retention step for `environment` may touch.
+    fn retention_blocks(
+        &self,
+        chain: &str,
+        environment: &str,
+        before_ms: i64,
+        max_seq: u64,
+    ) -> Result<Vec<(i64, i64, Vec<u8>)>, AuditError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT b.id, b.first_seq, b.data FROM audit_block_keys k JOIN audit_blocks b ON b.id = k.block
+                 WHERE k.key = ?1 AND b.chain = ?2 AND b.min_ms < ?3 AND b.first_seq <= ?4
+                 ORDER BY b.first_seq",
+            )
+            .map_err(db)?;
+        let rows = st
+            .query_map(
+                params![format!("b{environment}"), chain, before_ms, seq_i(max_seq)],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+}
+
+/// Whether retention removes this record's body.
+fn removable(r: &BlockRecord, environment: &str, before_ms: i64, max_seq: u64) -> bool {
+    r.environment == environment && r.time_ms < before_ms && r.seq <= max_seq && r.body.is_some()
+}
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -317,7 +1003,10 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
-        migrate(&mut conn)?;
+        if has_table(&conn, "audit_events")? {
+            migrate(&mut conn)?;
+            convert_rows_to_blocks(&mut conn)?;
+        }
         Ok(SqliteStore {
             conn,
             shapes: HashMap::default(),
@@ -325,6 +1014,7 @@ impl SqliteStore {
             templates: HashMap::default(),
             template_buf: String::new(),
             values_buf: String::new(),
+            blocks_read: 0,
         })
     }
 
@@ -344,6 +1034,46 @@ impl SqliteStore {
     pub fn connection(&self) -> &Connection {
         &self.conn
     }
+
+    /// Every record of the file, in block order, handed to `edit`, and
+    /// written back as `edit` left them (blocks and keys made anew): what
+    /// an attacker with write access to the file can do. For tests.
+    #[doc(hidden)]
+    pub fn edit_records(
+        &mut self,
+        edit: impl FnOnce(&mut Vec<(String, BlockRecord)>),
+    ) -> Result<(), AuditError> {
+        let mut all = Vec::new();
+        {
+            let mut st = self
+                .conn
+                .prepare(
+                    "SELECT chain, first_seq, data FROM audit_blocks ORDER BY chain, first_seq",
+                )
+                .map_err(db)?;
+            let mut rows = st.query([]).map_err(db)?;
+            while let Some(row) = rows.next().map_err(db)? {
+                let chain: String = row.get(0).map_err(db)?;
+                let data: Vec<u8> = row.get(2).map_err(db)?;
+                for r in decode_block(&chain, row.get(1).map_err(db)?, &data)? {
+                    all.push((chain.clone(), r));
+                }
+            }
+        }
+        edit(&mut all);
+        let tx = self.conn.transaction().map_err(db)?;
+        tx.execute_batch("DELETE FROM audit_blocks; DELETE FROM audit_block_keys;")
+            .map_err(db)?;
+        for (chain, r) in &all {
+            insert_block(&tx, chain, std::slice::from_ref(r))?;
+        }
+        tx.commit().map_err(db)
+    }
+
+    /// How many blocks searches on this handle have read.
+    pub fn blocks_read(&self) -> u64 {
+        self.blocks_read
+    }
 }
 
 /// A stored body: whole, or the values of its template filled in. Values
@@ -354,32 +1084,6 @@ pub(crate) fn full_body(body: Option<String>, template: Option<String>) -> Optio
         (Some(values), Some(t)) => Some(template::join(&t, &values).unwrap_or(values)),
         (body, _) => body,
     }
-}
-
-fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
-    let seq: i64 = row.get(1)?;
-    Ok(StoredRecord {
-        record: Record {
-            chain: row.get(0)?,
-            seq: seq.max(0) as u64,
-            ulid: row.get(2)?,
-            time_ms: row.get(3)?,
-            code: row.get(4)?,
-            environment: row.get(5)?,
-            digest: row.get(11)?,
-            body: full_body(row.get(12)?, row.get(14)?),
-            mac: row.get(13)?,
-        },
-        index: IndexFields {
-            code: row.get(4)?,
-            environment: row.get(5)?,
-            principal: row.get(6)?,
-            target: row.get(7)?,
-            session: row.get(8)?,
-            decision: row.get(9)?,
-            fingerprint: row.get(10)?,
-        },
-    })
 }
 
 impl Store for SqliteStore {
@@ -404,7 +1108,7 @@ impl Store for SqliteStore {
             .conn
             .prepare(
                 "SELECT chain, public_key, created_ms FROM audit_chains
-                 UNION SELECT DISTINCT chain, '', 0 FROM audit_events
+                 UNION SELECT DISTINCT chain, '', 0 FROM audit_blocks
                    WHERE chain NOT IN (SELECT chain FROM audit_chains)
                  UNION SELECT DISTINCT chain, '', 0 FROM audit_checkpoints
                    WHERE chain NOT IN (SELECT chain FROM audit_chains)
@@ -439,115 +1143,22 @@ impl Store for SqliteStore {
         let mut used_templates: HashMap<i64, (i64, i64)> = HashMap::default();
         let tx = self.conn.transaction().map_err(db)?;
         {
-            let mut ins = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO audit_events (chain, seq, ulid, time_ms, code, environment,
-                     principal, target, session, decision, fingerprint, digest, body, mac, shape, tpl)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-                )
-                .map_err(db)?;
-            let mut obj = tx
-                .prepare_cached("INSERT OR IGNORE INTO audit_event_objects (tbl, col, event_id) VALUES (?1, ?2, ?3)")
-                .map_err(db)?;
-            let mut fts = tx
-                .prepare_cached("INSERT INTO audit_events_fts (rowid, text) VALUES (?1, ?2)")
-                .map_err(db)?;
             let mut ck = tx
                 .prepare_cached(
                     "INSERT OR IGNORE INTO audit_checkpoints (chain, seq, time_ms, reason, environment,
                      before_ms, mac, signature) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
                 .map_err(db)?;
-            // Records inserted now (not replays), with their bodies: only
+            // The stored head of each chain: records at or below it are
+            // replays (the spool re-read after a crash), already stored.
+            let mut heads: Vec<(&str, u64)> = Vec::new();
+            let mut open = BlockBuilder::default();
+            // Records stored now (not replays), with their bodies: only
             // they add to usage and lineage.
             let mut new_records: Vec<(&Record, &EventBody)> = Vec::with_capacity(batch.len());
             for (b, p) in batch.iter().zip(&parsed) {
-                match b.entry {
-                    Entry::Record(r) => {
-                        let ev = b.event.or(p.as_ref());
-                        let idx = ev.map(EventBody::index_ref).unwrap_or_default();
-                        let shaped = ev.is_some_and(|ev| shape_key_into(ev, &mut self.key_buf));
-                        let shape = match (ev, shaped) {
-                            (Some(ev), true) => {
-                                Some(match self.shapes.get(self.key_buf.as_str()) {
-                                    Some(&shape) => shape,
-                                    None => {
-                                        shape_id(&tx, ev, self.key_buf.clone(), &mut new_shapes)?
-                                    }
-                                })
-                            }
-                            _ => None,
-                        };
-                        let seq = seq_i(r.seq);
-                        let template = match (ev, r.body.as_deref()) {
-                            (Some(EventBody::Statement(_)), Some(body)) => {
-                                self.template_buf.clear();
-                                self.template_buf.push_str(&r.chain);
-                                self.template_buf.push('\n');
-                                if template::split(
-                                    body,
-                                    &mut self.template_buf,
-                                    &mut self.values_buf,
-                                ) {
-                                    let id = match self.templates.get(self.template_buf.as_str()) {
-                                        Some(&id) => id,
-                                        None => template_id(
-                                            &tx,
-                                            &self.template_buf,
-                                            &r.chain,
-                                            &r.environment,
-                                            r.time_ms,
-                                            seq,
-                                            &mut new_templates,
-                                        )?,
-                                    };
-                                    let last = used_templates.entry(id).or_insert((r.time_ms, seq));
-                                    *last = (last.0.max(r.time_ms), last.1.max(seq));
-                                    Some(id)
-                                } else {
-                                    None
-                                }
-                            }
-                            _ => None,
-                        };
-                        let body = match template {
-                            Some(_) => Some(self.values_buf.as_str()),
-                            None => r.body.as_deref(),
-                        };
-                        let n = ins
-                            .execute(params![
-                                r.chain,
-                                seq,
-                                r.ulid,
-                                r.time_ms,
-                                r.code,
-                                r.environment,
-                                idx.principal,
-                                idx.target,
-                                idx.session,
-                                idx.decision,
-                                idx.fingerprint,
-                                r.digest,
-                                body,
-                                r.mac,
-                                shape,
-                                template
-                            ])
-                            .map_err(db)?;
-                        if n == 0 {
-                            continue; // replayed: already stored
-                        }
-                        let id = tx.last_insert_rowid();
-                        if let Some(ev) = ev {
-                            if shape.is_none() {
-                                for (t, c) in ev.objects_ref() {
-                                    obj.execute(params![t, c, id]).map_err(db)?;
-                                }
-                                fts.execute(params![id, ev.search_text()]).map_err(db)?;
-                            }
-                            new_records.push((r, ev));
-                        }
-                    }
+                let r = match b.entry {
+                    Entry::Record(r) => r,
                     Entry::Checkpoint(c) => {
                         ck.execute(params![
                             c.chain,
@@ -560,75 +1171,98 @@ impl Store for SqliteStore {
                             c.signature
                         ])
                         .map_err(db)?;
+                        continue;
                     }
+                };
+                let at = match heads.iter().position(|(c, _)| *c == r.chain) {
+                    Some(at) => at,
+                    None => {
+                        heads.push((&r.chain, head_seq(&tx, &r.chain)?));
+                        heads.len() - 1
+                    }
+                };
+                if r.seq <= heads[at].1 {
+                    continue; // replayed: already stored
+                }
+                heads[at].1 = r.seq;
+                let ev = b.event.or(p.as_ref());
+                let idx = ev.map(EventBody::index_ref).unwrap_or_default();
+                let shaped = ev.is_some_and(|ev| shape_key_into(ev, &mut self.key_buf));
+                let shape = match ev {
+                    Some(ev) if shaped => Some(match self.shapes.get(self.key_buf.as_str()) {
+                        Some(&shape) => shape,
+                        None => shape_id(&tx, ev, self.key_buf.clone(), &mut new_shapes)?,
+                    }),
+                    // An event of its own kind (session, admin, a statement
+                    // with its literals): a shape of its own, not cached.
+                    Some(ev) if r.body.is_some() => Some(shape_id(
+                        &tx,
+                        ev,
+                        format!("\u{1}{}\n{}", r.chain, r.seq),
+                        &mut HashMap::default(),
+                    )?),
+                    _ => None,
+                };
+                let seq = seq_i(r.seq);
+                let template = match (ev, r.body.as_deref()) {
+                    (Some(EventBody::Statement(_)), Some(body)) => {
+                        self.template_buf.clear();
+                        self.template_buf.push_str(&r.chain);
+                        self.template_buf.push('\n');
+                        if template::split(body, &mut self.template_buf, &mut self.values_buf) {
+                            let id = match self.templates.get(self.template_buf.as_str()) {
+                                Some(&id) => id,
+                                None => template_id(
+                                    &tx,
+                                    &self.template_buf,
+                                    &r.chain,
+                                    &r.environment,
+                                    r.time_ms,
+                                    seq,
+                                    &mut new_templates,
+                                )?,
+                            };
+                            let last = used_templates.entry(id).or_insert((r.time_ms, seq));
+                            *last = (last.0.max(r.time_ms), last.1.max(seq));
+                            Some(id)
+                        } else {
+                            None
+                        }
+                    }
+                    _ => None,
+                };
+                let body = match template {
+                    Some(_) => Some(self.values_buf.as_str()),
+                    None => r.body.as_deref(),
+                };
+                if open.chain != r.chain || open.len >= block::BLOCK_MAX {
+                    open.flush(&tx)?;
+                    open.chain.clear();
+                    open.chain.push_str(&r.chain);
+                }
+                open.push(&RecordRef {
+                    seq: r.seq,
+                    ulid: &r.ulid,
+                    time_ms: r.time_ms,
+                    code: &r.code,
+                    environment: &r.environment,
+                    principal: idx.principal,
+                    target: idx.target,
+                    session: idx.session,
+                    decision: idx.decision,
+                    fingerprint: idx.fingerprint,
+                    digest: &r.digest,
+                    mac: &r.mac,
+                    shape,
+                    tpl: template,
+                    body,
+                });
+                if let Some(ev) = ev {
+                    new_records.push((r, ev));
                 }
             }
-            let mut touch = tx
-                .prepare_cached(
-                    "UPDATE audit_body_templates SET last_ms = MAX(last_ms, ?2), last_seq = MAX(last_seq, ?3)
-                     WHERE id = ?1",
-                )
-                .map_err(db)?;
-            for (id, (ms, seq)) in &used_templates {
-                touch.execute(params![id, ms, seq]).map_err(db)?;
-            }
-            let (sums, edges) = super::derive(&new_records);
-            let mut up = tx
-                .prepare_cached(
-                    "INSERT INTO audit_usage_daily (day, principal, on_behalf_of, target, environment, tbl, col,
-                     masked, reads, writes, nrows, nbytes, first_ms, last_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
-                     ON CONFLICT (day, principal, on_behalf_of, target, environment, tbl, col, masked) DO UPDATE SET
-                       reads = reads + excluded.reads, writes = writes + excluded.writes,
-                       nrows = nrows + excluded.nrows, nbytes = nbytes + excluded.nbytes,
-                       first_ms = MIN(first_ms, excluded.first_ms), last_ms = MAX(last_ms, excluded.last_ms)",
-                )
-                .map_err(db)?;
-            for (k, d) in &sums {
-                up.execute(params![
-                    k.day,
-                    k.principal,
-                    k.on_behalf_of,
-                    k.target,
-                    k.environment,
-                    k.table,
-                    k.column,
-                    k.masked,
-                    d.reads,
-                    d.writes,
-                    d.rows,
-                    d.bytes,
-                    d.first_ms,
-                    d.last_ms
-                ])
-                .map_err(db)?;
-            }
-            if !edges.is_empty() {
-                let mut li = tx
-                    .prepare_cached(
-                        "INSERT INTO audit_lineage (source, destination, kind, fingerprint, principal, on_behalf_of,
-                         principal_kind, target, environment, time_ms, chain, seq)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                    )
-                    .map_err(db)?;
-                for e in &edges {
-                    li.execute(params![
-                        e.source,
-                        e.destination,
-                        e.kind,
-                        e.fingerprint,
-                        e.principal,
-                        e.on_behalf_of,
-                        e.principal_kind,
-                        e.target,
-                        e.environment,
-                        e.time_ms,
-                        e.chain,
-                        seq_i(e.seq)
-                    ])
-                    .map_err(db)?;
-                }
-            }
+            open.flush(&tx)?;
+            write_derived(&tx, &used_templates, &new_records)?;
         }
         tx.commit().map_err(db)?;
         if self.shapes.len() + new_shapes.len() > SHAPE_CACHE {
@@ -643,14 +1277,20 @@ impl Store for SqliteStore {
     }
 
     fn head(&mut self, chain: &str) -> Result<Option<(u64, Vec<u8>)>, AuditError> {
-        self.conn
-            .query_row(
-                "SELECT seq, mac FROM audit_events WHERE chain = ?1 ORDER BY seq DESC LIMIT 1",
-                params![chain],
-                |r| Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get::<_, Vec<u8>>(1)?)),
+        let last: Option<(i64, Vec<u8>)> = self
+            .conn
+            .prepare_cached(
+                "SELECT first_seq, data FROM audit_blocks WHERE chain = ?1 ORDER BY first_seq DESC LIMIT 1",
             )
-            .optional()
-            .map_err(db)
+            .and_then(|mut st| st.query_row(params![chain], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+            .map_err(db)?;
+        let Some((first, data)) = last else {
+            return Ok(None);
+        };
+        Ok(decode_block(chain, first, &data)?
+            .into_iter()
+            .max_by_key(|r| r.seq)
+            .map(|r| (r.seq, r.mac)))
     }
 
     fn read_chain(
@@ -659,19 +1299,28 @@ impl Store for SqliteStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<StoredRecord>, AuditError> {
-        let mut st = self
-            .conn
-            .prepare_cached(
-                "SELECT e.chain, e.seq, e.ulid, e.time_ms, e.code, e.environment, e.principal, e.target,
-                 e.session, e.decision, e.fingerprint, e.digest, e.body, e.mac, t.body
-                 FROM audit_events e LEFT JOIN audit_body_templates t ON t.id = e.tpl
-                 WHERE e.chain = ?1 AND e.seq > ?2 ORDER BY e.seq LIMIT ?3",
-            )
-            .map_err(db)?;
-        let rows = st
-            .query_map(params![chain, seq_i(after), limit as i64], record_from_row)
-            .map_err(db)?;
-        rows.collect::<Result<_, _>>().map_err(db)
+        let mut found = Vec::new();
+        chain_blocks(
+            &self.conn,
+            chain,
+            after.saturating_add(1),
+            &mut |_, records| {
+                found.extend(records.into_iter().filter(|r| r.seq > after));
+                Ok(found.len() < limit)
+            },
+        )?;
+        found.truncate(limit);
+        let mut cache = HashMap::default();
+        found
+            .into_iter()
+            .map(|r| {
+                let body = self.body_of(&r, &mut cache)?;
+                Ok(StoredRecord {
+                    index: r.index(),
+                    record: r.record(chain, body),
+                })
+            })
+            .collect()
     }
 
     fn checkpoints(&mut self, chain: &str) -> Result<Vec<Checkpoint>, AuditError> {
@@ -700,27 +1349,25 @@ impl Store for SqliteStore {
     }
 
     fn search(&mut self, q: &Query) -> Result<Page, AuditError> {
-        let sql = search::build(q, Dialect::Sqlite);
-        let params: Vec<Box<dyn ToSql>> = sql.params.iter().map(to_sql).collect();
-        let mut st = self.conn.prepare(&sql.text).map_err(db)?;
-        let rows = st
-            .query_map(params_from_iter(params.iter()), |r| {
-                Ok(search::row(
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                    r.get(8)?,
-                    full_body(r.get(9)?, r.get(10)?),
-                    !q.parsed_only,
-                ))
-            })
-            .map_err(db)?;
-        let rows = rows.collect::<Result<Vec<_>, _>>().map_err(db)?;
+        let found = self.find(q, Some(search::page_size(q) + 1))?;
+        let mut cache = HashMap::default();
+        let mut rows = Vec::with_capacity(found.len());
+        for (chain, r) in found {
+            let body = self.body_of(&r, &mut cache)?;
+            rows.push(search::row(
+                chain,
+                seq_i(r.seq),
+                r.ulid,
+                r.time_ms,
+                r.code,
+                r.environment,
+                r.principal,
+                r.target,
+                r.decision,
+                body,
+                !q.parsed_only,
+            ));
+        }
         Ok(search::page(q, rows))
     }
 
@@ -784,9 +1431,14 @@ impl Store for SqliteStore {
     }
 
     fn environments(&mut self, chain: &str) -> Result<Vec<String>, AuditError> {
+        // `b` keys: environments with bodies (see store/block.rs).
         let mut st = self
             .conn
-            .prepare("SELECT DISTINCT environment FROM audit_events WHERE chain = ?1 AND body IS NOT NULL")
+            .prepare(
+                "SELECT DISTINCT substr(k.key, 2) FROM audit_block_keys k
+                 WHERE k.key >= 'b' AND k.key < 'c'
+                   AND k.block IN (SELECT id FROM audit_blocks WHERE chain = ?1)",
+            )
             .map_err(db)?;
         let rows = st.query_map(params![chain], |r| r.get(0)).map_err(db)?;
         rows.collect::<Result<_, _>>().map_err(db)
@@ -799,26 +1451,18 @@ impl Store for SqliteStore {
         before_ms: i64,
         max_seq: u64,
     ) -> Result<u64, AuditError> {
-        self.conn
-            .query_row(
-                "SELECT COUNT(*) FROM audit_events WHERE chain = ?1 AND environment = ?2 AND time_ms < ?3
-                 AND seq <= ?4 AND body IS NOT NULL",
-                params![chain, environment, before_ms, seq_i(max_seq)],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n.max(0) as u64)
-            .map_err(db)
+        let mut n = 0;
+        for (_, first, data) in self.retention_blocks(chain, environment, before_ms, max_seq)? {
+            n += decode_block(chain, first, &data)?
+                .iter()
+                .filter(|r| removable(r, environment, before_ms, max_seq))
+                .count() as u64;
+        }
+        Ok(n)
     }
 
     fn count(&mut self, q: &Query) -> Result<u64, AuditError> {
-        let sql = search::build_count(q, Dialect::Sqlite);
-        let params: Vec<Box<dyn ToSql>> = sql.params.iter().map(to_sql).collect();
-        self.conn
-            .query_row(&sql.text, params_from_iter(params.iter()), |r| {
-                r.get::<_, i64>(0)
-            })
-            .map(|n| n.max(0) as u64)
-            .map_err(db)
+        Ok(self.find(q, None)?.len() as u64)
     }
 
     fn remove_bodies(
@@ -828,155 +1472,116 @@ impl Store for SqliteStore {
         before_ms: i64,
         max_seq: u64,
     ) -> Result<u64, AuditError> {
+        let blocks = self.retention_blocks(chain, environment, before_ms, max_seq)?;
         let tx = self.conn.transaction().map_err(db)?;
-        let cond =
-            "chain = ?1 AND environment = ?2 AND time_ms < ?3 AND seq <= ?4 AND body IS NOT NULL";
-        let p = params![chain, environment, before_ms, seq_i(max_seq)];
-        tx.execute(
-            &format!("DELETE FROM audit_events_fts WHERE rowid IN (SELECT id FROM audit_events WHERE {cond})"),
-            p,
-        )
-        .map_err(db)?;
-        tx.execute(
-            &format!("DELETE FROM audit_event_objects WHERE event_id IN (SELECT id FROM audit_events WHERE {cond})"),
-            p,
-        )
-        .map_err(db)?;
-        let n = tx
-            .execute(
-                &format!(
-                    "UPDATE audit_events SET body = NULL, principal = '', target = '', session = '',
-                     decision = '', fingerprint = '', shape = NULL, tpl = NULL WHERE {cond}"
-                ),
-                p,
-            )
-            .map_err(db)?;
+        let mut n = 0u64;
+        for (id, first, data) in blocks {
+            let mut records = decode_block(chain, first, &data)?;
+            let before = records.clone();
+            for r in records.iter_mut() {
+                if removable(r, environment, before_ms, max_seq) {
+                    *r = BlockRecord {
+                        seq: r.seq,
+                        ulid: std::mem::take(&mut r.ulid),
+                        time_ms: r.time_ms,
+                        code: std::mem::take(&mut r.code),
+                        environment: std::mem::take(&mut r.environment),
+                        digest: std::mem::take(&mut r.digest),
+                        mac: std::mem::take(&mut r.mac),
+                        ..BlockRecord::default()
+                    };
+                    n += 1;
+                }
+            }
+            delete_block(&tx, id, &before)?;
+            insert_block(&tx, chain, &records)?;
+        }
         tx.execute_batch(SHAPES_GC).map_err(db)?;
         self.shapes.clear();
-        // Every event using such a template matched `cond`: the template
-        // records the latest time and seq that used it.
+        // Every event using such a template matched: the template records
+        // the latest time and seq that used it.
         tx.execute(
             "DELETE FROM audit_body_templates
              WHERE chain = ?1 AND environment = ?2 AND last_ms < ?3 AND last_seq <= ?4",
-            p,
+            params![chain, environment, before_ms, seq_i(max_seq)],
         )
         .map_err(db)?;
         self.templates.clear();
         tx.commit().map_err(db)?;
-        Ok(n as u64)
+        Ok(n)
     }
 
     fn first_with_body(&mut self, chain: &str) -> Result<Option<u64>, AuditError> {
-        self.conn
-            .query_row(
-                "SELECT MIN(seq) FROM audit_events WHERE chain = ?1 AND body IS NOT NULL",
-                params![chain],
-                |r| r.get::<_, Option<i64>>(0),
+        let first: Option<(i64, Vec<u8>)> = self
+            .conn
+            .prepare_cached(
+                "SELECT first_seq, data FROM audit_blocks WHERE chain = ?1 AND bodies > 0
+                 ORDER BY first_seq LIMIT 1",
             )
-            .map(|v| v.map(|s| s.max(0) as u64))
-            .map_err(db)
+            .and_then(|mut st| {
+                st.query_row(params![chain], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .map_err(db)?;
+        let Some((first, data)) = first else {
+            return Ok(None);
+        };
+        Ok(decode_block(chain, first, &data)?
+            .iter()
+            .filter(|r| r.body.is_some())
+            .map(|r| r.seq)
+            .min())
     }
 
     fn mac_at(&mut self, chain: &str, seq: u64) -> Result<Option<Vec<u8>>, AuditError> {
-        self.conn
-            .query_row(
-                "SELECT mac FROM audit_events WHERE chain = ?1 AND seq = ?2",
-                params![chain, seq_i(seq)],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db)
+        let mut mac = None;
+        chain_blocks(&self.conn, chain, seq, &mut |_, records| {
+            mac = records.into_iter().find(|r| r.seq == seq).map(|r| r.mac);
+            Ok(false)
+        })?;
+        Ok(mac)
     }
 
     fn delete_through(&mut self, chain: &str, seq: u64) -> Result<u64, AuditError> {
+        let mut blocks = Vec::new();
+        {
+            let mut st = self
+                .conn
+                .prepare_cached(
+                    "SELECT id, first_seq, data FROM audit_blocks WHERE chain = ?1 AND first_seq <= ?2",
+                )
+                .map_err(db)?;
+            let rows = st
+                .query_map(params![chain, seq_i(seq)], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                    ))
+                })
+                .map_err(db)?;
+            for row in rows {
+                let (id, first, data) = row.map_err(db)?;
+                blocks.push((id, decode_block(chain, first, &data)?));
+            }
+        }
         let tx = self.conn.transaction().map_err(db)?;
-        let s = seq_i(seq);
-        let sub = "SELECT id FROM audit_events WHERE chain = ?1 AND seq <= ?2";
-        tx.execute(
-            &format!("DELETE FROM audit_events_fts WHERE rowid IN ({sub})"),
-            params![chain, s],
-        )
-        .map_err(db)?;
-        tx.execute(
-            &format!("DELETE FROM audit_event_objects WHERE event_id IN ({sub})"),
-            params![chain, s],
-        )
-        .map_err(db)?;
-        let n = tx
-            .execute(
-                "DELETE FROM audit_events WHERE chain = ?1 AND seq <= ?2",
-                params![chain, s],
-            )
-            .map_err(db)?;
+        let mut n = 0u64;
+        for (id, records) in blocks {
+            delete_block(&tx, id, &records)?;
+            let (gone, kept): (Vec<BlockRecord>, Vec<BlockRecord>) =
+                records.into_iter().partition(|r| r.seq <= seq);
+            n += gone.len() as u64;
+            insert_block(&tx, chain, &kept)?;
+        }
         tx.execute_batch(SHAPES_GC).map_err(db)?;
         self.shapes.clear();
         tx.execute(
             "DELETE FROM audit_checkpoints WHERE chain = ?1 AND (seq < ?2 OR (seq = ?2 AND reason <> 'cut'))",
-            params![chain, s],
+            params![chain, seq_i(seq)],
         )
         .map_err(db)?;
         tx.commit().map_err(db)?;
-        Ok(n as u64)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The query plan of a search, as SQLite reports it.
-    fn plan(store: &SqliteStore, q: &Query) -> String {
-        let sql = search::build(q, Dialect::Sqlite);
-        let params: Vec<Box<dyn ToSql>> = sql.params.iter().map(to_sql).collect();
-        let mut st = store
-            .conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {}", sql.text))
-            .unwrap();
-        let rows = st
-            .query_map(params_from_iter(params.iter()), |r| r.get::<_, String>(3))
-            .unwrap();
-        rows.collect::<Result<Vec<_>, _>>().unwrap().join("\n")
-    }
-
-    #[test]
-    fn refused_statements_and_sessions_are_found_without_scanning_the_trail() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("audit.db")).unwrap();
-        for q in [
-            Query {
-                decision: Some(crate::event::Decision::Deny),
-                ..Query::default()
-            },
-            Query {
-                decision: Some(crate::event::Decision::Approval),
-                principal: Some("alice".into()),
-                ..Query::default()
-            },
-            Query {
-                kind: Some("session".into()),
-                ..Query::default()
-            },
-            Query {
-                kind: Some("auth".into()),
-                since: Some(1_700_000_000_000),
-                ..Query::default()
-            },
-        ] {
-            let plan = plan(&store, &q);
-            assert!(
-                plan.contains("audit_events_notable") || plan.contains("audit_events_principal"),
-                "{q:?}: {plan}"
-            );
-            assert!(
-                !plan.contains("SCAN e\n") && plan != "SCAN e",
-                "{q:?}: {plan}"
-            );
-        }
-        // Allowed statements are most of the trail: not in that index.
-        let allowed = Query {
-            decision: Some(crate::event::Decision::Allow),
-            ..Query::default()
-        };
-        assert!(!plan(&store, &allowed).contains("audit_events_notable"));
+        Ok(n)
     }
 }
