@@ -309,6 +309,11 @@ fn verify_chain(
             walk.step(r)?;
         }
     }
+    // Records a search cannot find are hidden from an investigation even
+    // though the chain holds them.
+    if let Some((seq, what)) = store.search_index_problem(chain).map_err(read_err)? {
+        return Err(fail(chain, seq, "", what));
+    }
     let mut last_ckpt = walk.report.last_checkpoint_seq;
     if let Some(l) = local {
         for e in &l.spool {

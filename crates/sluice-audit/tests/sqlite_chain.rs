@@ -156,6 +156,23 @@ fn changed_body_without_digest_and_changed_column_are_detected() {
     assert!(f.what.contains("principal"), "{f}");
 }
 
+/// Key rows deleted so that searches miss a record: the chain is intact,
+/// but verify names the first record the index no longer finds.
+#[test]
+fn search_index_tampering_is_detected() {
+    let dir = trail();
+    let s = db(dir.path());
+    let first = number(&s, "SELECT MIN(first_seq) FROM audit_blocks");
+    exec(
+        &s,
+        "DELETE FROM audit_block_keys WHERE key LIKE 'p%'
+         AND block = (SELECT id FROM audit_blocks ORDER BY first_seq LIMIT 1)",
+    );
+    let f = failure(dir.path());
+    assert_eq!(f.seq, first as u64, "{f}");
+    assert!(f.what.contains("principal is not indexed"), "{f}");
+}
+
 #[test]
 fn deleted_record_is_detected() {
     let dir = trail();

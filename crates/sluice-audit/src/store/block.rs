@@ -299,6 +299,21 @@ pub fn add_keys(r: &RecordRef<'_>, f: &mut dyn FnMut(&str)) {
     }
 }
 
+/// What a key's letter stands for.
+pub fn key_field(letter: char) -> &'static str {
+    match letter {
+        'c' => "event code",
+        'e' => "environment",
+        'p' => "principal",
+        't' => "target",
+        's' => "session",
+        'd' => "decision",
+        'b' => "environment (for retention)",
+        'h' => "statement shape (text, tables and columns)",
+        _ => "search key",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

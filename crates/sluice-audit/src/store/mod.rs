@@ -178,6 +178,14 @@ pub trait Store: Send {
     /// The MAC of one record.
     fn mac_at(&mut self, chain: &str, seq: u64) -> Result<Option<Vec<u8>>, AuditError>;
 
+    /// The first record of `chain` that the store's search index does not
+    /// find by one of its fields (a key row deleted to hide it from
+    /// searches): its seq and what is missing. Stores whose index the
+    /// database maintains itself have none.
+    fn search_index_problem(&mut self, _chain: &str) -> Result<Option<(u64, String)>, AuditError> {
+        Ok(None)
+    }
+
     /// Retention, step 2: delete records with seq ≤ `seq` and checkpoints
     /// before the `cut` checkpoint at `seq` (stored first). Returns how many
     /// records.

@@ -1542,6 +1542,50 @@ impl Store for SqliteStore {
         Ok(mac)
     }
 
+    fn search_index_problem(&mut self, chain: &str) -> Result<Option<(u64, String)>, AuditError> {
+        let mut indexed: HashMap<i64, std::collections::HashSet<String>> = HashMap::default();
+        {
+            let mut st = self
+                .conn
+                .prepare(
+                    "SELECT block, key FROM audit_block_keys
+                     WHERE block IN (SELECT id FROM audit_blocks WHERE chain = ?1)",
+                )
+                .map_err(db)?;
+            let mut rows = st.query(params![chain]).map_err(db)?;
+            while let Some(row) = rows.next().map_err(db)? {
+                indexed
+                    .entry(row.get(0).map_err(db)?)
+                    .or_default()
+                    .insert(row.get(1).map_err(db)?);
+            }
+        }
+        let mut problem = None;
+        chain_blocks(&self.conn, chain, 0, &mut |id, records| {
+            let keys = indexed.get(&id);
+            for r in &records {
+                let mut missing = None;
+                block::add_keys(&r.as_ref(), &mut |k| {
+                    if missing.is_none() && !keys.is_some_and(|ks| ks.contains(k)) {
+                        missing = k.chars().next();
+                    }
+                });
+                if let Some(letter) = missing {
+                    problem = Some((
+                        r.seq,
+                        format!(
+                            "search index changed: the record's {} is not indexed, so searches would not find it",
+                            block::key_field(letter)
+                        ),
+                    ));
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })?;
+        Ok(problem)
+    }
+
     fn delete_through(&mut self, chain: &str, seq: u64) -> Result<u64, AuditError> {
         let mut blocks = Vec::new();
         {
