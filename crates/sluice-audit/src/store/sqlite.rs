@@ -823,6 +823,14 @@ fn kind_code(kind: &str) -> (bool, &str) {
     }
 }
 
+/// What [`SqliteStore::each_match`] hands its visitor.
+enum Match<'a> {
+    /// A matching record of a chain.
+    Record(&'a str, BlockRecord),
+    /// The end of a block; the newest ULID of the blocks left.
+    EndOfBlock { next_newest: Option<&'a str> },
+}
+
 /// Whether a record of `chain` matches every filter of `q`.
 fn record_matches(
     q: &Query,
@@ -848,20 +856,46 @@ fn record_matches(
 }
 
 impl SqliteStore {
-    /// The records matching `q` (chain, record), newest first: at most
-    /// `limit` when given (reading blocks only until no older block can
-    /// hold a newer match), else all of them.
-    fn find(
+    /// The records matching `q` (chain, record), newest first: the newest
+    /// `limit`, reading blocks only until no older block can hold a newer
+    /// match.
+    fn find(&mut self, q: &Query, limit: usize) -> Result<Vec<(String, BlockRecord)>, AuditError> {
+        let mut found: Vec<(String, BlockRecord)> = Vec::new();
+        self.each_match(q, &mut |m| match m {
+            Match::Record(chain, r) => {
+                found.push((chain.to_owned(), r));
+                true
+            }
+            Match::EndOfBlock { next_newest } => {
+                if found.len() < limit {
+                    return true;
+                }
+                found.sort_by(|a, b| b.1.ulid.cmp(&a.1.ulid));
+                found.truncate(limit);
+                // Blocks come newest first: once the next one's newest
+                // event is older than the last kept, none can place.
+                let oldest = found.last().map(|f| f.1.ulid.as_str()).unwrap_or("");
+                next_newest.is_some_and(|n| n >= oldest)
+            }
+        })?;
+        found.sort_by(|a, b| b.1.ulid.cmp(&a.1.ulid));
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    /// Call `visit` with each record matching `q`, blocks newest first, and
+    /// at the end of each block; the search ends when it returns false
+    /// there.
+    fn each_match(
         &mut self,
         q: &Query,
-        limit: Option<usize>,
-    ) -> Result<Vec<(String, BlockRecord)>, AuditError> {
+        visit: &mut dyn FnMut(Match<'_>) -> bool,
+    ) -> Result<(), AuditError> {
         let shapes = matching_shapes(&self.conn, q)?;
         if shapes.as_ref().is_some_and(|s| s.is_empty()) {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let blocks = candidate_blocks(&self.conn, q, shapes.as_ref())?;
-        let mut found: Vec<(String, BlockRecord)> = Vec::new();
         let mut st = self
             .conn
             .prepare_cached("SELECT first_seq, data FROM audit_blocks WHERE id = ?1")
@@ -879,30 +913,15 @@ impl SqliteStore {
             self.blocks_read += 1;
             for r in decode_block(&b.chain, first, &data)? {
                 if record_matches(q, &b.chain, &r, shapes.as_ref()) {
-                    found.push((b.chain.clone(), r));
+                    visit(Match::Record(&b.chain, r));
                 }
             }
-            if let Some(limit) = limit {
-                if found.len() >= limit {
-                    found.sort_by(|a, b| b.1.ulid.cmp(&a.1.ulid));
-                    found.truncate(limit);
-                    // Blocks come newest first: once the next one's newest
-                    // event is older than the last kept, none can place.
-                    let oldest = found.last().map(|f| f.1.ulid.as_str()).unwrap_or("");
-                    if blocks
-                        .get(i + 1)
-                        .is_none_or(|next| next.max_ulid.as_str() < oldest)
-                    {
-                        break;
-                    }
-                }
+            let next_newest = blocks.get(i + 1).map(|n| n.max_ulid.as_str());
+            if !visit(Match::EndOfBlock { next_newest }) {
+                break;
             }
         }
-        found.sort_by(|a, b| b.1.ulid.cmp(&a.1.ulid));
-        if let Some(limit) = limit {
-            found.truncate(limit);
-        }
-        Ok(found)
+        Ok(())
     }
 
     /// A template's text, through a per-call cache.
@@ -1349,7 +1368,7 @@ impl Store for SqliteStore {
     }
 
     fn search(&mut self, q: &Query) -> Result<Page, AuditError> {
-        let found = self.find(q, Some(search::page_size(q) + 1))?;
+        let found = self.find(q, search::page_size(q) + 1)?;
         let mut cache = HashMap::default();
         let mut rows = Vec::with_capacity(found.len());
         for (chain, r) in found {
@@ -1462,7 +1481,12 @@ impl Store for SqliteStore {
     }
 
     fn count(&mut self, q: &Query) -> Result<u64, AuditError> {
-        Ok(self.find(q, None)?.len() as u64)
+        let mut n = 0u64;
+        self.each_match(q, &mut |m| {
+            n += u64::from(matches!(m, Match::Record(..)));
+            true
+        })?;
+        Ok(n)
     }
 
     fn remove_bodies(
