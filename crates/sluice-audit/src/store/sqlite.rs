@@ -824,6 +824,8 @@ fn kind_code(kind: &str) -> (bool, &str) {
 }
 
 /// What [`SqliteStore::each_match`] hands its visitor.
+// Moved once per record; boxing the record would allocate per match.
+#[allow(clippy::large_enum_variant)]
 enum Match<'a> {
     /// A matching record of a chain.
     Record(&'a str, BlockRecord),
