@@ -701,3 +701,53 @@ fn a_search_reads_only_the_blocks_it_needs() {
     };
     assert_eq!(s.count(&alice).unwrap(), 3000);
 }
+
+/// The block a batch leaves open is extended by the next batch; when
+/// another process rewrote it meanwhile (retention from the CLI), the
+/// next batch fails once, is retried in a block of its own, and nothing is
+/// lost or doubled.
+#[test]
+fn an_open_block_rewritten_by_another_process_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = AuditWriter::start(&config(), dir.path()).unwrap();
+    record(&w, 30, "alice", "production");
+    w.shutdown().unwrap();
+    let mut s = SqliteStore::open_existing(&dir.path().join("audit/audit.db")).unwrap();
+    let chain = s.chains().unwrap()[0].chain.clone();
+    let records: Vec<sluice_audit::Entry> = s
+        .read_chain(&chain, 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|r| sluice_audit::Entry::Record(r.record))
+        .collect();
+    assert_eq!(records.len(), 30);
+    let copy = dir.path().join("copy.db");
+    let mut a = SqliteStore::open(&copy).unwrap();
+    a.append(&records[..10]).unwrap();
+    a.append(&records[10..20]).unwrap();
+    assert_eq!(
+        number(&a, "SELECT COUNT(*) FROM audit_blocks"),
+        1,
+        "extended"
+    );
+    // Another process rewrites the open block.
+    let mut b = SqliteStore::open_existing(&copy).unwrap();
+    b.edit_records(|_| {}).unwrap();
+    let err = a.append(&records[20..]).unwrap_err();
+    assert!(
+        err.to_string().contains("changed under the writer"),
+        "{err}"
+    );
+    a.append(&records[20..]).unwrap();
+    let back = a.read_chain(&chain, 0, 100).unwrap();
+    let seqs: Vec<u64> = back.iter().map(|r| r.record.seq).collect();
+    assert_eq!(seqs, (1..=30).collect::<Vec<u64>>());
+    // A replay of everything changes nothing.
+    a.append(&records).unwrap();
+    assert_eq!(a.read_chain(&chain, 0, 100).unwrap().len(), 30);
+    let alice = Query {
+        principal: Some("alice".into()),
+        ..Query::default()
+    };
+    assert_eq!(a.count(&alice).unwrap(), 30);
+}

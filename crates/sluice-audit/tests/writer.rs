@@ -435,4 +435,11 @@ fn a_trickle_of_events_is_stored_in_few_transactions() {
             .count(),
         n + 1
     );
+    // The block a batch leaves open is extended by the next one: a
+    // trickle fills blocks as a burst does.
+    let blocks: i64 = s
+        .connection()
+        .query_row("SELECT COUNT(*) FROM audit_blocks", [], |r| r.get(0))
+        .unwrap();
+    assert!(blocks <= 2, "{blocks} blocks for {} records", n + 2);
 }

@@ -33,11 +33,15 @@ CREATE TABLE IF NOT EXISTS audit_chains (
     chain TEXT PRIMARY KEY, public_key TEXT NOT NULL, created_ms INTEGER NOT NULL);
 -- Records, BLOCK_MAX at most per block, encoded (store/block.rs); the
 -- search keys of each block in audit_block_keys.
+-- AUTOINCREMENT: a block rewritten (delete and insert) never gets the id
+-- of the one it replaces, so the writer extending its open block by id
+-- notices (store/sqlite.rs, BlockBuilder::write).
 CREATE TABLE IF NOT EXISTS audit_blocks (
-    id INTEGER PRIMARY KEY, chain TEXT NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+    id INTEGER PRIMARY KEY AUTOINCREMENT, chain TEXT NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL,
     min_ulid TEXT NOT NULL, max_ulid TEXT NOT NULL, min_ms INTEGER NOT NULL, bodies INTEGER NOT NULL,
     data BLOB NOT NULL,
     UNIQUE (chain, first_seq));
+CREATE INDEX IF NOT EXISTS audit_blocks_newest ON audit_blocks (max_ulid);
 CREATE TABLE IF NOT EXISTS audit_block_keys (
     key TEXT NOT NULL, block INTEGER NOT NULL, PRIMARY KEY (key, block)) WITHOUT ROWID;
 -- A statement body is its template (tpl) with the values in body filled in
@@ -244,6 +248,8 @@ pub struct SqliteStore {
     values_buf: String,
     /// Blocks searches have read (tests check that a search reads few).
     blocks_read: u64,
+    /// The block the last batch left open, extended by the next batch.
+    tail: Option<BlockBuilder>,
 }
 
 /// Shapes the cache holds at most (it starts over beyond).
@@ -387,6 +393,14 @@ DELETE FROM gone_shapes;
 /// as they come, and the keys they add.
 #[derive(Default)]
 struct BlockBuilder {
+    /// Its row, once written: a block left open at the end of a batch is
+    /// extended by the next one (at a trickle every batch holds a record or
+    /// two, and blocks of one record would index no better than rows).
+    id: Option<i64>,
+    /// Records pushed since the last write.
+    dirty: bool,
+    /// `last_seq` as last written.
+    written_last_seq: u64,
     chain: String,
     data: Vec<u8>,
     len: usize,
@@ -422,6 +436,7 @@ impl BlockBuilder {
         }
         self.last_seq = r.seq;
         self.len += 1;
+        self.dirty = true;
         self.bodies += i64::from(r.body.is_some());
         block::encode_record(r, &mut self.data);
         let keys = &mut self.keys;
@@ -434,36 +449,83 @@ impl BlockBuilder {
 
     /// Write the block (if any) and start an empty one.
     fn flush(&mut self, tx: &rusqlite::Transaction<'_>) -> Result<(), AuditError> {
-        if self.len == 0 {
-            return Ok(());
-        }
-        tx.prepare_cached(
-            "INSERT INTO audit_blocks (chain, first_seq, last_seq, min_ulid, max_ulid, min_ms, bodies, data)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )
-        .and_then(|mut st| {
-            st.execute(params![
-                self.chain,
-                seq_i(self.first_seq),
-                seq_i(self.last_seq),
-                self.min_ulid,
-                self.max_ulid,
-                self.min_ms,
-                self.bodies,
-                self.data
-            ])
-        })
-        .map_err(db)?;
-        let id = tx.last_insert_rowid();
-        let mut k = tx
-            .prepare_cached("INSERT OR IGNORE INTO audit_block_keys (key, block) VALUES (?1, ?2)")
-            .map_err(db)?;
-        for key in self.keys.drain() {
-            k.execute(params![key, id]).map_err(db)?;
-        }
+        self.write(tx)?;
+        self.id = None;
+        self.keys.clear();
         self.data.clear();
         self.len = 0;
         self.bodies = 0;
+        Ok(())
+    }
+
+    /// Write the block as it is (its row made or updated), keeping it open.
+    fn write(&mut self, tx: &rusqlite::Transaction<'_>) -> Result<(), AuditError> {
+        if self.len == 0 || !self.dirty {
+            return Ok(());
+        }
+        let id = match self.id {
+            None => {
+                tx.prepare_cached(
+                    "INSERT INTO audit_blocks (chain, first_seq, last_seq, min_ulid, max_ulid, min_ms, bodies, data)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .and_then(|mut st| {
+                    st.execute(params![
+                        self.chain,
+                        seq_i(self.first_seq),
+                        seq_i(self.last_seq),
+                        self.min_ulid,
+                        self.max_ulid,
+                        self.min_ms,
+                        self.bodies,
+                        self.data
+                    ])
+                })
+                .map_err(db)?;
+                tx.last_insert_rowid()
+            }
+            Some(id) => {
+                let n = tx
+                    .prepare_cached(
+                        "UPDATE audit_blocks SET last_seq = ?4, min_ulid = ?5, max_ulid = ?6, min_ms = ?7,
+                         bodies = ?8, data = ?9
+                         WHERE id = ?1 AND chain = ?2 AND first_seq = ?3 AND last_seq = ?10",
+                    )
+                    .and_then(|mut st| {
+                        st.execute(params![
+                            id,
+                            self.chain,
+                            seq_i(self.first_seq),
+                            seq_i(self.last_seq),
+                            self.min_ulid,
+                            self.max_ulid,
+                            self.min_ms,
+                            self.bodies,
+                            self.data,
+                            seq_i(self.written_last_seq)
+                        ])
+                    })
+                    .map_err(db)?;
+                if n != 1 {
+                    // Rewritten meanwhile (retention from another process):
+                    // the batch fails and is retried in a block of its own.
+                    return Err(AuditError::Store(format!(
+                        "the open audit block of chain {} from seq {} changed under the writer",
+                        self.chain, self.first_seq
+                    )));
+                }
+                id
+            }
+        };
+        self.id = Some(id);
+        self.dirty = false;
+        self.written_last_seq = self.last_seq;
+        let mut k = tx
+            .prepare_cached("INSERT OR IGNORE INTO audit_block_keys (key, block) VALUES (?1, ?2)")
+            .map_err(db)?;
+        for key in &self.keys {
+            k.execute(params![key, id]).map_err(db)?;
+        }
         Ok(())
     }
 }
@@ -720,13 +782,19 @@ fn blocks_with_key_range(conn: &Connection, from: &str, to: &str) -> Result<Vec<
 /// are read and their records filtered instead.
 const SHAPE_KEYS_MAX: usize = 2048;
 
-/// The blocks that may hold events matching `q`, newest first; `shapes`
-/// from [`matching_shapes`].
+/// A visitor of [`candidate_blocks`]: a block and the newest event of the
+/// next; false stops.
+type BlockVisit<'a> = dyn FnMut(&BlockMeta, Option<&str>) -> Result<bool, AuditError> + 'a;
+
+/// Call `f` with each block that may hold events matching `q` (`shapes`
+/// from [`matching_shapes`]), newest first (by newest event), and the
+/// newest event of the next such block; stop when it returns false.
 fn candidate_blocks(
     conn: &Connection,
     q: &Query,
     shapes: Option<&std::collections::HashSet<i64>>,
-) -> Result<Vec<BlockMeta>, AuditError> {
+    f: &mut BlockVisit<'_>,
+) -> Result<(), AuditError> {
     // Each keyed filter narrows the blocks to those holding its key.
     let mut sets: Vec<Vec<i64>> = Vec::new();
     for (letter, v) in [
@@ -784,31 +852,54 @@ fn candidate_blocks(
         })
     };
     const META: &str = "SELECT id, chain, min_ulid, max_ulid FROM audit_blocks";
-    let mut out: Vec<BlockMeta> = Vec::new();
     match &wanted {
+        // A few blocks: looked up one by one, then ordered.
         Some(ids) if ids.len() <= 4096 => {
             let mut st = conn
                 .prepare_cached(&format!("{META} WHERE id = ?1"))
                 .map_err(db)?;
+            let mut list = Vec::with_capacity(ids.len());
             for id in ids {
                 if let Some(m) = st.query_row(params![id], meta).optional().map_err(db)? {
-                    out.extend(Some(m).filter(|m| keep(m)));
+                    list.extend(Some(m).filter(|m| keep(m)));
+                }
+            }
+            list.sort_by(|a, b| b.max_ulid.cmp(&a.max_ulid));
+            for (i, m) in list.iter().enumerate() {
+                if !f(m, list.get(i + 1).map(|n| n.max_ulid.as_str()))? {
+                    break;
                 }
             }
         }
+        // Otherwise the blocks newest first through their index, as far as
+        // the caller reads.
         _ => {
-            let mut st = conn.prepare_cached(META).map_err(db)?;
-            let rows = st.query_map([], meta).map_err(db)?;
+            let floor = since.as_deref().unwrap_or("");
+            let mut st = conn
+                .prepare_cached(&format!(
+                    "{META} WHERE max_ulid >= ?1 ORDER BY max_ulid DESC"
+                ))
+                .map_err(db)?;
+            let rows = st.query_map(params![floor], meta).map_err(db)?;
+            let mut held: Option<BlockMeta> = None;
             for m in rows {
                 let m = m.map_err(db)?;
-                if keep(&m) && wanted.as_ref().is_none_or(|ids| ids.contains(&m.id)) {
-                    out.push(m);
+                if !keep(&m) || wanted.as_ref().is_some_and(|ids| !ids.contains(&m.id)) {
+                    continue;
                 }
+                if let Some(prev) = held.replace(m) {
+                    let next = held.as_ref().map(|n| n.max_ulid.as_str());
+                    if !f(&prev, next)? {
+                        return Ok(());
+                    }
+                }
+            }
+            if let Some(last) = held {
+                f(&last, None)?;
             }
         }
     }
-    out.sort_by(|a, b| b.max_ulid.cmp(&a.max_ulid));
-    Ok(out)
+    Ok(())
 }
 
 /// `(prefix?, value)`: the event code a kind stands for, or the prefix of
@@ -897,12 +988,12 @@ impl SqliteStore {
         if shapes.as_ref().is_some_and(|s| s.is_empty()) {
             return Ok(());
         }
-        let blocks = candidate_blocks(&self.conn, q, shapes.as_ref())?;
         let mut st = self
             .conn
             .prepare_cached("SELECT first_seq, data FROM audit_blocks WHERE id = ?1")
             .map_err(db)?;
-        for (i, b) in blocks.iter().enumerate() {
+        let mut read = 0;
+        candidate_blocks(&self.conn, q, shapes.as_ref(), &mut |b, next_newest| {
             let Some((first, data)) = st
                 .query_row(params![b.id], |r| {
                     Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
@@ -910,19 +1001,17 @@ impl SqliteStore {
                 .optional()
                 .map_err(db)?
             else {
-                continue;
+                return Ok(true);
             };
-            self.blocks_read += 1;
+            read += 1;
             for r in decode_block(&b.chain, first, &data)? {
                 if record_matches(q, &b.chain, &r, shapes.as_ref()) {
                     visit(Match::Record(&b.chain, r));
                 }
             }
-            let next_newest = blocks.get(i + 1).map(|n| n.max_ulid.as_str());
-            if !visit(Match::EndOfBlock { next_newest }) {
-                break;
-            }
-        }
+            Ok(visit(Match::EndOfBlock { next_newest }))
+        })?;
+        self.blocks_read += read;
         Ok(())
     }
 
@@ -956,31 +1045,30 @@ impl SqliteStore {
         };
         Ok(full_body(r.body.clone(), template))
     }
+}
 
-    /// Blocks of `chain` a retention step for `environment` may touch.
-    fn retention_blocks(
-        &self,
-        chain: &str,
-        environment: &str,
-        before_ms: i64,
-        max_seq: u64,
-    ) -> Result<Vec<(i64, i64, Vec<u8>)>, AuditError> {
-        let mut st = self
-            .conn
-            .prepare_cached(
-                "SELECT b.id, b.first_seq, b.data FROM audit_block_keys k JOIN audit_blocks b ON b.id = k.block
-                 WHERE k.key = ?1 AND b.chain = ?2 AND b.min_ms < ?3 AND b.first_seq <= ?4
-                 ORDER BY b.first_seq",
-            )
-            .map_err(db)?;
-        let rows = st
-            .query_map(
-                params![format!("b{environment}"), chain, before_ms, seq_i(max_seq)],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .map_err(db)?;
-        rows.collect::<Result<_, _>>().map_err(db)
-    }
+/// Blocks of `chain` a retention step for `environment` may touch.
+fn retention_blocks(
+    conn: &Connection,
+    chain: &str,
+    environment: &str,
+    before_ms: i64,
+    max_seq: u64,
+) -> Result<Vec<(i64, i64, Vec<u8>)>, AuditError> {
+    let mut st = conn
+        .prepare_cached(
+            "SELECT b.id, b.first_seq, b.data FROM audit_block_keys k JOIN audit_blocks b ON b.id = k.block
+             WHERE k.key = ?1 AND b.chain = ?2 AND b.min_ms < ?3 AND b.first_seq <= ?4
+             ORDER BY b.first_seq",
+        )
+        .map_err(db)?;
+    let rows = st
+        .query_map(
+            params![format!("b{environment}"), chain, before_ms, seq_i(max_seq)],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .map_err(db)?;
+    rows.collect::<Result<_, _>>().map_err(db)
 }
 
 /// Whether retention removes this record's body.
@@ -1036,6 +1124,7 @@ impl SqliteStore {
             template_buf: String::new(),
             values_buf: String::new(),
             blocks_read: 0,
+            tail: None,
         })
     }
 
@@ -1082,6 +1171,7 @@ impl SqliteStore {
             }
         }
         edit(&mut all);
+        self.tail = None;
         let tx = self.conn.transaction().map_err(db)?;
         tx.execute_batch("DELETE FROM audit_blocks; DELETE FROM audit_block_keys;")
             .map_err(db)?;
@@ -1163,6 +1253,7 @@ impl Store for SqliteStore {
         // Templates used in this batch → the latest (time_ms, seq) using them.
         let mut used_templates: HashMap<i64, (i64, i64)> = HashMap::default();
         let tx = self.conn.transaction().map_err(db)?;
+        let tail;
         {
             let mut ck = tx
                 .prepare_cached(
@@ -1173,7 +1264,9 @@ impl Store for SqliteStore {
             // The stored head of each chain: records at or below it are
             // replays (the spool re-read after a crash), already stored.
             let mut heads: Vec<(&str, u64)> = Vec::new();
-            let mut open = BlockBuilder::default();
+            // Taken: an error below drops it, and the next batch starts a
+            // block of its own.
+            let mut open = self.tail.take().unwrap_or_default();
             // Records stored now (not replays), with their bodies: only
             // they add to usage and lineage.
             let mut new_records: Vec<(&Record, &EventBody)> = Vec::with_capacity(batch.len());
@@ -1282,10 +1375,12 @@ impl Store for SqliteStore {
                     new_records.push((r, ev));
                 }
             }
-            open.flush(&tx)?;
+            open.write(&tx)?;
             write_derived(&tx, &used_templates, &new_records)?;
+            tail = Some(open).filter(|o| o.len > 0 && o.len < block::BLOCK_MAX);
         }
         tx.commit().map_err(db)?;
+        self.tail = tail;
         if self.shapes.len() + new_shapes.len() > SHAPE_CACHE {
             self.shapes.clear();
         }
@@ -1473,7 +1568,9 @@ impl Store for SqliteStore {
         max_seq: u64,
     ) -> Result<u64, AuditError> {
         let mut n = 0;
-        for (_, first, data) in self.retention_blocks(chain, environment, before_ms, max_seq)? {
+        for (_, first, data) in
+            retention_blocks(&self.conn, chain, environment, before_ms, max_seq)?
+        {
             n += decode_block(chain, first, &data)?
                 .iter()
                 .filter(|r| removable(r, environment, before_ms, max_seq))
@@ -1498,8 +1595,14 @@ impl Store for SqliteStore {
         before_ms: i64,
         max_seq: u64,
     ) -> Result<u64, AuditError> {
-        let blocks = self.retention_blocks(chain, environment, before_ms, max_seq)?;
-        let tx = self.conn.transaction().map_err(db)?;
+        self.tail = None;
+        // Read inside the (write) transaction: a second retention run, from
+        // the CLI, waits and then finds the blocks as this one left them.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let blocks = retention_blocks(&tx, chain, environment, before_ms, max_seq)?;
         let mut n = 0u64;
         for (id, first, data) in blocks {
             let mut records = decode_block(chain, first, &data)?;
@@ -1613,10 +1716,14 @@ impl Store for SqliteStore {
     }
 
     fn delete_through(&mut self, chain: &str, seq: u64) -> Result<u64, AuditError> {
+        self.tail = None;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
         let mut blocks = Vec::new();
         {
-            let mut st = self
-                .conn
+            let mut st = tx
                 .prepare_cached(
                     "SELECT id, first_seq, data FROM audit_blocks WHERE chain = ?1 AND first_seq <= ?2",
                 )
@@ -1635,7 +1742,6 @@ impl Store for SqliteStore {
                 blocks.push((id, decode_block(chain, first, &data)?));
             }
         }
-        let tx = self.conn.transaction().map_err(db)?;
         let mut n = 0u64;
         for (id, records) in blocks {
             delete_block(&tx, id, &records)?;
