@@ -782,6 +782,11 @@ fn blocks_with_key_range(conn: &Connection, from: &str, to: &str) -> Result<Vec<
 /// are read and their records filtered instead.
 const SHAPE_KEYS_MAX: usize = 2048;
 
+/// Candidate blocks up to this many are looked up one by one (about 0.1 ms
+/// each); more are found walking the blocks newest first, which stops as
+/// soon as a page is full.
+const FEW_BLOCKS: usize = 256;
+
 /// A visitor of [`candidate_blocks`]: a block and the newest event of the
 /// next; false stops.
 type BlockVisit<'a> = dyn FnMut(&BlockMeta, Option<&str>) -> Result<bool, AuditError> + 'a;
@@ -854,7 +859,7 @@ fn candidate_blocks(
     const META: &str = "SELECT id, chain, min_ulid, max_ulid FROM audit_blocks";
     match &wanted {
         // A few blocks: looked up one by one, then ordered.
-        Some(ids) if ids.len() <= 4096 => {
+        Some(ids) if ids.len() <= FEW_BLOCKS => {
             let mut st = conn
                 .prepare_cached(&format!("{META} WHERE id = ?1"))
                 .map_err(db)?;
