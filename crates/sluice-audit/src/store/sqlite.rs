@@ -463,47 +463,42 @@ impl BlockBuilder {
         if self.len == 0 || !self.dirty {
             return Ok(());
         }
+        let (first, last, written) = (
+            seq_i(self.first_seq),
+            seq_i(self.last_seq),
+            seq_i(self.written_last_seq),
+        );
+        // The same numbered parameters for both statements.
+        let fields: [&dyn ToSql; 8] = [
+            &self.chain,
+            &first,
+            &last,
+            &self.min_ulid,
+            &self.max_ulid,
+            &self.min_ms,
+            &self.bodies,
+            &self.data,
+        ];
         let id = match self.id {
             None => {
                 tx.prepare_cached(
                     "INSERT INTO audit_blocks (chain, first_seq, last_seq, min_ulid, max_ulid, min_ms, bodies, data)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )
-                .and_then(|mut st| {
-                    st.execute(params![
-                        self.chain,
-                        seq_i(self.first_seq),
-                        seq_i(self.last_seq),
-                        self.min_ulid,
-                        self.max_ulid,
-                        self.min_ms,
-                        self.bodies,
-                        self.data
-                    ])
-                })
+                .and_then(|mut st| st.execute(&fields[..]))
                 .map_err(db)?;
                 tx.last_insert_rowid()
             }
             Some(id) => {
                 let n = tx
                     .prepare_cached(
-                        "UPDATE audit_blocks SET last_seq = ?4, min_ulid = ?5, max_ulid = ?6, min_ms = ?7,
-                         bodies = ?8, data = ?9
-                         WHERE id = ?1 AND chain = ?2 AND first_seq = ?3 AND last_seq = ?10",
+                        "UPDATE audit_blocks SET last_seq = ?3, min_ulid = ?4, max_ulid = ?5, min_ms = ?6,
+                         bodies = ?7, data = ?8
+                         WHERE chain = ?1 AND first_seq = ?2 AND id = ?9 AND last_seq = ?10",
                     )
                     .and_then(|mut st| {
-                        st.execute(params![
-                            id,
-                            self.chain,
-                            seq_i(self.first_seq),
-                            seq_i(self.last_seq),
-                            self.min_ulid,
-                            self.max_ulid,
-                            self.min_ms,
-                            self.bodies,
-                            self.data,
-                            seq_i(self.written_last_seq)
-                        ])
+                        let key: [&dyn ToSql; 2] = [&id, &written];
+                        st.execute(params_from_iter(fields.iter().chain(key.iter())))
                     })
                     .map_err(db)?;
                 if n != 1 {
