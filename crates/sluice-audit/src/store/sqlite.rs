@@ -701,13 +701,7 @@ fn matching_shapes(
     q: &Query,
 ) -> Result<Option<std::collections::HashSet<i64>>, AuditError> {
     let mut found: Option<std::collections::HashSet<i64>> = None;
-    let mut narrow = |ids: Vec<i64>| {
-        let ids: std::collections::HashSet<i64> = ids.into_iter().collect();
-        found = Some(match found.take() {
-            None => ids,
-            Some(f) => f.intersection(&ids).copied().collect(),
-        });
-    };
+    let mut narrow = |ids: Vec<i64>| found = Some(intersect(found.take(), ids));
     if q.table.is_some() || q.column.is_some() {
         let mut sql = search::Sql::new(
             Dialect::Sqlite,
@@ -743,6 +737,18 @@ fn matching_shapes(
         narrow(query_ids(conn, &sql)?);
     }
     Ok(found)
+}
+
+/// `ids`, narrowed to those also in `acc` when there is one.
+fn intersect(
+    acc: Option<std::collections::HashSet<i64>>,
+    ids: Vec<i64>,
+) -> std::collections::HashSet<i64> {
+    let ids: std::collections::HashSet<i64> = ids.into_iter().collect();
+    match acc {
+        None => ids,
+        Some(a) => a.intersection(&ids).copied().collect(),
+    }
 }
 
 fn query_ids(conn: &Connection, sql: &search::Sql) -> Result<Vec<i64>, AuditError> {
@@ -827,13 +833,9 @@ fn candidate_blocks(
         }
         sets.push(ids);
     }
-    let wanted: Option<std::collections::HashSet<i64>> = sets.into_iter().fold(None, |acc, ids| {
-        let ids: std::collections::HashSet<i64> = ids.into_iter().collect();
-        Some(match acc {
-            None => ids,
-            Some(a) => a.intersection(&ids).copied().collect(),
-        })
-    });
+    let wanted = sets
+        .into_iter()
+        .fold(None, |acc, ids| Some(intersect(acc, ids)));
     // An event's ULID carries its time: a time range is a ULID range.
     let since = q.since.and_then(crate::util::ulid_floor);
     let until = q.until.and_then(crate::util::ulid_floor);
