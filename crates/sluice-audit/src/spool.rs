@@ -12,10 +12,17 @@
 //! tampering), so it is a CRC; entries spooled by earlier versions carry the
 //! first 4 bytes of the payload's SHA-256 instead and a length without the
 //! top bit, and still read.
+//!
+//! A new segment is first filled with [`SEGMENT_PREALLOC`] zero bytes and
+//! entries are then written over them, as PostgreSQL does with its WAL:
+//! the per-batch `fdatasync` then writes data blocks only, with no block
+//! allocation or file size change to journal, which halves its cost. The
+//! zeros after the last entry read as the end of the spool (a length of
+//! 0 is never an entry).
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::Read;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::chain::sha256;
@@ -25,8 +32,11 @@ use crate::AuditError;
 
 /// A segment is closed when it grows past this.
 pub const SEGMENT_MAX: u64 = 4 << 20;
-/// A fully stored active segment is rotated (and deleted) past this.
-const ROTATE_STORED: u64 = 256 << 10;
+/// Zero bytes a new segment starts with (entries beyond are appended).
+pub const SEGMENT_PREALLOC: u64 = 1 << 20;
+/// A fully stored active segment is rotated (and deleted) past this: once
+/// its zeros are used up.
+const ROTATE_STORED: u64 = SEGMENT_PREALLOC;
 const MAX_ENTRY: u32 = 64 << 20;
 /// Set in the length of an entry whose checksum is a CRC-32 (lengths stay
 /// under [`MAX_ENTRY`], so the bit is free).
@@ -199,6 +209,22 @@ fn parse(buf: &[u8]) -> (Vec<(Entry, u64)>, usize) {
     (out, pos)
 }
 
+/// Fill a new, empty segment with [`SEGMENT_PREALLOC`] zero bytes. On a
+/// full disk it is left empty: entries are then appended as the disk
+/// allows, and a write that does not fit fails as it would have.
+fn preallocate(f: &File, path: &Path) {
+    let zeros = vec![0u8; 64 << 10];
+    let mut at = 0u64;
+    while at < SEGMENT_PREALLOC {
+        if let Err(e) = f.write_all_at(&zeros, at) {
+            tracing::debug!(file = %path.display(), error = %e, "audit spool: segment not preallocated");
+            let _ = f.set_len(0);
+            return;
+        }
+        at += zeros.len() as u64;
+    }
+}
+
 fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
@@ -240,7 +266,8 @@ impl Spool {
                 .and_then(|mut f| f.read_to_end(&mut buf))
                 .map_err(|e| AuditError::io(&seg.path, e))?;
             let (entries, end) = parse(&buf);
-            if end < buf.len() {
+            // Zeros after the entries are the rest of a preallocated segment.
+            if end < buf.len() && buf[end..].iter().any(|&b| b != 0) {
                 if i + 1 < count {
                     return Err(AuditError::Corrupt(format!(
                         "{}: damaged entry at byte {end} in a closed spool segment",
@@ -297,12 +324,14 @@ impl Spool {
                 .last()
                 .ok_or_else(|| AuditError::Corrupt("spool has no segment".into()))?;
             let f = OpenOptions::new()
-                .append(true)
+                .write(true)
                 .create(true)
+                .truncate(false)
                 .mode(0o600)
                 .open(&seg.path)
                 .map_err(|e| AuditError::io(&seg.path, e))?;
             if need_new {
+                preallocate(&f, &seg.path);
                 sync_dir(&self.dir);
             }
             self.active = Some(f);
@@ -319,8 +348,14 @@ impl Spool {
         if self.torn {
             self.cut_torn_tail()?;
         }
-        let f = self.active_file()?;
-        if let Err(e) = f.write_all(encoded) {
+        self.active_file()?;
+        // After the segment's last entry: over its zeros, or appended.
+        let at = self.segments.last().map_or(0, |s| s.bytes);
+        let written = match &self.active {
+            Some(f) => f.write_all_at(encoded, at),
+            None => return Err(AuditError::Corrupt("spool has no active segment".into())),
+        };
+        if let Err(e) = written {
             self.torn = true;
             // If this fails too, the next append tries again before writing.
             let _ = self.cut_torn_tail();
@@ -536,11 +571,13 @@ mod tests {
         s.append(&buf, 3).unwrap();
         s.sync().unwrap();
         drop(s);
-        // A torn write: half an entry at the end.
+        // A torn write: half an entry after the last whole one, over the
+        // segment's zeros.
         let seg = dir.path().join(seg_name(1));
         let half = encode(&ck(4)).unwrap();
-        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
-        f.write_all(&half[..half.len() / 2]).unwrap();
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        f.write_all_at(&half[..half.len() / 2], buf.len() as u64)
+            .unwrap();
         drop(f);
         let mut seen = Vec::new();
         let s = Spool::open(dir.path(), |e, _| {
@@ -552,5 +589,49 @@ mod tests {
         assert_eq!(std::fs::metadata(&seg).unwrap().len(), buf.len() as u64);
         assert_eq!(s.read_after(2, 10).unwrap().len(), 2);
         assert_eq!(read_all(dir.path()).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn entries_are_written_over_the_zeros_of_a_preallocated_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = dir.path().join(seg_name(1));
+        let mut s = Spool::open(dir.path(), |_, _| Ok(())).unwrap();
+        let first = encode(&ck(1)).unwrap();
+        s.append(&first, 1).unwrap();
+        s.sync().unwrap();
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), SEGMENT_PREALLOC);
+        assert_eq!(s.file_bytes(), first.len() as u64);
+        drop(s);
+        // Reopened: the zeros are not a torn tail; writing goes on after
+        // the last entry.
+        let mut s = Spool::open(dir.path(), |_, _| Ok(())).unwrap();
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), SEGMENT_PREALLOC);
+        s.append(&encode(&ck(2)).unwrap(), 2).unwrap();
+        drop(s);
+        let mut seen = Vec::new();
+        Spool::open(dir.path(), |e, _| {
+            seen.push(e.seq());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, vec![1, 2]);
+        assert_eq!(read_all(dir.path()).unwrap().len(), 2);
+        // Past the zeros, entries extend the file.
+        let mut s = Spool::open(dir.path(), |_, _| Ok(())).unwrap();
+        let last = 3 + SEGMENT_PREALLOC / first.len() as u64;
+        let mut all = Vec::new();
+        for seq in 3..=last {
+            all.extend(encode(&ck(seq)).unwrap());
+        }
+        s.append(&all, last).unwrap();
+        drop(s);
+        let mut count = 0;
+        Spool::open(dir.path(), |_, _| {
+            count += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(count, last);
+        assert!(std::fs::metadata(&seg).unwrap().len() > SEGMENT_PREALLOC);
     }
 }

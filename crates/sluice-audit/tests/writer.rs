@@ -335,6 +335,23 @@ fn full_disk_loses_no_event() {
         .map(|e| e.unwrap().metadata().unwrap().len())
         .max()
         .unwrap_or(0);
+    // Entries are written over the zeros a segment starts with, where a
+    // full disk cannot fail them: fill those until the next entry or two
+    // must extend the file.
+    let mut filled = 0u64;
+    loop {
+        let left = spool_size.saturating_sub(sink.counters().spool_bytes.load(Ordering::Relaxed));
+        if left < 1500 {
+            break;
+        }
+        let n = if left > 20_000 { 20 } else { 1 };
+        for _ in 0..n {
+            sink.record(statement(filled as usize, "dave", "production"))
+                .unwrap();
+            filled += 1;
+        }
+        sink.flush_blocking(false, Duration::from_secs(10)).unwrap();
+    }
     // Less than one more entry fits: the next write is torn part way.
     limit_file_size(Some(spool_size + 200));
     let mut accepted = 0u64;
@@ -373,7 +390,7 @@ fn full_disk_loses_no_event() {
         .flush_blocking(true, Duration::from_secs(30))
         .unwrap();
     w.shutdown().unwrap();
-    let expected = 50 + accepted + 1;
+    let expected = 50 + filled + accepted + 1;
     assert_eq!(st.stored_seq, st.spooled_seq);
     let mut s = SqliteStore::open(&db).unwrap();
     let r = verify(
