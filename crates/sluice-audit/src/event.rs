@@ -131,7 +131,7 @@ pub struct AuthFailure {
 }
 
 /// What policy decided about a statement.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
     /// Allowed (possibly with masking).

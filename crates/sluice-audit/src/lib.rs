@@ -12,6 +12,7 @@
 use std::path::Path;
 
 pub mod approvals;
+pub mod body;
 pub mod chain;
 pub mod config;
 pub mod event;

@@ -14,6 +14,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::body::BodyWriter;
 use crate::chain::{self, ChainKeys, ChainState, Checkpoint, Signer};
 use crate::config::{AuditConfig, FsyncPolicy, OnSpoolFull};
 use crate::event::{Actor, AdminAction, EventBody, Record};
@@ -522,6 +523,7 @@ impl AuditWriter {
             spooled_seq: 0,
             next_spool_try: Instant::now(),
             last_spool_error_log: None,
+            bodies: BodyWriter::default(),
         };
         // First contact with the store: catch up with records it has that
         // the local state lacks (machine crash under fsync = "interval").
@@ -744,12 +746,18 @@ struct Writer {
     spooled_seq: u64,
     next_spool_try: Instant,
     last_spool_error_log: Option<Instant>,
+    /// Statement bodies from cached shapes.
+    bodies: BodyWriter,
 }
 
-fn make_record(chain: &str, ev: &PendingEvent) -> Result<Record, AuditError> {
+fn make_record(
+    chain: &str,
+    ev: &PendingEvent,
+    bodies: &mut BodyWriter,
+) -> Result<Record, AuditError> {
     // Sized for a typical statement body: no regrowing while serializing.
     let mut buf = Vec::with_capacity(1024);
-    serde_json::to_writer(&mut buf, &ev.body)?;
+    bodies.write(&ev.body, &mut buf)?;
     let body = String::from_utf8(buf)
         .map_err(|e| AuditError::Corrupt(format!("event body is not UTF-8: {e}")))?;
     Ok(Record {
@@ -1028,7 +1036,7 @@ impl Writer {
         // during an outage they would just hold memory.
         let keep_events = self.store.is_some() && !self.from_disk;
         for ev in events {
-            let mut r = match make_record(&self.state.chain, &ev) {
+            let mut r = match make_record(&self.state.chain, &ev, &mut self.bodies) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(error = %e, "audit: cannot encode an event");
