@@ -22,6 +22,7 @@
 //! and the usage aggregates match what was recorded, exactly.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_audit::event::{Actor, Decision, EventBody, Statement};
@@ -223,8 +224,49 @@ const TPCB: &[Shape] = &[
     },
 ];
 
-fn strings(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| (*s).to_owned()).collect()
+/// A statement's texts and lists as the proxy holds them: built once per
+/// statement (cached with its verdict) and shared by every event of it.
+struct Described {
+    fingerprint: Arc<str>,
+    normalized: Arc<str>,
+    kind: Arc<str>,
+    tables_read: Arc<[String]>,
+    tables_written: Arc<[String]>,
+    columns_read: Arc<[String]>,
+    columns_written: Arc<[String]>,
+}
+
+impl Described {
+    fn of(shape: &Shape) -> Described {
+        fn strings(v: &[&str]) -> Arc<[String]> {
+            v.iter().map(|s| (*s).to_owned()).collect()
+        }
+        Described {
+            fingerprint: shape.fingerprint.into(),
+            normalized: shape.normalized.into(),
+            kind: shape.kind.into(),
+            tables_read: strings(shape.tables_read),
+            tables_written: strings(shape.tables_written),
+            columns_read: strings(shape.columns_read),
+            columns_written: strings(shape.columns_written),
+        }
+    }
+}
+
+/// [`Described`] of SELECT, then of each TPCB statement.
+fn described(select_only: bool, i: usize) -> &'static Described {
+    static ALL: std::sync::OnceLock<Vec<Described>> = std::sync::OnceLock::new();
+    let all = ALL.get_or_init(|| {
+        std::iter::once(&SELECT)
+            .chain(TPCB.iter())
+            .map(Described::of)
+            .collect()
+    });
+    if select_only {
+        &all[0]
+    } else {
+        &all[1 + i % TPCB.len()]
+    }
 }
 
 /// Event `i`: session `i % sessions`, principal one of four, statement `i`
@@ -235,6 +277,7 @@ fn event(i: usize, sessions: usize, select_only: bool) -> EventBody {
     } else {
         &TPCB[i % TPCB.len()]
     };
+    let d = described(select_only, i);
     let session = i % sessions;
     EventBody::Statement(Statement {
         session: format!("{:016x}", 0x5eed_0000_0000_0000u64 + session as u64),
@@ -245,17 +288,17 @@ fn event(i: usize, sessions: usize, select_only: bool) -> EventBody {
         },
         target: "pgbench".into(),
         environment: "production".into(),
-        fingerprint: shape.fingerprint.into(),
-        normalized: shape.normalized.into(),
+        fingerprint: d.fingerprint.clone(),
+        normalized: d.normalized.clone(),
         text: None,
-        kind: shape.kind.into(),
+        kind: d.kind.clone(),
         decision: Decision::Allow,
         rule: None,
         approval_id: None,
-        tables_read: strings(shape.tables_read).into(),
-        tables_written: strings(shape.tables_written).into(),
-        columns_read: strings(shape.columns_read).into(),
-        columns_written: strings(shape.columns_written).into(),
+        tables_read: d.tables_read.clone(),
+        tables_written: d.tables_written.clone(),
+        columns_read: d.columns_read.clone(),
+        columns_written: d.columns_written.clone(),
         masked: Vec::new(),
         rows_returned: shape.rows_returned,
         rows_affected: shape.rows_affected,

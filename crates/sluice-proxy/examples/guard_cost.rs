@@ -44,10 +44,6 @@ use sluice_policy::{Decision, PolicyEngine, Request, TargetRef};
 use sluice_proxy::guard::{Guard, SharedAnalyses, Verdict};
 use sluice_proxy::Metrics;
 
-// The sluice binary's allocator, so the figures are the proxy's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const HIT_TARGET_US: f64 = 1.0;
 const MISS_TARGET_US: f64 = 30.0;
 

@@ -14,12 +14,6 @@ mod login;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
-// Sessions allocate on one thread and the audit writer frees on another;
-// mimalloc handles that, and the parser's many small allocations, better
-// than glibc's malloc (bench/README.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "sluice",
