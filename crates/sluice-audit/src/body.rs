@@ -28,6 +28,8 @@ const EMPTY_TAIL: &str =
 struct Shape {
     statement: Statement,
     prefix: Box<[u8]>,
+    /// Unique among this writer's shapes, made or to come (never reused).
+    number: u64,
 }
 
 /// Writes event bodies; one per writer thread.
@@ -37,16 +39,27 @@ pub struct BodyWriter {
     /// Keys seen once, without a shape yet.
     seen_once: std::collections::HashSet<u64>,
     hasher: std::collections::hash_map::RandomState,
+    /// Number of the last shape made.
+    last_number: u64,
 }
 
 impl BodyWriter {
-    /// Append the JSON of `body` to `out`.
-    pub fn write(&mut self, body: &EventBody, out: &mut Vec<u8>) -> Result<(), AuditError> {
+    /// Append the JSON of `body` to `out`. Returns the number of the shape
+    /// it was written from when that shape is all there is to it but its
+    /// session, counts and SQLSTATE (no masked column, no lineage): such
+    /// bodies of one shape differ only in those values ([`BatchEntry::shape`]).
+    /// 0 otherwise.
+    ///
+    /// [`BatchEntry::shape`]: crate::store::BatchEntry::shape
+    pub fn write(&mut self, body: &EventBody, out: &mut Vec<u8>) -> Result<u64, AuditError> {
         match body {
             EventBody::Statement(s) if s.text.is_none() && s.approval_id.is_none() => {
                 self.write_statement(body, s, out)
             }
-            _ => Ok(serde_json::to_writer(out, body)?),
+            _ => {
+                serde_json::to_writer(out, body)?;
+                Ok(0)
+            }
         }
     }
 
@@ -56,7 +69,7 @@ impl BodyWriter {
         body: &EventBody,
         s: &Statement,
         out: &mut Vec<u8>,
-    ) -> Result<(), AuditError> {
+    ) -> Result<u64, AuditError> {
         let key = self.key(s);
         let known = self
             .shapes
@@ -69,10 +82,13 @@ impl BodyWriter {
                 self.seen_once.clear();
             }
             if self.seen_once.insert(key) {
-                return Ok(serde_json::to_writer(out, body)?);
+                serde_json::to_writer(out, body)?;
+                return Ok(0);
             }
-            let Some(shape) = Shape::of(s)? else {
-                return Ok(serde_json::to_writer(out, body)?);
+            self.last_number += 1;
+            let Some(shape) = Shape::of(s, self.last_number)? else {
+                serde_json::to_writer(out, body)?;
+                return Ok(0);
             };
             if self.shapes.len() >= SHAPES_MAX {
                 self.shapes.clear();
@@ -81,7 +97,8 @@ impl BodyWriter {
             self.shapes.insert(key, shape);
         }
         let Some(shape) = self.shapes.get(&key) else {
-            return Ok(serde_json::to_writer(out, body)?);
+            serde_json::to_writer(out, body)?;
+            return Ok(0);
         };
         out.extend_from_slice(&shape.prefix);
         out.extend_from_slice(b"\"masked\":");
@@ -106,26 +123,68 @@ impl BodyWriter {
             serde_json::to_writer(&mut *out, lineage)?;
         }
         out.push(b'}');
-        Ok(())
+        Ok(if s.masked.is_empty() && s.lineage.is_none() {
+            shape.number
+        } else {
+            0
+        })
     }
 
     /// A hash of what makes a shape: the addresses of its shared texts and
-    /// lists and the session; [`same_shape`] checks the rest.
+    /// lists, the session and principal; [`same_shape`] checks the rest.
     fn key(&self, s: &Statement) -> u64 {
         let mut h = self.hasher.build_hasher();
         Arc::as_ptr(&s.normalized).hash(&mut h);
         Arc::as_ptr(&s.tables_read).hash(&mut h);
         s.session.hash(&mut h);
+        s.principal.name.hash(&mut h);
         s.decision.hash(&mut h);
         s.rule.hash(&mut h);
         h.finish()
     }
 }
 
+/// The values [`template::split`] cuts from a body [`BodyWriter::write`]
+/// wrote from a shape (it returned a number), without parsing it: the
+/// session, the four counts and the SQLSTATE, as JSON, in body order.
+///
+/// [`template::split`]: crate::store::template::split
+pub(crate) fn cut_values(s: &Statement, out: &mut String) {
+    fn string(out: &mut String, v: &str) {
+        // What serde escapes; anything else is written as it is.
+        if v.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+            if let Ok(json) = serde_json::to_string(v) {
+                out.push_str(&json);
+            }
+        } else {
+            out.push('"');
+            out.push_str(v);
+            out.push('"');
+        }
+    }
+    out.clear();
+    out.push('[');
+    string(out, &s.session);
+    for n in [
+        s.rows_returned,
+        s.rows_affected,
+        s.bytes_to_client,
+        s.duration_us,
+    ] {
+        out.push(',');
+        out.push_str(itoa::Buffer::new().format(n));
+    }
+    if let Some(code) = &s.sqlstate {
+        out.push(',');
+        string(out, code);
+    }
+    out.push(']');
+}
+
 impl Shape {
     /// `None` when serde's output does not end as expected (then every
     /// body of the shape is serialized whole).
-    fn of(s: &Statement) -> Result<Option<Shape>, AuditError> {
+    fn of(s: &Statement, number: u64) -> Result<Option<Shape>, AuditError> {
         let statement = Statement {
             masked: Vec::new(),
             rows_returned: 0,
@@ -144,6 +203,7 @@ impl Shape {
         Ok(Some(Shape {
             statement,
             prefix: json.into_boxed_slice(),
+            number,
         }))
     }
 }
@@ -272,6 +332,68 @@ mod tests {
             assert_eq!(written(&mut w, &a), serde_bytes(&a));
             assert_eq!(written(&mut w, &b), serde_bytes(&b));
         }
+    }
+
+    #[test]
+    fn values_cut_by_hand_are_those_split_finds() {
+        let mut w = BodyWriter::default();
+        let mut s = statement();
+        s.session = "odd \"session\"\n".into();
+        let mut seen = Vec::new();
+        for i in 0..6u64 {
+            s.rows_returned = i * 1000;
+            s.duration_us = u64::MAX - i;
+            s.sqlstate = (i % 2 == 1).then(|| "40P01".to_owned());
+            let mut out = Vec::new();
+            let number = w.write(&EventBody::Statement(s.clone()), &mut out).unwrap();
+            let body = String::from_utf8(out).unwrap();
+            let (mut template, mut values) = (String::new(), String::new());
+            assert!(crate::store::template::split(
+                &body,
+                &mut template,
+                &mut values
+            ));
+            let mut by_hand = String::new();
+            cut_values(&s, &mut by_hand);
+            assert_eq!(by_hand, values, "{body}");
+            if number != 0 {
+                seen.push((number, s.sqlstate.is_some(), template));
+            }
+        }
+        // One number (with or without a SQLSTATE), one template.
+        assert!(seen.len() >= 3, "{seen:?}");
+        for (n, code, t) in &seen {
+            for (m, other, u) in &seen {
+                if n == m && code == other {
+                    assert_eq!(t, u);
+                }
+            }
+        }
+        // A masked column or lineage gives no number: they vary per event.
+        s.masked = vec![MaskedColumn::default()];
+        let mut out = Vec::new();
+        assert_eq!(
+            w.write(&EventBody::Statement(s.clone()), &mut out).unwrap(),
+            0
+        );
+    }
+
+    #[test]
+    fn shapes_that_alternate_keep_their_numbers() {
+        // Two principals on one session (a pooled connection): each keeps
+        // its shape instead of replacing the other's.
+        let mut w = BodyWriter::default();
+        let a = statement();
+        let mut b = a.clone();
+        b.principal.name = "other".into();
+        let mut number = |s: &Statement| {
+            w.write(&EventBody::Statement(s.clone()), &mut Vec::new())
+                .unwrap()
+        };
+        let first: Vec<u64> = (0..3).flat_map(|_| [number(&a), number(&b)]).collect();
+        assert_eq!(first[..2], [0, 0], "made the second time");
+        assert!(first[2] != 0 && first[3] != 0 && first[2] != first[3]);
+        assert_eq!(first[2..4], first[4..6]);
     }
 
     #[test]

@@ -135,6 +135,8 @@ struct PendingEvent {
     ulid: String,
     time_ms: i64,
     body: EventBody,
+    /// The body's shape number ([`BodyWriter::write`]), once written.
+    shape: u64,
 }
 
 enum Msg {
@@ -244,6 +246,7 @@ impl AuditSink {
             ulid: ulid(time_ms),
             time_ms,
             body,
+            shape: 0,
         };
         // Counted before the send so the writer's decrement never underflows.
         let depth = s.counters.queue_depth.fetch_add(1, Ordering::Relaxed) + 1;
@@ -752,12 +755,12 @@ struct Writer {
 
 fn make_record(
     chain: &str,
-    ev: &PendingEvent,
+    ev: &mut PendingEvent,
     bodies: &mut BodyWriter,
 ) -> Result<Record, AuditError> {
     // Sized for a typical statement body: no regrowing while serializing.
     let mut buf = Vec::with_capacity(1024);
-    bodies.write(&ev.body, &mut buf)?;
+    ev.shape = bodies.write(&ev.body, &mut buf)?;
     let body = String::from_utf8(buf)
         .map_err(|e| AuditError::Corrupt(format!("event body is not UTF-8: {e}")))?;
     Ok(Record {
@@ -995,6 +998,7 @@ impl Writer {
             events.push(Box::new(PendingEvent {
                 ulid: ulid(t),
                 time_ms: t,
+                shape: 0,
                 body: EventBody::Admin(AdminAction {
                     actor: sluice_actor(),
                     action: "audit.dropped".into(),
@@ -1035,8 +1039,8 @@ impl Writer {
         // The parsed events ride along to the store only while it is up;
         // during an outage they would just hold memory.
         let keep_events = self.store.is_some() && !self.from_disk;
-        for ev in events {
-            let mut r = match make_record(&self.state.chain, &ev, &mut self.bodies) {
+        for mut ev in events {
+            let mut r = match make_record(&self.state.chain, &mut ev, &mut self.bodies) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(error = %e, "audit: cannot encode an event");
@@ -1361,6 +1365,7 @@ impl Writer {
                     .map(|p| BatchEntry {
                         entry: &p.entry,
                         event: p.event.as_deref().map(|e| &e.body),
+                        shape: p.event.as_deref().map_or(0, |e| e.shape),
                     })
                     .collect()
             };
@@ -1434,6 +1439,7 @@ impl Writer {
             let ev = Box::new(PendingEvent {
                 ulid: ulid(t),
                 time_ms: t,
+                shape: 0,
                 body: EventBody::Admin(AdminAction {
                     actor: sluice_actor(),
                     action: "audit.retention".into(),

@@ -48,12 +48,22 @@ pub struct BatchEntry<'a> {
     /// For a record: its body, parsed (what `body` parses to), when the
     /// caller has it; `None` makes the store parse the body.
     pub event: Option<&'a EventBody>,
+    /// For a statement record: the number of the shape its body was
+    /// written from ([`BodyWriter::write`](crate::body::BodyWriter::write)),
+    /// 0 when none. The bodies of one shape number differ only in their
+    /// counts and SQLSTATE, so a store may reuse what it derived from the
+    /// first of them (with a SQLSTATE, and without).
+    pub shape: u64,
 }
 
 impl<'a> BatchEntry<'a> {
     /// An entry whose body the store parses.
     pub fn new(entry: &'a Entry) -> BatchEntry<'a> {
-        BatchEntry { entry, event: None }
+        BatchEntry {
+            entry,
+            event: None,
+            shape: 0,
+        }
     }
 }
 

@@ -250,6 +250,18 @@ pub struct SqliteStore {
     blocks_read: u64,
     /// The block the last batch left open, extended by the next batch.
     tail: Option<BlockBuilder>,
+    /// (Body shape number, has a SQLSTATE) → the shape and template its
+    /// records were found to have ([`BatchEntry::shape`]).
+    hints: HashMap<(u64, bool), Hint>,
+    /// Records stored through `hints`.
+    known_shape_records: u64,
+}
+
+/// What a body shape's records are stored with.
+struct Hint {
+    chain: String,
+    shape: i64,
+    template: i64,
 }
 
 /// Shapes the cache holds at most (it starts over beyond).
@@ -1127,6 +1139,8 @@ impl SqliteStore {
             values_buf: String::new(),
             blocks_read: 0,
             tail: None,
+            hints: HashMap::default(),
+            known_shape_records: 0,
         })
     }
 
@@ -1174,6 +1188,7 @@ impl SqliteStore {
         }
         edit(&mut all);
         self.tail = None;
+        self.hints.clear();
         let tx = self.conn.transaction().map_err(db)?;
         tx.execute_batch("DELETE FROM audit_blocks; DELETE FROM audit_block_keys;")
             .map_err(db)?;
@@ -1186,6 +1201,13 @@ impl SqliteStore {
     /// How many blocks searches on this handle have read.
     pub fn blocks_read(&self) -> u64 {
         self.blocks_read
+    }
+
+    /// How many records this handle stored by a known body shape
+    /// ([`BatchEntry::shape`]) rather than by splitting their bodies.
+    #[doc(hidden)]
+    pub fn records_from_known_shapes(&self) -> u64 {
+        self.known_shape_records
     }
 }
 
@@ -1254,6 +1276,7 @@ impl Store for SqliteStore {
         let mut new_templates: HashMap<String, i64> = HashMap::default();
         // Templates used in this batch → the latest (time_ms, seq) using them.
         let mut used_templates: HashMap<i64, (i64, i64)> = HashMap::default();
+        let mut new_hints: HashMap<(u64, bool), Hint> = HashMap::default();
         let tx = self.conn.transaction().map_err(db)?;
         let tail;
         {
@@ -1303,6 +1326,55 @@ impl Store for SqliteStore {
                 heads[at].1 = r.seq;
                 let ev = b.event.or(p.as_ref());
                 let idx = ev.map(EventBody::index_ref).unwrap_or_default();
+                let seq = seq_i(r.seq);
+                // A record of a body shape seen before: its shape and
+                // template are known, its values are cut by hand.
+                let hint_key = match ev {
+                    Some(EventBody::Statement(s)) if b.shape != 0 => {
+                        Some((b.shape, s.sqlstate.is_some(), s))
+                    }
+                    _ => None,
+                };
+                let known = hint_key.and_then(|(number, code, s)| {
+                    let hint = self
+                        .hints
+                        .get(&(number, code))
+                        .or_else(|| new_hints.get(&(number, code)))
+                        .filter(|h| h.chain == r.chain)?;
+                    Some((hint.shape, hint.template, s))
+                });
+                if let Some((shape, template, s)) = known {
+                    self.known_shape_records += 1;
+                    crate::body::cut_values(s, &mut self.values_buf);
+                    let last = used_templates.entry(template).or_insert((r.time_ms, seq));
+                    *last = (last.0.max(r.time_ms), last.1.max(seq));
+                    if open.chain != r.chain || open.len >= block::BLOCK_MAX {
+                        open.flush(&tx)?;
+                        open.chain.clear();
+                        open.chain.push_str(&r.chain);
+                    }
+                    open.push(&RecordRef {
+                        seq: r.seq,
+                        ulid: &r.ulid,
+                        time_ms: r.time_ms,
+                        code: &r.code,
+                        environment: &r.environment,
+                        principal: idx.principal,
+                        target: idx.target,
+                        session: idx.session,
+                        decision: idx.decision,
+                        fingerprint: idx.fingerprint,
+                        digest: &r.digest,
+                        mac: &r.mac,
+                        shape: Some(shape),
+                        tpl: Some(template),
+                        body: Some(self.values_buf.as_str()),
+                    });
+                    if let Some(ev) = ev {
+                        new_records.push((r, ev));
+                    }
+                    continue;
+                }
                 let shaped = ev.is_some_and(|ev| shape_key_into(ev, &mut self.key_buf));
                 let shape = match ev {
                     Some(ev) if shaped => Some(match self.shapes.get(self.key_buf.as_str()) {
@@ -1319,7 +1391,6 @@ impl Store for SqliteStore {
                     )?),
                     _ => None,
                 };
-                let seq = seq_i(r.seq);
                 let template = match (ev, r.body.as_deref()) {
                     (Some(EventBody::Statement(_)), Some(body)) => {
                         self.template_buf.clear();
@@ -1351,6 +1422,24 @@ impl Store for SqliteStore {
                     Some(_) => Some(self.values_buf.as_str()),
                     None => r.body.as_deref(),
                 };
+                // The next records of this body shape take the fast way
+                // above, if cutting by hand gives what was just cut.
+                if let (Some((number, code, s)), Some(shape), Some(template)) =
+                    (hint_key, shape, template)
+                {
+                    // The shape key is used by now: its buffer is free.
+                    crate::body::cut_values(s, &mut self.key_buf);
+                    if self.key_buf == self.values_buf {
+                        new_hints.insert(
+                            (number, code),
+                            Hint {
+                                chain: r.chain.clone(),
+                                shape,
+                                template,
+                            },
+                        );
+                    }
+                }
                 if open.chain != r.chain || open.len >= block::BLOCK_MAX {
                     open.flush(&tx)?;
                     open.chain.clear();
@@ -1391,6 +1480,10 @@ impl Store for SqliteStore {
             self.templates.clear();
         }
         self.templates.extend(new_templates);
+        if self.hints.len() + new_hints.len() > TEMPLATE_CACHE {
+            self.hints.clear();
+        }
+        self.hints.extend(new_hints);
         Ok(())
     }
 
@@ -1629,6 +1722,7 @@ impl Store for SqliteStore {
         }
         tx.execute_batch(SHAPES_GC).map_err(db)?;
         self.shapes.clear();
+        self.hints.clear();
         // Every event using such a template matched: the template records
         // the latest time and seq that used it.
         tx.execute(
@@ -1754,6 +1848,7 @@ impl Store for SqliteStore {
         }
         tx.execute_batch(SHAPES_GC).map_err(db)?;
         self.shapes.clear();
+        self.hints.clear();
         tx.execute(
             "DELETE FROM audit_checkpoints WHERE chain = ?1 AND (seq < ?2 OR (seq = ?2 AND reason <> 'cut'))",
             params![chain, seq_i(seq)],

@@ -113,3 +113,34 @@ pub fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Make equal texts and lists of statements share one allocation, as the
+/// proxy's do (they come from one analysis, cached with its verdict): the
+/// writer then writes their bodies from shapes.
+pub fn intern(events: &mut [EventBody]) {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    let mut texts: HashMap<String, Arc<str>> = HashMap::new();
+    let mut lists: HashMap<Vec<String>, Arc<[String]>> = HashMap::new();
+    let mut text = |t: &mut Arc<str>| {
+        *t = texts
+            .entry(t.to_string())
+            .or_insert_with(|| t.clone())
+            .clone();
+    };
+    for e in events {
+        if let EventBody::Statement(s) = e {
+            text(&mut s.fingerprint);
+            text(&mut s.normalized);
+            text(&mut s.kind);
+            for l in [
+                &mut s.tables_read,
+                &mut s.tables_written,
+                &mut s.columns_read,
+                &mut s.columns_written,
+            ] {
+                *l = lists.entry(l.to_vec()).or_insert_with(|| l.clone()).clone();
+            }
+        }
+    }
+}
