@@ -766,7 +766,7 @@ fn make_record(
     Ok(Record {
         chain: chain.to_owned(),
         seq: 0,
-        ulid: ev.ulid.clone(),
+        ulid: std::mem::take(&mut ev.ulid),
         time_ms: ev.time_ms,
         code: ev.body.code().to_owned(),
         environment: ev.body.environment().to_owned(),
