@@ -278,16 +278,35 @@ fn event(i: usize, sessions: usize, select_only: bool) -> EventBody {
         &TPCB[i % TPCB.len()]
     };
     let d = described(select_only, i);
+    // Who and where, held once per session as the proxy's sessions do.
+    type Who = (Arc<str>, Arc<Actor>, Arc<str>, Arc<str>);
+    thread_local! {
+        static SESSIONS: std::cell::RefCell<std::collections::HashMap<usize, Who>> =
+            Default::default();
+    }
     let session = i % sessions;
+    let (id, principal, target, environment) = SESSIONS.with(|all| {
+        all.borrow_mut()
+            .entry(session)
+            .or_insert_with(|| {
+                (
+                    format!("{:016x}", 0x5eed_0000_0000_0000u64 + session as u64).into(),
+                    Arc::new(Actor {
+                        name: format!("bench{}@example.com", session % 4),
+                        kind: "human".into(),
+                        on_behalf_of: None,
+                    }),
+                    "pgbench".into(),
+                    "production".into(),
+                )
+            })
+            .clone()
+    });
     EventBody::Statement(Statement {
-        session: format!("{:016x}", 0x5eed_0000_0000_0000u64 + session as u64),
-        principal: Actor {
-            name: format!("bench{}@example.com", session % 4),
-            kind: "human".into(),
-            on_behalf_of: None,
-        },
-        target: "pgbench".into(),
-        environment: "production".into(),
+        session: id,
+        principal,
+        target,
+        environment,
         fingerprint: d.fingerprint.clone(),
         normalized: d.normalized.clone(),
         text: None,

@@ -239,11 +239,11 @@ mod tests {
     fn statement() -> Statement {
         Statement {
             session: "0123456789abcdef".into(),
-            principal: Actor {
+            principal: std::sync::Arc::new(Actor {
                 name: "ana \"quoted\" ü".into(),
                 kind: "human".into(),
                 on_behalf_of: Some("bob".into()),
-            },
+            }),
             target: "app".into(),
             environment: "production".into(),
             fingerprint: "a1b2".into(),
@@ -294,7 +294,7 @@ mod tests {
         other.decision = Decision::Deny;
         other.rule = Some("no-drop".into());
         variants.push(other.clone());
-        other.principal.on_behalf_of = None;
+        Arc::make_mut(&mut other.principal).on_behalf_of = None;
         variants.push(other.clone());
         other.tables_read = vec!["public.u".to_owned()].into();
         variants.push(other.clone());
@@ -385,7 +385,7 @@ mod tests {
         let mut w = BodyWriter::default();
         let a = statement();
         let mut b = a.clone();
-        b.principal.name = "other".into();
+        Arc::make_mut(&mut b.principal).name = "other".into();
         let mut number = |s: &Statement| {
             w.write(&EventBody::Statement(s.clone()), &mut Vec::new())
                 .unwrap()

@@ -189,13 +189,13 @@ pub struct Lineage {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Statement {
     /// Session id.
-    pub session: String,
+    pub session: Arc<str>,
     /// Who ran it.
-    pub principal: Actor,
+    pub principal: Arc<Actor>,
     /// Target name.
-    pub target: String,
+    pub target: Arc<str>,
     /// The target's environment.
-    pub environment: String,
+    pub environment: Arc<str>,
     /// Statement fingerprint (equal for statements differing only in constants).
     pub fingerprint: Arc<str>,
     /// Normalized text (literals replaced by `$n`).
@@ -417,7 +417,7 @@ impl EventBody {
                 for p in [
                     s.principal.name.as_str(),
                     s.principal.on_behalf_of.as_deref().unwrap_or(""),
-                    s.target.as_str(),
+                    &s.target,
                     &*s.normalized,
                     s.text.as_deref().unwrap_or(""),
                     s.rule.as_deref().unwrap_or(""),

@@ -62,8 +62,8 @@ pub fn usage_deltas(s: &Statement, time_ms: i64) -> Vec<UsageDelta> {
             day: day_of(time_ms),
             principal: s.principal.name.clone(),
             on_behalf_of: s.principal.on_behalf_of.clone().unwrap_or_default(),
-            target: s.target.clone(),
-            environment: s.environment.clone(),
+            target: s.target.to_string(),
+            environment: s.environment.to_string(),
             table: p.table.into_owned(),
             column: p.column.into_owned(),
             masked: p.masked,
@@ -396,8 +396,8 @@ pub fn lineage_edges(s: &Statement, r: &Record) -> Vec<LineageEdge> {
             principal: s.principal.name.clone(),
             on_behalf_of: s.principal.on_behalf_of.clone().unwrap_or_default(),
             principal_kind: s.principal.kind.clone(),
-            target: s.target.clone(),
-            environment: s.environment.clone(),
+            target: s.target.to_string(),
+            environment: s.environment.to_string(),
             time_ms: r.time_ms,
             time: format_time(r.time_ms),
             chain: r.chain.clone(),
@@ -544,11 +544,11 @@ mod tests {
     #[test]
     fn deltas_for_a_masked_read() {
         let s = Statement {
-            principal: Actor {
+            principal: std::sync::Arc::new(Actor {
                 name: "alice".into(),
                 kind: "human".into(),
                 on_behalf_of: None,
-            },
+            }),
             target: "app-prod".into(),
             environment: "production".into(),
             tables_read: vec!["users".into()].into(),
@@ -582,11 +582,11 @@ mod tests {
     #[test]
     fn batch_sums_equal_the_sums_of_each_statement() {
         let read = |who: &str, rows: u64, bytes: u64| Statement {
-            principal: Actor {
+            principal: std::sync::Arc::new(Actor {
                 name: who.into(),
                 kind: "service".into(),
                 on_behalf_of: (who == "agent").then(|| "bob".into()),
-            },
+            }),
             target: "app".into(),
             environment: "production".into(),
             tables_read: vec!["Users".into()].into(),

@@ -69,12 +69,12 @@ fn varied(i: usize) -> EventBody {
         _ => (Decision::Allow, None),
     };
     EventBody::Statement(Statement {
-        session: format!("s{}", i % 4),
-        principal: Actor {
+        session: format!("s{}", i % 4).into(),
+        principal: std::sync::Arc::new(Actor {
             name: who.into(),
             kind: if who == "etl" { "agent" } else { "human" }.into(),
             on_behalf_of: (who == "etl").then(|| "carol".to_string()),
-        },
+        }),
         target: "app-prod".into(),
         environment: if i.is_multiple_of(2) {
             "production"
@@ -349,7 +349,7 @@ fn a_replayed_batch_counts_usage_once() {
 fn same(who: &str, env: &str) -> EventBody {
     EventBody::Statement(Statement {
         session: "s1".into(),
-        principal: actor(who, "human"),
+        principal: actor(who, "human").into(),
         target: "app".into(),
         environment: env.into(),
         fingerprint: "fp".into(),

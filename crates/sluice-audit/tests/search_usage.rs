@@ -17,11 +17,11 @@ fn lineage_stmt(
 ) -> EventBody {
     EventBody::Statement(Statement {
         session: "s7".into(),
-        principal: Actor {
+        principal: std::sync::Arc::new(Actor {
             name: who.into(),
             kind: kind.into(),
             on_behalf_of: behalf.map(Into::into),
-        },
+        }),
         target: "ml-production".into(),
         environment: "production".into(),
         fingerprint: "fplin".into(),

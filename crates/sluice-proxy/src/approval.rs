@@ -150,7 +150,7 @@ pub async fn run(
         session: st
             .audit
             .as_ref()
-            .map(|a| a.session.clone())
+            .map(|a| a.session.to_string())
             .unwrap_or_default(),
         normalized: info.normalized.to_string(),
         // Approvers see the statement, not a password in it; the binding

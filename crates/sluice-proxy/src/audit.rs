@@ -191,10 +191,10 @@ pub struct Outcome {
 pub struct SessionAudit {
     sink: AuditSink,
     /// Session id.
-    pub session: String,
-    actor: Actor,
-    target: String,
-    environment: String,
+    pub session: Arc<str>,
+    actor: Arc<Actor>,
+    target: Arc<str>,
+    environment: Arc<str>,
     /// Totals for the session-end event.
     pub totals: Totals,
     /// Process metrics (statements by kind and decision, latency).
@@ -209,10 +209,10 @@ impl SessionAudit {
         let session = format!("{:016x}", rand::random::<u64>());
         SessionAudit {
             sink,
-            session,
-            actor: actor(principal),
-            target: target.name.clone(),
-            environment: target.environment.clone(),
+            session: session.into(),
+            actor: Arc::new(actor(principal)),
+            target: target.name.as_str().into(),
+            environment: target.environment.as_str().into(),
             totals: Totals::default(),
             metrics: None,
             tracer: None,
@@ -238,13 +238,13 @@ impl SessionAudit {
         };
         span.attributes = vec![
             ("db.system", "postgresql".into()),
-            ("db.name", s.target.clone().into()),
+            ("db.name", s.target.to_string().into()),
             ("db.operation", s.kind.to_string().into()),
             ("db.statement", s.normalized.to_string().into()),
             ("enduser.id", s.principal.name.clone().into()),
             ("sluice.principal.kind", s.principal.kind.clone().into()),
-            ("sluice.session", s.session.clone().into()),
-            ("sluice.environment", s.environment.clone().into()),
+            ("sluice.session", s.session.to_string().into()),
+            ("sluice.environment", s.environment.to_string().into()),
             ("sluice.decision", decision.into()),
             ("sluice.fingerprint", s.fingerprint.to_string().into()),
             ("sluice.rows_returned", s.rows_returned.into()),
@@ -401,12 +401,12 @@ impl SessionAudit {
     /// An administrative step (approval requests and decisions, break-glass).
     pub fn admin(&self, action: &str, object: &str, outcome: &str, detail: Option<String>) {
         self.record(EventBody::Admin(sluice_audit::AdminAction {
-            actor: self.actor.clone(),
+            actor: (*self.actor).clone(),
             action: action.to_owned(),
             object: object.to_owned(),
             outcome: outcome.to_owned(),
             detail,
-            environment: Some(self.environment.clone()),
+            environment: Some(self.environment.to_string()),
         }));
     }
 
@@ -491,8 +491,8 @@ impl SessionAudit {
         tls: Option<(String, String)>,
     ) {
         self.record(EventBody::SessionStart(sluice_audit::SessionStart {
-            session: self.session.clone(),
-            principal: self.actor.clone(),
+            session: self.session.to_string(),
+            principal: (*self.actor).clone(),
             groups: principal.groups.clone(),
             method: principal.method.to_owned(),
             source: peer.to_string(),
@@ -501,8 +501,8 @@ impl SessionAudit {
                 Some((version, cipher)) => sluice_audit::TlsInfo { version, cipher },
                 None => sluice_audit::TlsInfo::none(),
             },
-            target: self.target.clone(),
-            environment: self.environment.clone(),
+            target: self.target.to_string(),
+            environment: self.environment.to_string(),
         }));
     }
 
@@ -510,10 +510,10 @@ impl SessionAudit {
     pub fn ended(&self, reason: String, duration_ms: u64) {
         let totals = &self.totals;
         self.record(EventBody::SessionEnd(sluice_audit::SessionEnd {
-            session: self.session.clone(),
-            principal: self.actor.clone(),
-            target: self.target.clone(),
-            environment: self.environment.clone(),
+            session: self.session.to_string(),
+            principal: (*self.actor).clone(),
+            target: self.target.to_string(),
+            environment: self.environment.to_string(),
             reason,
             duration_ms,
             statements: totals.statements.load(std::sync::atomic::Ordering::Relaxed),

@@ -269,7 +269,7 @@ async fn session(h: frontend::Handshaken, peer: SocketAddr, rt: &Runtime, state:
     });
     audit.started(&principal, peer, &application_name, tls_info);
     let registered = state.register_session(crate::server::SessionInfo {
-        id: audit.session.clone(),
+        id: audit.session.to_string(),
         principal: principal.name.clone(),
         kind: principal.kind.as_str().to_owned(),
         on_behalf_of: principal.on_behalf_of.clone(),

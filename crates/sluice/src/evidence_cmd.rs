@@ -447,8 +447,8 @@ impl Acc {
 
     fn statement(&mut self, s: sluice_audit::Statement, t: i64) {
         let te = TargetEnv {
-            target: s.target.clone(),
-            environment: s.environment.clone(),
+            target: s.target.to_string(),
+            environment: s.environment.to_string(),
         };
         {
             let p = self.principal(&s.principal.name, t);
@@ -524,11 +524,11 @@ impl Acc {
                 if PRIVILEGED_KINDS.contains(&&*s.kind) {
                     self.privileged.statements.push(PrivilegedStatement {
                         time: format_time(t),
-                        principal: s.principal.name,
-                        principal_kind: s.principal.kind,
-                        on_behalf_of: s.principal.on_behalf_of,
-                        target: s.target,
-                        environment: s.environment,
+                        principal: s.principal.name.clone(),
+                        principal_kind: s.principal.kind.clone(),
+                        on_behalf_of: s.principal.on_behalf_of.clone(),
+                        target: s.target.to_string(),
+                        environment: s.environment.to_string(),
                         kind: s.kind.to_string(),
                         normalized: s.normalized.to_string(),
                         rule: s.rule,

@@ -43,7 +43,7 @@ fn fill(dir: &Path) {
     for i in 0..20 {
         sink.record(EventBody::Statement(Statement {
             session: "s1".into(),
-            principal: who("alice", "human", None),
+            principal: who("alice", "human", None).into(),
             target: "app-prod".into(),
             environment: "production".into(),
             fingerprint: "fp1".into(),
@@ -62,7 +62,7 @@ fn fill(dir: &Path) {
         .unwrap();
     }
     sink.record(EventBody::Statement(Statement {
-        principal: who("bot", "agent", Some("alice")),
+        principal: who("bot", "agent", Some("alice")).into(),
         target: "app-prod".into(),
         environment: "production".into(),
         normalized: "DROP TABLE users".into(),
@@ -74,7 +74,7 @@ fn fill(dir: &Path) {
     }))
     .unwrap();
     sink.record(EventBody::Statement(Statement {
-        principal: who("bot", "agent", Some("alice")),
+        principal: who("bot", "agent", Some("alice")).into(),
         target: "ml-prod".into(),
         environment: "production".into(),
         fingerprint: "fp-ins".into(),

@@ -210,11 +210,11 @@ mod tests {
     fn statement(session: &str, rows: u64, text: Option<&str>) -> String {
         let s = Statement {
             session: session.into(),
-            principal: Actor {
+            principal: std::sync::Arc::new(Actor {
                 name: "ann \"the\" {admin}, [ops]".into(),
                 kind: "human".into(),
                 ..Actor::default()
-            },
+            }),
             target: "app".into(),
             environment: "production".into(),
             fingerprint: "ab12".into(),

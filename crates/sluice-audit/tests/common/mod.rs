@@ -27,9 +27,9 @@ pub fn actor(name: &str, kind: &str) -> Actor {
 /// A statement event reading `users.email` (masked) and `users.id`.
 pub fn statement(i: usize, who: &str, env: &str) -> EventBody {
     EventBody::Statement(Statement {
-        session: format!("s{}", i % 3),
-        principal: actor(who, "human"),
-        target: format!("app-{env}"),
+        session: format!("s{}", i % 3).into(),
+        principal: actor(who, "human").into(),
+        target: format!("app-{env}").into(),
         environment: env.into(),
         fingerprint: format!("fp{}", i % 5).into(),
         normalized: format!("SELECT id, email FROM users WHERE id = $1 /* {i} */").into(),
@@ -52,7 +52,7 @@ pub fn statement(i: usize, who: &str, env: &str) -> EventBody {
 pub fn denied(who: &str) -> EventBody {
     EventBody::Statement(Statement {
         session: "s9".into(),
-        principal: actor(who, "agent"),
+        principal: actor(who, "agent").into(),
         target: "app-production".into(),
         environment: "production".into(),
         fingerprint: "fpdrop".into(),
