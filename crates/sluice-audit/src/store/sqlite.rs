@@ -1343,103 +1343,91 @@ impl Store for SqliteStore {
                         .filter(|h| h.chain == r.chain)?;
                     Some((hint.shape, hint.template, s))
                 });
-                if let Some((shape, template, s)) = known {
-                    self.known_shape_records += 1;
-                    crate::body::cut_values(s, &mut self.values_buf);
-                    let last = used_templates.entry(template).or_insert((r.time_ms, seq));
-                    *last = (last.0.max(r.time_ms), last.1.max(seq));
-                    if open.chain != r.chain || open.len >= block::BLOCK_MAX {
-                        open.flush(&tx)?;
-                        open.chain.clear();
-                        open.chain.push_str(&r.chain);
+                let (shape, template) = match known {
+                    Some((shape, template, s)) => {
+                        self.known_shape_records += 1;
+                        crate::body::cut_values(s, &mut self.values_buf);
+                        (Some(shape), Some(template))
                     }
-                    open.push(&RecordRef {
-                        seq: r.seq,
-                        ulid: &r.ulid,
-                        time_ms: r.time_ms,
-                        code: &r.code,
-                        environment: &r.environment,
-                        principal: idx.principal,
-                        target: idx.target,
-                        session: idx.session,
-                        decision: idx.decision,
-                        fingerprint: idx.fingerprint,
-                        digest: &r.digest,
-                        mac: &r.mac,
-                        shape: Some(shape),
-                        tpl: Some(template),
-                        body: Some(self.values_buf.as_str()),
-                    });
-                    if let Some(ev) = ev {
-                        new_records.push((r, ev));
-                    }
-                    continue;
-                }
-                let shaped = ev.is_some_and(|ev| shape_key_into(ev, &mut self.key_buf));
-                let shape = match ev {
-                    Some(ev) if shaped => Some(match self.shapes.get(self.key_buf.as_str()) {
-                        Some(&shape) => shape,
-                        None => shape_id(&tx, ev, self.key_buf.clone(), &mut new_shapes)?,
-                    }),
-                    // An event of its own kind (session, admin, a statement
-                    // with its literals): a shape of its own, not cached.
-                    Some(ev) if r.body.is_some() => Some(shape_id(
-                        &tx,
-                        ev,
-                        format!("\u{1}{}\n{}", r.chain, r.seq),
-                        &mut HashMap::default(),
-                    )?),
-                    _ => None,
-                };
-                let template = match (ev, r.body.as_deref()) {
-                    (Some(EventBody::Statement(_)), Some(body)) => {
-                        self.template_buf.clear();
-                        self.template_buf.push_str(&r.chain);
-                        self.template_buf.push('\n');
-                        if template::split(body, &mut self.template_buf, &mut self.values_buf) {
-                            let id = match self.templates.get(self.template_buf.as_str()) {
-                                Some(&id) => id,
-                                None => template_id(
-                                    &tx,
-                                    &self.template_buf,
-                                    &r.chain,
-                                    &r.environment,
-                                    r.time_ms,
-                                    seq,
-                                    &mut new_templates,
-                                )?,
-                            };
-                            let last = used_templates.entry(id).or_insert((r.time_ms, seq));
-                            *last = (last.0.max(r.time_ms), last.1.max(seq));
-                            Some(id)
-                        } else {
-                            None
+                    None => {
+                        let shaped = ev.is_some_and(|ev| shape_key_into(ev, &mut self.key_buf));
+                        let shape = match ev {
+                            Some(ev) if shaped => {
+                                Some(match self.shapes.get(self.key_buf.as_str()) {
+                                    Some(&shape) => shape,
+                                    None => {
+                                        shape_id(&tx, ev, self.key_buf.clone(), &mut new_shapes)?
+                                    }
+                                })
+                            }
+                            // An event of its own kind (session, admin, a statement
+                            // with its literals): a shape of its own, not cached.
+                            Some(ev) if r.body.is_some() => Some(shape_id(
+                                &tx,
+                                ev,
+                                format!("\u{1}{}\n{}", r.chain, r.seq),
+                                &mut HashMap::default(),
+                            )?),
+                            _ => None,
+                        };
+                        let template = match (ev, r.body.as_deref()) {
+                            (Some(EventBody::Statement(_)), Some(body)) => {
+                                self.template_buf.clear();
+                                self.template_buf.push_str(&r.chain);
+                                self.template_buf.push('\n');
+                                if template::split(
+                                    body,
+                                    &mut self.template_buf,
+                                    &mut self.values_buf,
+                                ) {
+                                    let id = match self.templates.get(self.template_buf.as_str()) {
+                                        Some(&id) => id,
+                                        None => template_id(
+                                            &tx,
+                                            &self.template_buf,
+                                            &r.chain,
+                                            &r.environment,
+                                            r.time_ms,
+                                            seq,
+                                            &mut new_templates,
+                                        )?,
+                                    };
+                                    Some(id)
+                                } else {
+                                    None
+                                }
+                            }
+                            _ => None,
+                        };
+                        // The next records of this body shape take the fast
+                        // arm above, if cutting by hand gives what was cut.
+                        if let (Some((number, code, s)), Some(shape), Some(template)) =
+                            (hint_key, shape, template)
+                        {
+                            // The shape key is used by now: its buffer is free.
+                            crate::body::cut_values(s, &mut self.key_buf);
+                            if self.key_buf == self.values_buf {
+                                new_hints.insert(
+                                    (number, code),
+                                    Hint {
+                                        chain: r.chain.clone(),
+                                        shape,
+                                        template,
+                                    },
+                                );
+                            }
                         }
+                        (shape, template)
                     }
-                    _ => None,
                 };
+                if let Some(id) = template {
+                    let last = used_templates.entry(id).or_insert((r.time_ms, seq));
+                    *last = (last.0.max(r.time_ms), last.1.max(seq));
+                }
                 let body = match template {
                     Some(_) => Some(self.values_buf.as_str()),
                     None => r.body.as_deref(),
                 };
-                // The next records of this body shape take the fast way
-                // above, if cutting by hand gives what was just cut.
-                if let (Some((number, code, s)), Some(shape), Some(template)) =
-                    (hint_key, shape, template)
-                {
-                    // The shape key is used by now: its buffer is free.
-                    crate::body::cut_values(s, &mut self.key_buf);
-                    if self.key_buf == self.values_buf {
-                        new_hints.insert(
-                            (number, code),
-                            Hint {
-                                chain: r.chain.clone(),
-                                shape,
-                                template,
-                            },
-                        );
-                    }
-                }
                 if open.chain != r.chain || open.len >= block::BLOCK_MAX {
                     open.flush(&tx)?;
                     open.chain.clear();
