@@ -302,7 +302,9 @@ impl Spool {
         })
     }
 
-    fn active_file(&mut self) -> Result<&mut File, AuditError> {
+    /// The active segment's file, and where its next entry goes (after its
+    /// last entry: over its zeros, or appended).
+    fn active_file(&mut self) -> Result<(&File, u64), AuditError> {
         let need_new = match self.segments.last() {
             None => true,
             Some(s) => s.bytes >= SEGMENT_MAX,
@@ -336,9 +338,12 @@ impl Spool {
             }
             self.active = Some(f);
         }
-        self.active
-            .as_mut()
-            .ok_or_else(|| AuditError::Corrupt("spool has no active segment".into()))
+        let at = self.segments.last().map_or(0, |s| s.bytes);
+        let f = self
+            .active
+            .as_ref()
+            .ok_or_else(|| AuditError::Corrupt("spool has no active segment".into()))?;
+        Ok((f, at))
     }
 
     /// Append encoded entries (one write). Not synced: call [`sync`](Self::sync).
@@ -348,14 +353,8 @@ impl Spool {
         if self.torn {
             self.cut_torn_tail()?;
         }
-        self.active_file()?;
-        // After the segment's last entry: over its zeros, or appended.
-        let at = self.segments.last().map_or(0, |s| s.bytes);
-        let written = match &self.active {
-            Some(f) => f.write_all_at(encoded, at),
-            None => return Err(AuditError::Corrupt("spool has no active segment".into())),
-        };
-        if let Err(e) = written {
+        let (f, at) = self.active_file()?;
+        if let Err(e) = f.write_all_at(encoded, at) {
             self.torn = true;
             // If this fails too, the next append tries again before writing.
             let _ = self.cut_torn_tail();
