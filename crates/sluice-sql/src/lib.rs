@@ -316,4 +316,34 @@ mod search_path_tests {
         .unwrap();
         assert!(a.risks().contains(&Risk::DynamicCode));
     }
+
+    #[test]
+    fn a_write_is_filtered_only_by_a_where_that_names_a_column() {
+        let unfiltered = |sql: &str| {
+            analyze(sql, Dialect::default())
+                .unwrap()
+                .risks()
+                .contains(&Risk::UnfilteredWrite)
+        };
+        for sql in [
+            "delete from t where id = 5",
+            "delete from t where 5 = id",
+            "update t set a = 1 where t.id = $1",
+            "delete from t where id + 0 = 5",
+            "delete from t where 5 > abs(id)",
+            "delete from t where id in (1, 2)",
+            "delete from t where 1 = 0",
+        ] {
+            assert!(!unfiltered(sql), "{sql}");
+        }
+        for sql in [
+            "delete from t",
+            "delete from t where id = id",
+            "delete from t where 1 = 1",
+            "update t set a = 1 where $1 = $1",
+            "delete from t where 'x' = 'x' or false",
+        ] {
+            assert!(unfiltered(sql), "{sql}");
+        }
+    }
 }

@@ -568,7 +568,24 @@ fn unfiltered(w: &protobuf::Node, sensitive: &mut bool) -> bool {
     if always_true(w, sensitive) {
         return true;
     }
-    crate::sweep::sweep(w).column_refs == 0 && !always_false(w, sensitive)
+    !names_column(w) && !always_false(w, sensitive)
+}
+
+/// Whether `w` refers to a column anywhere. `col = …` and `… = col` answer
+/// at once, without a pass over the tree: most filters look like that.
+fn names_column(w: &protobuf::Node) -> bool {
+    let is_column = |e: &Option<Box<protobuf::Node>>| {
+        matches!(
+            e.as_deref().and_then(|n| n.node.as_ref()),
+            Some(NodeEnum::ColumnRef(_))
+        )
+    };
+    if let Some(NodeEnum::AExpr(e)) = &w.node {
+        if is_column(&e.lexpr) || is_column(&e.rexpr) {
+            return true;
+        }
+    }
+    crate::sweep::sweep(w).column_refs > 0
 }
 
 /// What only a complete pass over the tree finds (see `sweep.rs`): calls,
