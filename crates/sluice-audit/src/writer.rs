@@ -521,6 +521,8 @@ impl AuditWriter {
             counters: counters.clone(),
             last_store_error_log: None,
             spool_buf: Vec::new(),
+            entries_buf: Vec::new(),
+            sizes_buf: Vec::new(),
             unspooled: Vec::new(),
             unspooled_last: 0,
             spooled_seq: 0,
@@ -739,6 +741,10 @@ struct Writer {
     last_store_error_log: Option<Instant>,
     /// Encoding buffer of [`spool_pending`](Self::spool_pending).
     spool_buf: Vec<u8>,
+    /// A batch's records on their way to the spool, and their encoded
+    /// sizes: buffers kept between batches (see `Writer::run`).
+    entries_buf: Vec<(Entry, Option<Box<PendingEvent>>)>,
+    sizes_buf: Vec<usize>,
     /// Entries the spool could not take (a full disk), in chain order,
     /// encoded: written before anything else once it can take them. Their
     /// events are kept, not dropped: the statements they record have run.
@@ -863,6 +869,11 @@ impl Writer {
         // recording an event wakes no thread and the next batch is larger.
         let mut linger = false;
         let mut contention = Contention::default();
+        // Kept between batches: a deep queue gives batches of thousands,
+        // whose buffers would otherwise be allocated (past glibc's mmap
+        // threshold: mapped and faulted in) and regrown every time.
+        let mut msgs = Vec::new();
+        let mut events = Vec::new();
         loop {
             if linger {
                 std::thread::park_timeout(GROUP_WINDOW);
@@ -890,7 +901,6 @@ impl Writer {
                 }
                 _ => timeout,
             };
-            let mut msgs = Vec::new();
             let mut disconnected = false;
             match rx.recv_timeout(timeout) {
                 Ok(m) => msgs.push(m),
@@ -903,11 +913,10 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let mut events = Vec::new();
             let mut flushes = Vec::new();
             let mut retentions = Vec::new();
             let mut shutdown = disconnected;
-            for m in msgs {
+            for m in msgs.drain(..) {
                 match m {
                     Msg::Event(e) => events.push(e),
                     Msg::Flush { stored, reply } => flushes.push((stored, reply)),
@@ -920,7 +929,7 @@ impl Writer {
                 .fetch_sub(events.len() as u64, Ordering::Relaxed);
             linger = !events.is_empty() && events.len() < GROUP_TARGET && contention.contended();
             self.note_dropped(&mut events);
-            self.write_events(events);
+            self.write_events(&mut events);
             if !flushes.is_empty() {
                 self.sync();
             }
@@ -1028,18 +1037,21 @@ impl Writer {
     }
 
     #[allow(clippy::vec_box)] // as in note_dropped
-    fn write_events(&mut self, events: Vec<Box<PendingEvent>>) {
+    // Boxed as they come from the queue; the boxes move on to `pending`.
+    #[allow(clippy::vec_box)]
+    fn write_events(&mut self, events: &mut Vec<Box<PendingEvent>>) {
         if events.is_empty() {
             return;
         }
         let n = events.len() as u64;
         let saved = self.state.clone();
-        let mut entries = Vec::with_capacity(events.len() + 1);
+        let mut entries = std::mem::take(&mut self.entries_buf);
+        entries.reserve(events.len() + 1);
         let mut ckpt_seq = self.last_ckpt_seq;
         // The parsed events ride along to the store only while it is up;
         // during an outage they would just hold memory.
         let keep_events = self.store.is_some() && !self.from_disk;
-        for mut ev in events {
+        for mut ev in events.drain(..) {
             let mut r = match make_record(&self.state.chain, &mut ev, &mut self.bodies) {
                 Ok(r) => r,
                 Err(e) => {
@@ -1054,7 +1066,9 @@ impl Writer {
                 ckpt_seq = self.state.seq;
             }
         }
-        if self.spool_pending(entries, n) {
+        let spooled = self.spool_pending(&mut entries, n);
+        self.entries_buf = entries;
+        if spooled {
             if ckpt_seq != self.last_ckpt_seq {
                 self.last_ckpt_seq = ckpt_seq;
                 self.last_ckpt_at = Instant::now();
@@ -1068,26 +1082,32 @@ impl Writer {
     /// are lost (counted): only when so much waits for a full disk that
     /// memory cannot hold more.
     fn spool_entries(&mut self, entries: Vec<Entry>, events: u64) -> bool {
-        self.spool_pending(entries.into_iter().map(|e| (e, None)).collect(), events)
+        self.spool_pending(
+            &mut entries.into_iter().map(|e| (e, None)).collect(),
+            events,
+        )
     }
 
     /// [`spool_entries`](Self::spool_entries) with the events records were
-    /// made from.
+    /// made from. Takes the entries out of `entries` (always: a batch it
+    /// could not take is counted lost).
     fn spool_pending(
         &mut self,
-        entries: Vec<(Entry, Option<Box<PendingEvent>>)>,
+        entries: &mut Vec<(Entry, Option<Box<PendingEvent>>)>,
         events: u64,
     ) -> bool {
         // One buffer for the whole batch (one write), kept between batches
         // so it does not regrow each time.
         let mut all = std::mem::take(&mut self.spool_buf);
         all.clear();
-        let mut sizes = Vec::with_capacity(entries.len());
-        for (e, _) in &entries {
+        let mut sizes = std::mem::take(&mut self.sizes_buf);
+        sizes.clear();
+        for (e, _) in entries.iter() {
             let before = all.len();
             if let Err(err) = spool::encode_into(e, &mut all) {
                 tracing::error!(error = %err, "audit: cannot encode a spool entry");
                 self.keep_spool_buf(all);
+                entries.clear();
                 return false;
             }
             sizes.push(all.len() - before);
@@ -1097,6 +1117,7 @@ impl Writer {
             // Behind entries still waiting for room: in order, after them.
             if self.unspooled.len() + all.len() > MEM_CAP as usize {
                 self.keep_spool_buf(all);
+                entries.clear();
                 self.counters.dropped.fetch_add(events, Ordering::Relaxed);
                 tracing::error!(
                     events,
@@ -1137,7 +1158,7 @@ impl Writer {
             }
         }
         self.keep_spool_buf(all);
-        for ((e, event), size) in entries.into_iter().zip(sizes) {
+        for ((e, event), &size) in entries.drain(..).zip(&sizes) {
             if matches!(e, Entry::Checkpoint(_)) {
                 self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
             }
@@ -1154,6 +1175,7 @@ impl Writer {
                 });
             }
         }
+        self.sizes_buf = sizes;
         if !self.from_disk && self.unstored_bytes > MEM_CAP {
             self.from_disk = true;
             self.pending.clear();
@@ -1452,7 +1474,7 @@ impl Writer {
                     environment: None,
                 }),
             });
-            self.write_events(vec![ev]);
+            self.write_events(&mut vec![ev]);
             self.try_store(true);
         }
         Ok(report)
