@@ -1120,10 +1120,16 @@ impl SqliteStore {
         let mut conn = Connection::open(path).map_err(db)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(db)?;
+        // Large pages for a new file (an existing one keeps its size): a
+        // block of records is tens of KiB, and each page is a WAL frame
+        // and a checkpoint write of its own.
+        conn.pragma_update(None, "page_size", 65536).map_err(db)?;
         // WAL: readers (the CLI, the admin API) never block the writer.
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "wal_autocheckpoint", 128)
             .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
         if has_table(&conn, "audit_events")? {
