@@ -10,12 +10,6 @@
 //! response before it arrives in order.
 
 use std::collections::HashMap;
-
-/// A map keyed by statement text. foldhash, seeded per map, instead of
-/// SipHash: hashing the text was a tenth of a cache miss's bookkeeping, and
-/// a client that forced collisions would only slow its own session's
-/// (bounded) cache.
-type TextMap<K, V> = HashMap<K, V, foldhash::quality::RandomState>;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -29,6 +23,11 @@ use sluice_wire::tags::frontend;
 
 use crate::audit::StatementInfo;
 use crate::Metrics;
+
+/// A session's map keyed by statement text. foldhash, seeded per map,
+/// instead of SipHash, which took about 3 % of a policy miss; a client that
+/// forced collisions would only slow its own session's bounded cache.
+type TextMap<K, V> = HashMap<K, V, foldhash::quality::RandomState>;
 
 /// SQLSTATE for a statement that needs approval (Sluice's own class).
 pub const APPROVAL_REQUIRED: &str = "SL001";
@@ -65,8 +64,9 @@ pub struct SharedAnalyses {
 
 #[derive(Default)]
 struct SharedInner {
-    by_text: TextMap<Bytes, Arc<Described>>,
-    by_template: TextMap<String, Arc<Described>>,
+    // SipHash here: one process-wide map that every client's texts reach.
+    by_text: HashMap<Bytes, Arc<Described>>,
+    by_template: HashMap<String, Arc<Described>>,
     bytes: usize,
 }
 
