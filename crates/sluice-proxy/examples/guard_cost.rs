@@ -25,7 +25,8 @@
 //! On pgbench's statements and on long analytical queries, in microseconds
 //! of the thread's CPU time per statement (so that other processes on a
 //! busy machine do not count; the wall clock is in the JSON), median of
-//! several repetitions. Each kind of measurement is
+//! several repetitions, taken in rounds over all the statements. Each kind
+//! of measurement is
 //! checked with the guard's own counter (`statements_checked_total`): a
 //! "hit" that analysed anything, or a "miss" that did not, is reported as
 //! such instead of as a figure.
@@ -185,6 +186,29 @@ struct Stat {
     max: f64,
     samples: Vec<f64>,
     wall_median: f64,
+    /// The repetitions themselves, to merge with other runs of the same.
+    raw: Vec<Sample>,
+}
+
+impl Stat {
+    /// One statistic over the repetitions of several runs.
+    fn merge(parts: Vec<Stat>) -> Stat {
+        stat(parts.into_iter().flat_map(|p| p.raw).collect())
+    }
+}
+
+impl Outcome {
+    /// See [`Stat::merge`]; a run that is not a measurement stands for all.
+    fn merge(parts: Vec<Outcome>) -> Outcome {
+        let mut stats = Vec::with_capacity(parts.len());
+        for part in parts {
+            match part {
+                Outcome::Measured(s) => stats.push(s),
+                other => return other,
+            }
+        }
+        Outcome::Measured(Stat::merge(stats))
+    }
 }
 
 fn median(sorted: &[f64]) -> f64 {
@@ -207,6 +231,7 @@ fn stat(samples: Vec<Sample>) -> Stat {
         max: cpu[cpu.len() - 1],
         wall_median: median(&wall),
         samples: samples.iter().map(|s| s.cpu).collect(),
+        raw: samples,
     }
 }
 
@@ -331,6 +356,49 @@ struct Row {
 }
 
 impl Row {
+    /// One row from the runs of a statement.
+    fn merge(runs: Vec<Row>) -> Row {
+        let first = &runs[0];
+        let (stmt, bytes, verdict) = (first.stmt, first.bytes, first.verdict.clone());
+        let mut hit = Vec::new();
+        let mut template = Vec::new();
+        let mut miss = Vec::new();
+        let mut miss_fresh = Vec::new();
+        let mut shared = Vec::new();
+        let mut template_fn = Vec::new();
+        let mut parse = Vec::new();
+        let mut analyze = Vec::new();
+        let mut decide = Vec::new();
+        let mut cedar = Vec::new();
+        for r in runs {
+            hit.push(r.hit);
+            template.push(r.template);
+            miss.push(r.miss);
+            miss_fresh.push(r.miss_fresh);
+            shared.push(r.shared);
+            template_fn.push(r.template_fn);
+            parse.push(r.parse);
+            analyze.push(r.analyze);
+            decide.push(r.decide);
+            cedar.push(r.cedar);
+        }
+        Row {
+            stmt,
+            bytes,
+            verdict,
+            hit: Outcome::merge(hit),
+            template: Outcome::merge(template),
+            miss: Outcome::merge(miss),
+            miss_fresh: Outcome::merge(miss_fresh),
+            shared: Outcome::merge(shared),
+            template_fn: Outcome::merge(template_fn),
+            parse: Stat::merge(parse),
+            analyze: Stat::merge(analyze),
+            decide: Stat::merge(decide),
+            cedar: Stat::merge(cedar),
+        }
+    }
+
     /// What a miss costs beyond template + analysis + decision: caches,
     /// verdict, and anything else the guard does on a miss.
     fn rest(&self) -> Option<f64> {
@@ -696,10 +764,25 @@ fn main() {
             .collect(),
     );
 
-    let rows: Vec<Row> = STATEMENTS.iter().map(|st| measure(&env, st, &s)).collect();
+    // Repetitions go round the statements (each statement once per round)
+    // rather than one statement's all at once: on a machine whose speed
+    // drifts with its neighbours' load, a slow minute then spreads over
+    // every statement instead of landing on the few measured in it.
+    let once = Settings {
+        reps: 1,
+        scale: s.scale,
+        json: None,
+    };
+    let mut runs: Vec<Vec<Row>> = STATEMENTS.iter().map(|_| Vec::new()).collect();
+    for _ in 0..s.reps {
+        for (st, runs) in STATEMENTS.iter().zip(&mut runs) {
+            runs.push(measure(&env, st, &once));
+        }
+    }
+    let rows: Vec<Row> = runs.into_iter().map(Row::merge).collect();
 
     println!(
-        "guard cost, µs of CPU time per statement, median of {} repetition(s); target environment \"production\"",
+        "guard cost, µs of CPU time per statement, median of {} repetition(s) in rounds over the statements; target environment \"production\"",
         s.reps
     );
     println!(
