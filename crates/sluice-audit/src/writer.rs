@@ -1037,8 +1037,6 @@ impl Writer {
     }
 
     #[allow(clippy::vec_box)] // as in note_dropped
-    // Boxed as they come from the queue; the boxes move on to `pending`.
-    #[allow(clippy::vec_box)]
     fn write_events(&mut self, events: &mut Vec<Box<PendingEvent>>) {
         if events.is_empty() {
             return;
