@@ -168,6 +168,15 @@ fn stored_usage(s: &mut SqliteStore, want: &BTreeMap<Key, Sums>) -> BTreeMap<Key
     got
 }
 
+/// The first 1,000 records of `chain`.
+fn chain_records(s: &mut SqliteStore, chain: &str) -> Vec<Record> {
+    s.read_chain(chain, 0, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.record)
+        .collect()
+}
+
 fn count(s: &mut SqliteStore, q: Query) -> u64 {
     s.count(&q).unwrap()
 }
@@ -800,12 +809,7 @@ fn records_of_a_known_body_shape_read_back_exactly() {
     w.shutdown().unwrap();
     let mut first = SqliteStore::open_existing(&dir.path().join("audit/audit.db")).unwrap();
     let chain = first.chains().unwrap()[0].chain.clone();
-    let records: Vec<Record> = first
-        .read_chain(&chain, 0, 1000)
-        .unwrap()
-        .into_iter()
-        .map(|r| r.record)
-        .collect();
+    let records = chain_records(&mut first, &chain);
     assert_eq!(records.len(), 300);
 
     // The same records into another file, numbered as the writer numbers
@@ -844,11 +848,5 @@ fn records_of_a_known_body_shape_read_back_exactly() {
     second.append_batch(&batch[..150]).unwrap();
     second.append_batch(&batch[150..]).unwrap();
     assert!(second.records_from_known_shapes() > 250);
-    let back: Vec<Record> = second
-        .read_chain(&chain, 0, 1000)
-        .unwrap()
-        .into_iter()
-        .map(|r| r.record)
-        .collect();
-    assert_eq!(back, records);
+    assert_eq!(chain_records(&mut second, &chain), records);
 }
