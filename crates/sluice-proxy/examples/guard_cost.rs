@@ -12,7 +12,8 @@
 //! - **shared**: the first statement of a new session that another session
 //!   of the process has sent: the analysis comes from the process-wide
 //!   cache (`SharedAnalyses`), the decision is the session's own;
-//! - the parts of a miss alone: `sluice_sql::template`, `pg_query::parse`,
+//! - the parts of a miss alone: `sluice_sql::template`, `sluice_sql::parse`
+//!   (PostgreSQL's parser and the tree decoded into Rust),
 //!   `sluice_sql::analyze` (parse + facts), `PolicyEngine::decide_in`, and
 //!   `rest`: miss − template − analyze − decide, what else a miss pays;
 //! - **cedar**: `PolicyEngine::decide_uncached`, Cedar itself. `decide_in`
@@ -577,9 +578,9 @@ fn measure(env: &Env<'_>, stmt: &'static Stmt, s: &Settings) -> Row {
     };
     let parse = reps(&mut || {
         per_op(n, |_| {
-            let _ = black_box(pg_query::parse(
+            let _ = black_box(sluice_sql::parse(
                 black_box(&text),
-                pg_query::ParserOptions::DEFAULT,
+                sluice_sql::Dialect::default(),
             ));
         })
     });

@@ -37,13 +37,18 @@ pub struct Dialect {
     pub backslash_escapes: bool,
 }
 
-/// Analyse a query string (one or more statements).
-pub fn analyze(sql: &str, dialect: Dialect) -> Result<Analysis, ParseError> {
+/// PostgreSQL's parse tree of a query string, as [`analyze`] reads it.
+pub fn parse(sql: &str, dialect: Dialect) -> Result<pg_query::protobuf::ParseResult, ParseError> {
     let mut options = pg_query::ParserOptions::DEFAULT;
     if dialect.backslash_escapes {
         options |= pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS;
     }
-    let tree = parse::parse_tree(sql, options)?;
+    parse::parse_tree(sql, options)
+}
+
+/// Analyse a query string (one or more statements).
+pub fn analyze(sql: &str, dialect: Dialect) -> Result<Analysis, ParseError> {
+    let tree = parse(sql, dialect)?;
     // One scan serves the token risks, the fingerprint and the normalized text.
     let tokens = normalize::scan(sql).unwrap_or_default();
     let statements = walk::statements(&tree, sql, &tokens);

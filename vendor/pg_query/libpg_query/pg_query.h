@@ -170,6 +170,10 @@ PgQueryParseResult pg_query_parse(const char* input);
 PgQueryParseResult pg_query_parse_opts(const char* input, int parser_options);
 PgQueryProtobufParseResult pg_query_parse_protobuf(const char* input);
 PgQueryProtobufParseResult pg_query_parse_protobuf_opts(const char* input, int parser_options);
+// pg_query_parse_protobuf_opts with the tree written straight as protobuf
+// bytes instead of built and encoded with upb: the same ParseResult when
+// decoded, at a fraction of the encoding's cost.
+PgQueryProtobufParseResult pg_query_parse_protobuf_direct_opts(const char* input, int parser_options);
 PgQueryPlpgsqlParseResult pg_query_parse_plpgsql(const char* input);
 
 PgQueryFingerprintResult pg_query_fingerprint(const char* input);

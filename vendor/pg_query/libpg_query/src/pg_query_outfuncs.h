@@ -10,6 +10,12 @@
  */
 PgQueryProtobuf pg_query_nodes_to_protobuf(const void *obj);
 
+/*
+ * The same messages, written straight as bytes (see
+ * pg_query_outfuncs_protobuf_direct.c); same contract.
+ */
+PgQueryProtobuf pg_query_nodes_to_protobuf_direct(const void *obj);
+
 char *pg_query_node_to_json(const void *obj);
 char *pg_query_nodes_to_json(const void *obj);
 

@@ -184,7 +184,19 @@ PgQueryProtobufParseResult pg_query_parse_protobuf(const char* input)
 	return pg_query_parse_protobuf_opts(input, PG_QUERY_PARSE_DEFAULT);
 }
 
+static PgQueryProtobufParseResult parse_protobuf(const char* input, int parser_options, PgQueryProtobuf (*encode)(const void *));
+
 PgQueryProtobufParseResult pg_query_parse_protobuf_opts(const char* input, int parser_options)
+{
+	return parse_protobuf(input, parser_options, pg_query_nodes_to_protobuf);
+}
+
+PgQueryProtobufParseResult pg_query_parse_protobuf_direct_opts(const char* input, int parser_options)
+{
+	return parse_protobuf(input, parser_options, pg_query_nodes_to_protobuf_direct);
+}
+
+static PgQueryProtobufParseResult parse_protobuf(const char* input, int parser_options, PgQueryProtobuf (*encode)(const void *))
 {
 	MemoryContext ctx = NULL;
 	PgQueryInternalParsetreeAndError parsetree_and_error;
@@ -212,7 +224,7 @@ PgQueryProtobufParseResult pg_query_parse_protobuf_opts(const char* input, int p
 	 */
 	PG_TRY();
 	{
-		result.parse_tree = pg_query_nodes_to_protobuf(parsetree_and_error.tree);
+		result.parse_tree = encode(parsetree_and_error.tree);
 	}
 	PG_CATCH();
 	{
