@@ -37,21 +37,28 @@ pub struct Dialect {
     pub backslash_escapes: bool,
 }
 
-/// PostgreSQL's parse tree of a query string, as [`analyze`] reads it.
-pub fn parse(sql: &str, dialect: Dialect) -> Result<pg_query::protobuf::ParseResult, ParseError> {
+/// `f` of PostgreSQL's parse tree of a query string, as [`analyze`] reads
+/// it (the tree lives only during `f`: see `parse.rs`).
+pub fn with_parse_tree<R>(
+    sql: &str,
+    dialect: Dialect,
+    f: impl FnOnce(&pg_query::protobuf::ParseResult) -> R,
+) -> Result<R, ParseError> {
     let mut options = pg_query::ParserOptions::DEFAULT;
     if dialect.backslash_escapes {
         options |= pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS;
     }
-    parse::parse_tree(sql, options)
+    parse::with_parse_tree(sql, options, f)
 }
 
 /// Analyse a query string (one or more statements).
 pub fn analyze(sql: &str, dialect: Dialect) -> Result<Analysis, ParseError> {
-    let tree = parse(sql, dialect)?;
-    // One scan serves the token risks, the fingerprint and the normalized text.
-    let tokens = normalize::scan(sql).unwrap_or_default();
-    let statements = walk::statements(&tree, sql, &tokens);
+    let (statements, tokens) = with_parse_tree(sql, dialect, |tree| {
+        // One scan serves the token risks, the fingerprint and the
+        // normalized text.
+        let tokens = normalize::scan(sql).unwrap_or_default();
+        (walk::statements(tree, sql, &tokens), tokens)
+    })?;
     let (fingerprint, normalized) =
         normalize::fingerprint_and_normalize_tokens(sql, &tokens).unwrap_or_default();
     Ok(Analysis {

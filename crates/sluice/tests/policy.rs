@@ -754,6 +754,33 @@ async fn a_statement_too_long_to_parse_is_refused_cheaply() {
     assert_eq!(count(&pg), "2");
 }
 
+/// A deeply nested statement (a generated report summing hundreds of
+/// columns) is checked and runs in production, on a proxy worker's stack;
+/// one nested past Sluice's limit is refused as unparseable with a clear
+/// error, and the session goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn deeply_nested_statements_are_checked_without_exhausting_the_stack() {
+    let (_pg, sluice) = start_prod();
+    let c = connect_to(&sluice, PROD).await;
+    let sum = format!("select {}1 as total", "1 + ".repeat(400));
+    let row = c.query_one(sum.as_str(), &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>("total"), 401);
+    let calls = format!("select {}-7{}", "abs(".repeat(150), ")".repeat(150));
+    let row = c.query_one(calls.as_str(), &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 7);
+
+    let too_deep = format!("select {}1", "1 + ".repeat(600));
+    let e = c.batch_execute(&too_deep).await.unwrap_err();
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "42501");
+    assert!(
+        db.message().contains("no-unparseable-in-production"),
+        "{}",
+        db.message()
+    );
+    c.batch_execute("select 1").await.unwrap();
+}
+
 /// What a client sends is logged escaped: a newline in application_name
 /// cannot forge a log line.
 #[tokio::test(flavor = "multi_thread")]

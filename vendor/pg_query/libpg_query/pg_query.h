@@ -172,8 +172,10 @@ PgQueryProtobufParseResult pg_query_parse_protobuf(const char* input);
 PgQueryProtobufParseResult pg_query_parse_protobuf_opts(const char* input, int parser_options);
 // pg_query_parse_protobuf_opts with the tree written straight as protobuf
 // bytes instead of built and encoded with upb: the same ParseResult when
-// decoded, at a fraction of the encoding's cost.
-PgQueryProtobufParseResult pg_query_parse_protobuf_direct_opts(const char* input, int parser_options);
+// decoded, at a fraction of the encoding's cost. A tree with more than
+// max_depth messages nested in each other is an error (0: the default
+// limit); *deepest, when not NULL, is set to the deepest nesting written.
+PgQueryProtobufParseResult pg_query_parse_protobuf_direct_opts(const char* input, int parser_options, int max_depth, int *deepest);
 PgQueryPlpgsqlParseResult pg_query_parse_plpgsql(const char* input);
 
 PgQueryFingerprintResult pg_query_fingerprint(const char* input);

@@ -12,9 +12,12 @@ PgQueryProtobuf pg_query_nodes_to_protobuf(const void *obj);
 
 /*
  * The same messages, written straight as bytes (see
- * pg_query_outfuncs_protobuf_direct.c); same contract.
+ * pg_query_outfuncs_protobuf_direct.c); same contract, and also throws for a
+ * tree with more than max_depth messages nested in each other (at most
+ * PG_QUERY_PROTOBUF_MAX_DEPTH; 0 for that). Sets *deepest, when not NULL,
+ * to the deepest nesting it wrote.
  */
-PgQueryProtobuf pg_query_nodes_to_protobuf_direct(const void *obj);
+PgQueryProtobuf pg_query_nodes_to_protobuf_direct(const void *obj, int max_depth, int *deepest);
 
 char *pg_query_node_to_json(const void *obj);
 char *pg_query_nodes_to_json(const void *obj);

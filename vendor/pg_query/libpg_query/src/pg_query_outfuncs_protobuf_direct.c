@@ -34,7 +34,9 @@ typedef struct ProtobufWriter
 	char	   *buf;
 	size_t		len;
 	size_t		cap;
-	int			depth;			/* messages open, as upb's encoder counts them */
+	int			depth;			/* messages open */
+	int			max_depth;		/* more is an error */
+	int			deepest;		/* the most open at once */
 } ProtobufWriter;
 
 #define WIRE_VARINT 0
@@ -154,8 +156,14 @@ _endLen(ProtobufWriter *w, size_t start)
 static inline size_t
 _beginMessage(ProtobufWriter *w, int field)
 {
-	if (unlikely(++w->depth > PG_QUERY_PROTOBUF_MAX_DEPTH))
-		elog(ERROR, "parse tree is nested too deeply to serialize to protobuf");
+	if (unlikely(++w->depth > w->deepest))
+	{
+		if (w->depth > w->max_depth)
+			ereport(ERROR,
+					(errcode(ERRCODE_STATEMENT_TOO_COMPLEX),
+					 errmsg("statement nested more than %d levels deep", w->max_depth)));
+		w->deepest = w->depth;
+	}
 	return _beginLen(w, field);
 }
 
@@ -426,7 +434,7 @@ _outNode(ProtobufWriter *out, const void *obj)
 }
 
 PgQueryProtobuf
-pg_query_nodes_to_protobuf_direct(const void *obj)
+pg_query_nodes_to_protobuf_direct(const void *obj, int max_depth, int *deepest)
 {
 	PgQueryProtobuf protobuf;
 
@@ -440,6 +448,8 @@ pg_query_nodes_to_protobuf_direct(const void *obj)
 	w.cap = 1024;
 	w.len = 0;
 	w.depth = 0;
+	w.deepest = 0;
+	w.max_depth = max_depth > 0 && max_depth < PG_QUERY_PROTOBUF_MAX_DEPTH ? max_depth : PG_QUERY_PROTOBUF_MAX_DEPTH;
 	/* malloc, not palloc: it outlives the call's memory context */
 	w.buf = malloc(w.cap);
 	if (w.buf == NULL)
@@ -473,5 +483,7 @@ pg_query_nodes_to_protobuf_direct(const void *obj)
 	protobuf.len = w.len;
 	protobuf.data = w.buf;
 	w.buf = NULL;
+	if (deepest != NULL)
+		*deepest = w.deepest;
 	return protobuf;
 }

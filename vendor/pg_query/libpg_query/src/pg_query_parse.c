@@ -184,19 +184,19 @@ PgQueryProtobufParseResult pg_query_parse_protobuf(const char* input)
 	return pg_query_parse_protobuf_opts(input, PG_QUERY_PARSE_DEFAULT);
 }
 
-static PgQueryProtobufParseResult parse_protobuf(const char* input, int parser_options, PgQueryProtobuf (*encode)(const void *));
+static PgQueryProtobufParseResult parse_protobuf(const char* input, int parser_options, bool direct, int max_depth, int *deepest);
 
 PgQueryProtobufParseResult pg_query_parse_protobuf_opts(const char* input, int parser_options)
 {
-	return parse_protobuf(input, parser_options, pg_query_nodes_to_protobuf);
+	return parse_protobuf(input, parser_options, false, 0, NULL);
 }
 
-PgQueryProtobufParseResult pg_query_parse_protobuf_direct_opts(const char* input, int parser_options)
+PgQueryProtobufParseResult pg_query_parse_protobuf_direct_opts(const char* input, int parser_options, int max_depth, int *deepest)
 {
-	return parse_protobuf(input, parser_options, pg_query_nodes_to_protobuf_direct);
+	return parse_protobuf(input, parser_options, true, max_depth, deepest);
 }
 
-static PgQueryProtobufParseResult parse_protobuf(const char* input, int parser_options, PgQueryProtobuf (*encode)(const void *))
+static PgQueryProtobufParseResult parse_protobuf(const char* input, int parser_options, bool direct, int max_depth, int *deepest)
 {
 	MemoryContext ctx = NULL;
 	PgQueryInternalParsetreeAndError parsetree_and_error;
@@ -224,7 +224,10 @@ static PgQueryProtobufParseResult parse_protobuf(const char* input, int parser_o
 	 */
 	PG_TRY();
 	{
-		result.parse_tree = encode(parsetree_and_error.tree);
+		if (direct)
+			result.parse_tree = pg_query_nodes_to_protobuf_direct(parsetree_and_error.tree, max_depth, deepest);
+		else
+			result.parse_tree = pg_query_nodes_to_protobuf(parsetree_and_error.tree);
 	}
 	PG_CATCH();
 	{
