@@ -237,19 +237,27 @@ fn convert_rows_to_blocks(conn: &mut Connection) -> Result<(), AuditError> {
 /// SQLite store.
 pub struct SqliteStore {
     conn: Connection,
-    /// Shape key → shape id, for shapes committed to this file.
-    shapes: HashMap<String, i64>,
-    /// Buffer for shape keys.
-    key_buf: String,
-    /// `chain \n template` → template id, for templates in this file.
-    templates: HashMap<String, i64>,
-    /// Buffers for a body's template key and values.
-    template_buf: String,
-    values_buf: String,
+    /// The shapes and templates of this file, as far as remembered.
+    cache: ShapeCache,
     /// Blocks searches have read (tests check that a search reads few).
     blocks_read: u64,
     /// The block the last batch left open, extended by the next batch.
     tail: Option<BlockBuilder>,
+}
+
+/// What the store remembers of the shapes and templates committed to its
+/// file, and the buffers it cuts records' bodies with.
+#[derive(Default)]
+struct ShapeCache {
+    /// Shape key → shape id.
+    shapes: HashMap<String, i64>,
+    /// Buffer for shape keys.
+    key_buf: String,
+    /// `chain \n template` → template id.
+    templates: HashMap<String, i64>,
+    /// Buffers for a body's template key and values.
+    template_buf: String,
+    values_buf: String,
     /// (Body shape number, has a SQLSTATE) → the shape and template its
     /// records were found to have ([`BatchEntry::shape`]).
     hints: HashMap<(u64, bool), Hint>,
@@ -257,11 +265,145 @@ pub struct SqliteStore {
     known_shape_records: u64,
 }
 
+/// Shapes, templates and hints found or made in a batch's transaction:
+/// remembered only once it commits.
+#[derive(Default)]
+struct NewShapes {
+    shapes: HashMap<String, i64>,
+    templates: HashMap<String, i64>,
+    hints: HashMap<(u64, bool), Hint>,
+}
+
 /// What a body shape's records are stored with.
 struct Hint {
     chain: String,
     shape: i64,
     template: i64,
+}
+
+impl ShapeCache {
+    /// The shape and template a record is stored with (`number`: its
+    /// [`BatchEntry::shape`]); with a template, its body's values are left
+    /// in `values_buf`.
+    fn shape_and_template(
+        &mut self,
+        tx: &rusqlite::Transaction<'_>,
+        r: &Record,
+        ev: Option<&EventBody>,
+        number: u64,
+        new: &mut NewShapes,
+    ) -> Result<(Option<i64>, Option<i64>), AuditError> {
+        // A record of a body shape seen before: its shape and
+        // template are known, its values are cut by hand.
+        let hint_key = match ev {
+            Some(EventBody::Statement(s)) if number != 0 => Some((number, s.sqlstate.is_some(), s)),
+            _ => None,
+        };
+        let known = hint_key.and_then(|(number, code, s)| {
+            let hint = self
+                .hints
+                .get(&(number, code))
+                .or_else(|| new.hints.get(&(number, code)))
+                .filter(|h| h.chain == r.chain)?;
+            Some((hint.shape, hint.template, s))
+        });
+        if let Some((shape, template, s)) = known {
+            self.known_shape_records += 1;
+            crate::body::cut_values(s, &mut self.values_buf);
+            return Ok((Some(shape), Some(template)));
+        }
+        self.find_or_make(tx, r, ev, hint_key, new)
+    }
+
+    /// [`Self::shape_and_template`] of a record whose body shape has no
+    /// hint yet: its shape key and template looked up (in the cache, then
+    /// the file) or stored, and a hint made for the next ones.
+    fn find_or_make(
+        &mut self,
+        tx: &rusqlite::Transaction<'_>,
+        r: &Record,
+        ev: Option<&EventBody>,
+        hint_key: Option<(u64, bool, &crate::Statement)>,
+        new: &mut NewShapes,
+    ) -> Result<(Option<i64>, Option<i64>), AuditError> {
+        let seq = seq_i(r.seq);
+        let shaped = ev.is_some_and(|ev| shape_key_into(ev, &mut self.key_buf));
+        let shape = match ev {
+            Some(ev) if shaped => Some(match self.shapes.get(self.key_buf.as_str()) {
+                Some(&shape) => shape,
+                None => shape_id(tx, ev, self.key_buf.clone(), &mut new.shapes)?,
+            }),
+            // An event of its own kind (session, admin, a statement
+            // with its literals): a shape of its own, not cached.
+            Some(ev) if r.body.is_some() => Some(shape_id(
+                tx,
+                ev,
+                format!("\u{1}{}\n{}", r.chain, r.seq),
+                &mut HashMap::default(),
+            )?),
+            _ => None,
+        };
+        let template = match (ev, r.body.as_deref()) {
+            (Some(EventBody::Statement(_)), Some(body)) => {
+                self.template_buf.clear();
+                self.template_buf.push_str(&r.chain);
+                self.template_buf.push('\n');
+                if template::split(body, &mut self.template_buf, &mut self.values_buf) {
+                    let id = match self.templates.get(self.template_buf.as_str()) {
+                        Some(&id) => id,
+                        None => template_id(
+                            tx,
+                            &self.template_buf,
+                            &r.chain,
+                            &r.environment,
+                            r.time_ms,
+                            seq,
+                            &mut new.templates,
+                        )?,
+                    };
+                    Some(id)
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        };
+        // The next records of this body shape take the fast
+        // arm above, if cutting by hand gives what was cut.
+        if let (Some((number, code, s)), Some(shape), Some(template)) = (hint_key, shape, template)
+        {
+            // The shape key is used by now: its buffer is free.
+            crate::body::cut_values(s, &mut self.key_buf);
+            if self.key_buf == self.values_buf {
+                new.hints.insert(
+                    (number, code),
+                    Hint {
+                        chain: r.chain.clone(),
+                        shape,
+                        template,
+                    },
+                );
+            }
+        }
+        Ok((shape, template))
+    }
+
+    /// Take in what a committed batch found or made; a cache that would
+    /// grow past its bound starts over.
+    fn remember(&mut self, new: NewShapes) {
+        if self.shapes.len() + new.shapes.len() > SHAPE_CACHE {
+            self.shapes.clear();
+        }
+        self.shapes.extend(new.shapes);
+        if self.templates.len() + new.templates.len() > TEMPLATE_CACHE {
+            self.templates.clear();
+        }
+        self.templates.extend(new.templates);
+        if self.hints.len() + new.hints.len() > TEMPLATE_CACHE {
+            self.hints.clear();
+        }
+        self.hints.extend(new.hints);
+    }
 }
 
 /// Shapes the cache holds at most (it starts over beyond).
@@ -1138,15 +1280,9 @@ impl SqliteStore {
         }
         Ok(SqliteStore {
             conn,
-            shapes: HashMap::default(),
-            key_buf: String::new(),
-            templates: HashMap::default(),
-            template_buf: String::new(),
-            values_buf: String::new(),
+            cache: ShapeCache::default(),
             blocks_read: 0,
             tail: None,
-            hints: HashMap::default(),
-            known_shape_records: 0,
         })
     }
 
@@ -1194,7 +1330,7 @@ impl SqliteStore {
         }
         edit(&mut all);
         self.tail = None;
-        self.hints.clear();
+        self.cache.hints.clear();
         let tx = self.conn.transaction().map_err(db)?;
         tx.execute_batch("DELETE FROM audit_blocks; DELETE FROM audit_block_keys;")
             .map_err(db)?;
@@ -1213,7 +1349,7 @@ impl SqliteStore {
     /// ([`BatchEntry::shape`]) rather than by splitting their bodies.
     #[doc(hidden)]
     pub fn records_from_known_shapes(&self) -> u64 {
-        self.known_shape_records
+        self.cache.known_shape_records
     }
 }
 
@@ -1277,12 +1413,9 @@ impl Store for SqliteStore {
 
     fn append_batch(&mut self, batch: &[BatchEntry<'_>]) -> Result<(), AuditError> {
         let parsed = super::parse_bodies(batch);
-        // Shapes found or made in this transaction; cached only once it commits.
-        let mut new_shapes: HashMap<String, i64> = HashMap::default();
-        let mut new_templates: HashMap<String, i64> = HashMap::default();
+        let mut new = NewShapes::default();
         // Templates used in this batch → the latest (time_ms, seq) using them.
         let mut used_templates: HashMap<i64, (i64, i64)> = HashMap::default();
-        let mut new_hints: HashMap<(u64, bool), Hint> = HashMap::default();
         let tx = self.conn.transaction().map_err(db)?;
         let tail;
         {
@@ -1333,105 +1466,15 @@ impl Store for SqliteStore {
                 let ev = b.event.or(p.as_ref());
                 let idx = ev.map(EventBody::index_ref).unwrap_or_default();
                 let seq = seq_i(r.seq);
-                // A record of a body shape seen before: its shape and
-                // template are known, its values are cut by hand.
-                let hint_key = match ev {
-                    Some(EventBody::Statement(s)) if b.shape != 0 => {
-                        Some((b.shape, s.sqlstate.is_some(), s))
-                    }
-                    _ => None,
-                };
-                let known = hint_key.and_then(|(number, code, s)| {
-                    let hint = self
-                        .hints
-                        .get(&(number, code))
-                        .or_else(|| new_hints.get(&(number, code)))
-                        .filter(|h| h.chain == r.chain)?;
-                    Some((hint.shape, hint.template, s))
-                });
-                let (shape, template) = match known {
-                    Some((shape, template, s)) => {
-                        self.known_shape_records += 1;
-                        crate::body::cut_values(s, &mut self.values_buf);
-                        (Some(shape), Some(template))
-                    }
-                    None => {
-                        let shaped = ev.is_some_and(|ev| shape_key_into(ev, &mut self.key_buf));
-                        let shape = match ev {
-                            Some(ev) if shaped => {
-                                Some(match self.shapes.get(self.key_buf.as_str()) {
-                                    Some(&shape) => shape,
-                                    None => {
-                                        shape_id(&tx, ev, self.key_buf.clone(), &mut new_shapes)?
-                                    }
-                                })
-                            }
-                            // An event of its own kind (session, admin, a statement
-                            // with its literals): a shape of its own, not cached.
-                            Some(ev) if r.body.is_some() => Some(shape_id(
-                                &tx,
-                                ev,
-                                format!("\u{1}{}\n{}", r.chain, r.seq),
-                                &mut HashMap::default(),
-                            )?),
-                            _ => None,
-                        };
-                        let template = match (ev, r.body.as_deref()) {
-                            (Some(EventBody::Statement(_)), Some(body)) => {
-                                self.template_buf.clear();
-                                self.template_buf.push_str(&r.chain);
-                                self.template_buf.push('\n');
-                                if template::split(
-                                    body,
-                                    &mut self.template_buf,
-                                    &mut self.values_buf,
-                                ) {
-                                    let id = match self.templates.get(self.template_buf.as_str()) {
-                                        Some(&id) => id,
-                                        None => template_id(
-                                            &tx,
-                                            &self.template_buf,
-                                            &r.chain,
-                                            &r.environment,
-                                            r.time_ms,
-                                            seq,
-                                            &mut new_templates,
-                                        )?,
-                                    };
-                                    Some(id)
-                                } else {
-                                    None
-                                }
-                            }
-                            _ => None,
-                        };
-                        // The next records of this body shape take the fast
-                        // arm above, if cutting by hand gives what was cut.
-                        if let (Some((number, code, s)), Some(shape), Some(template)) =
-                            (hint_key, shape, template)
-                        {
-                            // The shape key is used by now: its buffer is free.
-                            crate::body::cut_values(s, &mut self.key_buf);
-                            if self.key_buf == self.values_buf {
-                                new_hints.insert(
-                                    (number, code),
-                                    Hint {
-                                        chain: r.chain.clone(),
-                                        shape,
-                                        template,
-                                    },
-                                );
-                            }
-                        }
-                        (shape, template)
-                    }
-                };
+                let (shape, template) = self
+                    .cache
+                    .shape_and_template(&tx, r, ev, b.shape, &mut new)?;
                 if let Some(id) = template {
                     let last = used_templates.entry(id).or_insert((r.time_ms, seq));
                     *last = (last.0.max(r.time_ms), last.1.max(seq));
                 }
                 let body = match template {
-                    Some(_) => Some(self.values_buf.as_str()),
+                    Some(_) => Some(self.cache.values_buf.as_str()),
                     None => r.body.as_deref(),
                 };
                 if open.chain != r.chain || open.len >= block::BLOCK_MAX {
@@ -1466,18 +1509,7 @@ impl Store for SqliteStore {
         }
         tx.commit().map_err(db)?;
         self.tail = tail;
-        if self.shapes.len() + new_shapes.len() > SHAPE_CACHE {
-            self.shapes.clear();
-        }
-        self.shapes.extend(new_shapes);
-        if self.templates.len() + new_templates.len() > TEMPLATE_CACHE {
-            self.templates.clear();
-        }
-        self.templates.extend(new_templates);
-        if self.hints.len() + new_hints.len() > TEMPLATE_CACHE {
-            self.hints.clear();
-        }
-        self.hints.extend(new_hints);
+        self.cache.remember(new);
         Ok(())
     }
 
@@ -1715,8 +1747,8 @@ impl Store for SqliteStore {
             insert_block(&tx, chain, &records)?;
         }
         tx.execute_batch(SHAPES_GC).map_err(db)?;
-        self.shapes.clear();
-        self.hints.clear();
+        self.cache.shapes.clear();
+        self.cache.hints.clear();
         // Every event using such a template matched: the template records
         // the latest time and seq that used it.
         tx.execute(
@@ -1725,7 +1757,7 @@ impl Store for SqliteStore {
             params![chain, environment, before_ms, seq_i(max_seq)],
         )
         .map_err(db)?;
-        self.templates.clear();
+        self.cache.templates.clear();
         tx.commit().map_err(db)?;
         Ok(n)
     }
@@ -1841,8 +1873,8 @@ impl Store for SqliteStore {
             insert_block(&tx, chain, &kept)?;
         }
         tx.execute_batch(SHAPES_GC).map_err(db)?;
-        self.shapes.clear();
-        self.hints.clear();
+        self.cache.shapes.clear();
+        self.cache.hints.clear();
         tx.execute(
             "DELETE FROM audit_checkpoints WHERE chain = ?1 AND (seq < ?2 OR (seq = ?2 AND reason <> 'cut'))",
             params![chain, seq_i(seq)],
