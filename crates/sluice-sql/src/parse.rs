@@ -8,7 +8,7 @@
 //! The tree comes from `pg_query_parse_protobuf_direct_opts`, a function
 //! of the vendored libpg_query (vendor/README.md) that writes the protobuf
 //! bytes in one pass; `pg_query::parse` builds the messages with upb and
-//! encodes them, about a third of the parse. Both decode to the same tree
+//! encodes them, about 40 % of the C call. Both decode to the same tree
 //! (tested below).
 
 use std::ffi::{c_char, c_int, CStr, CString};
@@ -95,51 +95,52 @@ pub(crate) fn with_parse_tree<R>(
         CString::new(sql).map_err(|e| ParseError(format!("Invalid statement format: {e}")))?;
     let mut deepest: c_int = 0;
     // SAFETY: `input` is a NUL-terminated string that outlives the call and
-    // `deepest` a valid int; the function only reads the one, writes the
-    // other, and returns a result it allocated, which is freed exactly once
-    // below, after its last use. `error`, when not null, points to a
-    // PgQueryError whose `message` is a NUL-terminated string; otherwise
-    // `parse_tree.data` points to `parse_tree.len` initialized bytes
-    // (libpg_query's contract, as `pg_query::parse` relies on it too). Both
-    // are only read before the result is freed, and the decoded tree owns
-    // its own memory.
-    unsafe {
-        let result = pg_query_parse_protobuf_direct_opts(
-            input.as_ptr(),
-            options.bits(),
-            MAX_DEPTH,
-            &mut deepest,
-        );
-        let out = if !result.error.is_null() {
-            let message = CStr::from_ptr((*result.error).message).to_string_lossy();
-            Err(ParseError(format!("Invalid statement: {message}")))
+    // `deepest` a valid int; the function only reads the one and writes the
+    // other. It returns a result it allocated, freed once below.
+    let result = unsafe {
+        pg_query_parse_protobuf_direct_opts(input.as_ptr(), options.bits(), MAX_DEPTH, &mut deepest)
+    };
+    let out = if !result.error.is_null() {
+        // SAFETY: a non-null `error` points to a PgQueryError whose
+        // `message` is a NUL-terminated string (libpg_query's contract),
+        // read here before the result is freed.
+        let message = unsafe { CStr::from_ptr((*result.error).message) }.to_string_lossy();
+        Err(ParseError(format!("Invalid statement: {message}")))
+    } else {
+        // An empty tree (a text of only comments) may come without a
+        // buffer: no slice from a null pointer.
+        let data: &[u8] = if result.parse_tree.len == 0 || result.parse_tree.data.is_null() {
+            &[]
         } else {
-            // An empty tree (a text of only comments) may come without a
-            // buffer: no slice from a null pointer.
-            let data: &[u8] = if result.parse_tree.len == 0 || result.parse_tree.data.is_null() {
-                &[]
-            } else {
+            // SAFETY: without an error, `parse_tree.data` points to
+            // `parse_tree.len` initialized bytes (libpg_query's contract,
+            // as `pg_query::parse` relies on it too), which stay valid
+            // until the result is freed below, after the last use of
+            // `data`; the decoded tree owns its own memory.
+            unsafe {
                 std::slice::from_raw_parts(
                     result.parse_tree.data as *const u8,
                     result.parse_tree.len,
                 )
-            };
-            let read = || {
-                ParseResult::decode(data)
-                    .map(|tree| f(&tree))
-                    .map_err(|e| ParseError(format!("Error decoding result: {e}")))
-            };
-            let depth = usize::try_from(deepest).unwrap_or(usize::MAX);
-            if depth <= INLINE_DEPTH {
-                read()
-            } else {
-                let depth = depth.min(MAX_DEPTH as usize);
-                stacker::grow((depth + 64) * STACK_PER_MESSAGE, read)
             }
         };
-        pg_query_free_protobuf_parse_result(result);
-        out
-    }
+        let read = || {
+            ParseResult::decode(data)
+                .map(|tree| f(&tree))
+                .map_err(|e| ParseError(format!("Error decoding result: {e}")))
+        };
+        let depth = usize::try_from(deepest).unwrap_or(usize::MAX);
+        if depth <= INLINE_DEPTH {
+            read()
+        } else {
+            let depth = depth.min(MAX_DEPTH as usize);
+            stacker::grow((depth + 64) * STACK_PER_MESSAGE, read)
+        }
+    };
+    // SAFETY: the result came from the call above and is freed once; no
+    // pointer into it is used after this.
+    unsafe { pg_query_free_protobuf_parse_result(result) };
+    out
 }
 
 #[cfg(test)]
