@@ -69,20 +69,24 @@ _reserve(ProtobufWriter *w, size_t need)
 		_grow(w, need);
 }
 
-static inline void
-_putVarint(ProtobufWriter *w, uint64_t v)
+/* Writes v as a varint at p (at most 10 bytes); returns the end. */
+static inline char *
+_varint(char *p, uint64_t v)
 {
-	char	   *p;
-
-	_reserve(w, 10);
-	p = w->buf + w->len;
 	while (v >= 0x80)
 	{
 		*p++ = (char) (v | 0x80);
 		v >>= 7;
 	}
 	*p++ = (char) v;
-	w->len = p - w->buf;
+	return p;
+}
+
+static inline void
+_putVarint(ProtobufWriter *w, uint64_t v)
+{
+	_reserve(w, 10);
+	w->len = _varint(w->buf + w->len, v) - w->buf;
 }
 
 static inline void
@@ -115,15 +119,8 @@ static void
 _endLenLong(ProtobufWriter *w, size_t start, size_t size)
 {
 	char		len[10];
-	int			n = 0;
-	uint64_t	v = size;
+	size_t		n = _varint(len, size) - len;
 
-	while (v >= 0x80)
-	{
-		len[n++] = (char) (v | 0x80);
-		v >>= 7;
-	}
-	len[n++] = (char) v;
 	_reserve(w, n - LEN_BYTES);
 	memmove(w->buf + start + (n - LEN_BYTES), w->buf + start, size);
 	memcpy(w->buf + start - LEN_BYTES, len, n);
