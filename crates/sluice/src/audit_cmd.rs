@@ -652,7 +652,13 @@ pub fn usage(args: UsageArgs) -> ExitCode {
                         r.reads.to_string(),
                         r.writes.to_string(),
                         r.rows.to_string(),
-                        r.bytes.to_string(),
+                        // Bytes are a table's: a result is not split
+                        // between the columns it reads.
+                        if r.column.is_empty() {
+                            r.bytes.to_string()
+                        } else {
+                            "-".into()
+                        },
                         r.first_seen.clone(),
                         r.last_seen.clone(),
                     ]

@@ -252,9 +252,27 @@ fn usage_and_lineage() {
     assert_eq!(rows[0]["masked"], true);
     assert_eq!(rows[0]["reads"], 20);
 
-    let o = sluice(&["usage", "--data-dir", d, "--table", "users"]);
-    assert!(o.status.success());
-    assert!(stdout(&o).starts_with("PRINCIPAL"), "{}", stdout(&o));
+    // BYTES (the 11th column) is a table's: column rows show `-`.
+    let bytes_of = |args: &[&str]| -> Vec<String> {
+        let o = sluice(args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let text = stdout(&o);
+        assert!(text.starts_with("PRINCIPAL"), "{text}");
+        text.lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().nth(10).unwrap_or_default().to_owned())
+            .collect()
+    };
+    let table = bytes_of(&["usage", "--data-dir", d, "--table", "users"]);
+    assert!(
+        table.iter().all(|b| b.parse::<u64>().is_ok()) && table.contains(&"600".to_owned()),
+        "{table:?}"
+    );
+    let column = bytes_of(&["usage", "--data-dir", d, "--column", "users.email"]);
+    assert!(
+        !column.is_empty() && column.iter().all(|b| b == "-"),
+        "{column:?}"
+    );
 
     let o = sluice(&[
         "usage",
