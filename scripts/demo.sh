@@ -192,7 +192,7 @@ for _ in $(seq 1 50); do
   sleep 0.1
 done
 echo "\$ sluice audit search --data-dir $data --principal alice --limit 12"
-"$sluice" audit search --data-dir "$data" --principal alice --limit 12 | cut -c1-160 | sed 's/^/  /'
+"$sluice" audit search --data-dir "$data" --principal alice --limit 12 2>&1 | cut -c1-160 | sed 's/^/  /'
 echo "\$ sluice usage --data-dir $data --column customers.email"
 "$sluice" usage --data-dir "$data" --column customers.email | sed 's/^/  /'
 echo "\$ sluice audit verify --data-dir $data"

@@ -383,14 +383,20 @@ fn verify(source: &StoreArgs, key_file: Option<&Path>, format: Fmt) -> ExitCode 
                         c.from_spool
                     ));
                 }
+                let checkpoints = match c.checkpoints {
+                    0 => "no signed checkpoint yet".to_owned(),
+                    1 => format!("1 signed checkpoint (at seq {})", c.last_checkpoint_seq),
+                    n => format!(
+                        "{n} signed checkpoints (last at seq {})",
+                        c.last_checkpoint_seq
+                    ),
+                };
                 println!(
-                    "  chain {}: seq {}..{}, {} records, {} checkpoints (last at seq {}){}",
+                    "  chain {}: seq {}..{}, {} records, {checkpoints}{}",
                     c.chain,
                     c.first_seq,
                     c.head_seq,
                     c.records,
-                    c.checkpoints,
-                    c.last_checkpoint_seq,
                     if extra.is_empty() {
                         String::new()
                     } else {

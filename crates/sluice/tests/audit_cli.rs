@@ -108,6 +108,12 @@ fn verify_passes_then_names_the_tampered_record() {
         stdout(&o)
     );
     assert!(stdout(&o).contains("22 records"), "{}", stdout(&o));
+    // Every 5 records (the test config) and at shutdown.
+    assert!(
+        stdout(&o).contains("5 signed checkpoints (last at seq 22)"),
+        "{}",
+        stdout(&o)
+    );
 
     let o = sluice(&["audit", "verify", "--data-dir", d, "--format", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
