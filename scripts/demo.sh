@@ -197,6 +197,9 @@ echo "\$ sluice usage --data-dir $data --column customers.email"
 "$sluice" usage --data-dir "$data" --column customers.email | sed 's/^/  /'
 echo "\$ sluice audit verify --data-dir $data"
 "$sluice" audit verify --data-dir "$data" | sed 's/^/  /'
+echo "-- the same check without Sluice's binary, from a dump and the key file (see docs/audit.md)"
+echo "\$ sluice audit dump --data-dir $data | python3 tools/verify_trail.py --key-file $data/audit/initial.key -"
+"$sluice" audit dump --data-dir "$data" | python3 tools/verify_trail.py --key-file "$data/audit/initial.key" - 2>&1 | sed 's/^/  /'
 
 say "compliance evidence for auditors (SOC 2 CC6/CC7, NIST AC/AU): sluice evidence"
 echo "\$ sluice evidence --data-dir $data --from 1h   # markdown; also --format html|json"

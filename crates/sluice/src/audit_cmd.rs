@@ -224,6 +224,19 @@ pub enum AuditCommand {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Write the chains as stored (signed checkpoints, then records with
+    /// digest, MAC and exact body) as JSON Lines, for a verifier other
+    /// than Sluice's: `tools/verify_trail.py` checks them with the key file.
+    Dump {
+        #[command(flatten)]
+        source: StoreArgs,
+        /// Only this chain (default: every chain in the store).
+        #[arg(long)]
+        chain: Option<String>,
+        /// Write here instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
 }
 
 /// `sluice usage …`.
@@ -304,6 +317,63 @@ pub fn audit(cmd: AuditCommand) -> ExitCode {
             format,
             output,
         } => export_cmd(&source, &filters, format, output.as_deref()),
+        AuditCommand::Dump {
+            source,
+            chain,
+            output,
+        } => dump_cmd(&source, chain.as_deref(), output.as_deref()),
+    }
+}
+
+fn dump_cmd(source: &StoreArgs, chain: Option<&str>, output: Option<&Path>) -> ExitCode {
+    let mut store = match source.open() {
+        Ok(s) => s,
+        Err(e) => return error("audit dump", e),
+    };
+    let on = std::io::stderr().is_terminal();
+    // The chains' heads: their record counts unless retention cut them.
+    let total = if on {
+        store
+            .chains()
+            .unwrap_or_default()
+            .iter()
+            .filter(|c| chain.is_none_or(|only| only == c.chain))
+            .filter_map(|c| store.head(&c.chain).ok().flatten())
+            .map(|(seq, _)| seq)
+            .sum()
+    } else {
+        0
+    };
+    let progress = Progress { total, on };
+    let mut out: Box<dyn Write> = match output {
+        Some(p) => match std::fs::File::create(p) {
+            Ok(f) => Box::new(std::io::BufWriter::new(f)),
+            Err(e) => return error("audit dump", format!("{}: {e}", p.display())),
+        },
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let r = sluice_audit::export::dump_chains(store.as_mut(), chain, &mut out, &mut |n| {
+        progress.draw(n)
+    });
+    progress.done();
+    match r {
+        Ok(d) if d.chains == 0 => error(
+            "audit dump",
+            match chain {
+                Some(c) => format!("the store has no chain {c}"),
+                None => "the store has no chain".to_owned(),
+            },
+        ),
+        Ok(d) => {
+            if output.is_some() {
+                eprintln!(
+                    "dumped {} records and {} checkpoints of {} chain(s)",
+                    d.records, d.checkpoints, d.chains
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => error("audit dump", e),
     }
 }
 

@@ -308,3 +308,238 @@ fn usage_and_lineage() {
         stdout(&o)
     );
 }
+
+/// `sluice audit dump` gives what a verifier other than Sluice needs, and
+/// `tools/verify_trail.py` (Python's standard library and `cryptography`)
+/// proves the trail intact, then names each kind of tampering.
+#[test]
+fn a_dump_verifies_without_sluice_and_names_tampering() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path());
+    let d = dir.path().to_str().unwrap();
+    let dump = dir.path().join("trail.jsonl");
+    let o = sluice(&[
+        "audit",
+        "dump",
+        "--data-dir",
+        d,
+        "--output",
+        dump.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("dumped 22 records and 5 checkpoints of 1 chain(s)"),
+        "{}",
+        stderr(&o)
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&dump)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let key_file = dir.path().join("audit/initial.key");
+    let check = |lines: &[serde_json::Value]| -> (Option<i32>, String) {
+        let path = dir.path().join("changed.jsonl");
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(&path, text).unwrap();
+        let o = Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../tools/verify_trail.py"
+            ))
+            .args(["--require-signatures", "--key-file"])
+            .args([&key_file, &path])
+            .output()
+            .expect("run python3");
+        (o.status.code(), format!("{}{}", stdout(&o), stderr(&o)))
+    };
+    let (code, out) = check(&lines);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("audit trail intact: 1 chain(s)"), "{out}");
+    assert!(out.contains("seq 1..22, 22 records"), "{out}");
+
+    let record = |seq: u64| {
+        lines
+            .iter()
+            .position(|l| l["type"] == "record" && l["seq"] == seq)
+            .unwrap()
+    };
+    let sha256 = |s: &str| sluice_audit::util::hex(&sluice_audit::chain::sha256(s.as_bytes()));
+    type Change<'a> = Box<dyn Fn(&mut Vec<serde_json::Value>) + 'a>;
+    let cases: Vec<(&str, Change, &[&str])> = vec![
+        (
+            "a changed body",
+            Box::new(|l| {
+                let body = l[record(4)]["body"]
+                    .as_str()
+                    .unwrap()
+                    .replace("alice", "mallory");
+                l[record(4)]["body"] = body.into();
+            }),
+            &["seq 4 (ulid", "body changed (digest mismatch)"],
+        ),
+        (
+            "a changed body with its digest recomputed",
+            Box::new(move |l| {
+                let body = l[record(4)]["body"]
+                    .as_str()
+                    .unwrap()
+                    .replace("alice", "mallory");
+                l[record(4)]["digest"] = sha256(&body).into();
+                l[record(4)]["body"] = body.into();
+            }),
+            &["seq 4 (ulid", "MAC mismatch"],
+        ),
+        (
+            "a deleted record",
+            Box::new(|l| {
+                l.remove(record(7));
+            }),
+            &["seq 7: record 7 is missing (deleted)"],
+        ),
+        (
+            "two records swapped (their seq kept)",
+            Box::new(|l| {
+                let (a, b) = (record(3), record(4));
+                let (ra, rb) = (l[a].clone(), l[b].clone());
+                l[a] = rb;
+                l[a]["seq"] = 3.into();
+                l[b] = ra;
+                l[b]["seq"] = 4.into();
+            }),
+            &["seq 3 (ulid", "MAC mismatch"],
+        ),
+        (
+            "a record inserted (later ones renumbered)",
+            Box::new(move |l| {
+                let at = record(6);
+                for x in l.iter_mut().filter(|x| x["type"] == "record") {
+                    let seq = x["seq"].as_u64().unwrap();
+                    if seq >= 6 {
+                        x["seq"] = (seq + 1).into();
+                    }
+                }
+                let mut forged = l[record(5)].clone();
+                let body = forged["body"].as_str().unwrap().replace("alice", "mallory");
+                forged["digest"] = sha256(&body).into();
+                forged["body"] = body.into();
+                forged["seq"] = 6.into();
+                l.insert(at, forged);
+            }),
+            &["seq 6 (ulid", "MAC mismatch"],
+        ),
+        (
+            "the tail cut",
+            Box::new(|l| {
+                l.remove(record(22));
+            }),
+            &["a signed checkpoint covers seq 22 but the trail ends at seq 21"],
+        ),
+        (
+            "a checkpoint changed",
+            Box::new(|l| {
+                let c = l.iter().position(|x| x["type"] == "checkpoint").unwrap();
+                l[c]["time_ms"] = 0.into();
+            }),
+            &["count checkpoint: bad signature"],
+        ),
+    ];
+    for (what, change, says) in cases {
+        let mut changed = lines.clone();
+        change(&mut changed);
+        let (code, out) = check(&changed);
+        assert_eq!(code, Some(1), "{what}: {out}");
+        for says in says {
+            assert!(out.contains(says), "{what}: expected {says:?} in {out}");
+        }
+    }
+
+    // Only the chain asked for, and a clear error for an unknown one.
+    let o = sluice(&["audit", "dump", "--data-dir", d, "--chain", "nope"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("the store has no chain nope"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// After retention removed bodies and cut a prefix of the chain, the
+/// standalone verifier agrees with `sluice audit verify`.
+#[test]
+fn a_dump_after_retention_verifies_without_sluice() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = AuditConfig {
+        checkpoint_every: 5,
+        retention: [("development".to_string(), "30d".to_string())].into(),
+        ..AuditConfig::default()
+    };
+    let w = AuditWriter::start(&cfg, dir.path()).unwrap();
+    // Development first (a prefix that retention can cut), then
+    // production mixed with development (bodies removed, records kept).
+    for env in ["development"; 6]
+        .into_iter()
+        .chain(["production", "development"].into_iter().cycle().take(8))
+    {
+        w.sink()
+            .record(EventBody::Statement(Statement {
+                principal: who("alice", "human", None).into(),
+                target: "app".into(),
+                environment: env.into(),
+                normalized: "SELECT 1".into(),
+                kind: "select".into(),
+                ..Statement::default()
+            }))
+            .unwrap();
+    }
+    w.sink()
+        .flush_blocking(true, Duration::from_secs(30))
+        .unwrap();
+    let day = 86_400_000;
+    let r = w
+        .apply_retention(
+            sluice_audit::util::now_ms() + 31 * day,
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    assert_eq!(r.cut, Some(6), "{r:?}");
+    w.shutdown().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let o = sluice(&["audit", "verify", "--data-dir", d]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ours = stdout(&o);
+    assert!(ours.contains("4 bodies removed by retention"), "{ours}");
+    assert!(
+        ours.contains("records up to 6 deleted by retention"),
+        "{ours}"
+    );
+
+    let dump = dir.path().join("trail.jsonl");
+    let o = sluice(&[
+        "audit",
+        "dump",
+        "--data-dir",
+        d,
+        "-o",
+        dump.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tools/verify_trail.py"
+        ))
+        .arg("--require-signatures")
+        .arg("--key-file")
+        .arg(dir.path().join("audit/initial.key"))
+        .arg(&dump)
+        .output()
+        .expect("run python3");
+    let theirs = format!("{}{}", stdout(&o), stderr(&o));
+    assert_eq!(o.status.code(), Some(0), "{theirs}");
+    // Records 7..14 and the retention event after them.
+    assert!(
+        theirs.contains("seq 7..15, 9 records; 4 bodies removed by retention; records up to 6 deleted by retention"),
+        "{theirs}\nsluice audit verify said:\n{ours}"
+    );
+}
