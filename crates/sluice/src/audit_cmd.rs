@@ -345,12 +345,9 @@ fn dump_cmd(source: &StoreArgs, chain: Option<&str>, output: Option<&Path>) -> E
         0
     };
     let progress = Progress { total, on };
-    let mut out: Box<dyn Write> = match output {
-        Some(p) => match std::fs::File::create(p) {
-            Ok(f) => Box::new(std::io::BufWriter::new(f)),
-            Err(e) => return error("audit dump", format!("{}: {e}", p.display())),
-        },
-        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    let mut out = match output_to(output) {
+        Ok(out) => out,
+        Err(e) => return error("audit dump", e),
     };
     let r = sluice_audit::export::dump_chains(store.as_mut(), chain, &mut out, &mut |n| {
         progress.draw(n)
@@ -590,6 +587,16 @@ fn search(
 }
 
 /// A progress bar on stderr, drawn only when stderr is a terminal.
+/// A buffered writer to `output`, or to standard output.
+fn output_to(output: Option<&Path>) -> Result<Box<dyn Write>, String> {
+    Ok(match output {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    })
+}
+
 struct Progress {
     total: u64,
     on: bool,
@@ -638,12 +645,9 @@ fn export_cmd(
     let on = std::io::stderr().is_terminal();
     let total = if on { store.count(&q).unwrap_or(0) } else { 0 };
     let progress = Progress { total, on };
-    let mut out: Box<dyn Write> = match output {
-        Some(p) => match std::fs::File::create(p) {
-            Ok(f) => Box::new(std::io::BufWriter::new(f)),
-            Err(e) => return error("audit export", format!("{}: {e}", p.display())),
-        },
-        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    let mut out = match output_to(output) {
+        Ok(out) => out,
+        Err(e) => return error("audit export", e),
     };
     let fmt = match format {
         ExportFmt::Jsonl => Format::JsonLines,

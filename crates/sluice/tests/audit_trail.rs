@@ -378,4 +378,45 @@ async fn a_killed_sluice_loses_nothing_spooled_and_its_chain_goes_on_in_a_postgr
         n >= 101,
         "the 100 spooled inserts and the one after the restart: {n}"
     );
+
+    // The PostgreSQL store's chain, dumped, verifies without Sluice too.
+    let o = std::process::Command::new(bin())
+        .args([
+            "audit",
+            "dump",
+            "--store",
+            &store,
+            "--password-env",
+            "TARGET_PW",
+        ])
+        .env("TARGET_PW", sluice_testkit::SCRAM_PASSWORD)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut py = std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tools/verify_trail.py"
+        ))
+        .args([
+            "--require-signatures",
+            "--key-file",
+            key.to_str().unwrap(),
+            "-",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    py.stdin.take().unwrap().write_all(&o.stdout).unwrap();
+    let v = py.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
+    assert!(v.status.success(), "{said}");
+    assert!(said.contains("audit trail intact: 1 chain(s)"), "{said}");
 }
