@@ -106,7 +106,8 @@ def signature_checker(require):
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     except ImportError:
         if require:
-            raise SystemExit("verify_trail: --require-signatures needs the 'cryptography' package")
+            print("verify_trail: --require-signatures needs the 'cryptography' package", file=sys.stderr)
+            raise SystemExit(2)
         return None
 
     def check(public, c):
