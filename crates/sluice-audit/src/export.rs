@@ -55,6 +55,14 @@ pub fn csv_line(r: &SearchRow) -> String {
     .join(",")
 }
 
+/// A write error on `what` (the output is a stream, not a known path).
+fn output_error(what: &'static str) -> impl Fn(std::io::Error) -> AuditError + Copy {
+    move |source| AuditError::Io {
+        path: what.into(),
+        source,
+    }
+}
+
 /// Write every event matching `query` (its `limit` and `cursor` are
 /// ignored), newest first, calling `progress` with the count so far after
 /// each page. Returns the count.
@@ -65,10 +73,7 @@ pub fn export(
     out: &mut dyn Write,
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64, AuditError> {
-    let io = |e: std::io::Error| AuditError::Io {
-        path: "export output".into(),
-        source: e,
-    };
+    let io = output_error("export output");
     let mut q = query.clone();
     q.limit = 1000;
     q.cursor = None;
@@ -129,10 +134,7 @@ pub fn dump_chains(
     out: &mut dyn Write,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Dumped, AuditError> {
-    let io = |e: std::io::Error| AuditError::Io {
-        path: "dump output".into(),
-        source: e,
-    };
+    let io = output_error("dump output");
     let line = |l: DumpLine<'_>, out: &mut dyn Write| -> Result<(), AuditError> {
         serde_json::to_writer(&mut *out, &l)?;
         out.write_all(b"\n").map_err(io)

@@ -309,6 +309,21 @@ fn usage_and_lineage() {
     );
 }
 
+/// `tools/verify_trail.py --require-signatures` on a dump: exit status and
+/// what it printed.
+fn verify_trail(key_file: &Path, dump: &Path) -> (Option<i32>, String) {
+    let o = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tools/verify_trail.py"
+        ))
+        .args(["--require-signatures", "--key-file"])
+        .args([key_file, dump])
+        .output()
+        .expect("run python3");
+    (o.status.code(), format!("{}{}", stdout(&o), stderr(&o)))
+}
+
 /// `sluice audit dump` gives what a verifier other than Sluice needs, and
 /// `tools/verify_trail.py` (Python's standard library and `cryptography`)
 /// proves the trail intact, then names each kind of tampering.
@@ -342,16 +357,7 @@ fn a_dump_verifies_without_sluice_and_names_tampering() {
         let path = dir.path().join("changed.jsonl");
         let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
         std::fs::write(&path, text).unwrap();
-        let o = Command::new("python3")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../tools/verify_trail.py"
-            ))
-            .args(["--require-signatures", "--key-file"])
-            .args([&key_file, &path])
-            .output()
-            .expect("run python3");
-        (o.status.code(), format!("{}{}", stdout(&o), stderr(&o)))
+        verify_trail(&key_file, &path)
     };
     let (code, out) = check(&lines);
     assert_eq!(code, Some(0), "{out}");
@@ -524,19 +530,8 @@ fn a_dump_after_retention_verifies_without_sluice() {
         dump.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../tools/verify_trail.py"
-        ))
-        .arg("--require-signatures")
-        .arg("--key-file")
-        .arg(dir.path().join("audit/initial.key"))
-        .arg(&dump)
-        .output()
-        .expect("run python3");
-    let theirs = format!("{}{}", stdout(&o), stderr(&o));
-    assert_eq!(o.status.code(), Some(0), "{theirs}");
+    let (code, theirs) = verify_trail(&dir.path().join("audit/initial.key"), &dump);
+    assert_eq!(code, Some(0), "{theirs}");
     // Records 7..14 and the retention event after them.
     assert!(
         theirs.contains("seq 7..15, 9 records; 4 bodies removed by retention; records up to 6 deleted by retention"),
