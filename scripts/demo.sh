@@ -186,9 +186,10 @@ grep -E "session (started|ended)|authentication failed|statement refused" "$work
 
 say "the audit trail: who did what, what policy decided, what was masked"
 data="$work/data"
-# Events are written asynchronously; wait until the last statement is in.
+# Events are written asynchronously; wait until the last one (the refused
+# sign-in) is in the store.
 for _ in $(seq 1 50); do
-  [ "$("$sluice" audit search --data-dir "$data" --principal alice --kind session.end --format json 2>/dev/null | grep -c '"code": *"session.end"')" -ge 1 ] && break
+  [ "$("$sluice" audit search --data-dir "$data" --principal alice --kind auth.failure --format json 2>/dev/null | grep -c '"code": *"auth.failure"')" -ge 1 ] && break
   sleep 0.1
 done
 echo "\$ sluice audit search --data-dir $data --principal alice --limit 12"
