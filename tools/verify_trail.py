@@ -38,40 +38,35 @@ class Bad(Exception):
         super().__init__(f"chain {chain} seq {seq}" + (f" (ulid {ulid})" if ulid else "") + f": {what}")
 
 
-def field(b):
-    return struct.pack(">I", len(b)) + b
+def canonical(*fields):
+    """Each field as a big-endian u32 length and its bytes."""
+    return b"".join(struct.pack(">I", len(b)) + b for b in fields)
 
 
 def canonical_record(r):
-    return b"".join(
-        field(x)
-        for x in (
-            b"sluice-audit-record-v1",
-            r["chain"].encode(),
-            struct.pack(">Q", r["seq"]),
-            r["ulid"].encode(),
-            struct.pack(">q", r["time_ms"]),
-            r["code"].encode(),
-            r["environment"].encode(),
-            bytes.fromhex(r["digest"]),
-        )
+    return canonical(
+        b"sluice-audit-record-v1",
+        r["chain"].encode(),
+        struct.pack(">Q", r["seq"]),
+        r["ulid"].encode(),
+        struct.pack(">q", r["time_ms"]),
+        r["code"].encode(),
+        r["environment"].encode(),
+        bytes.fromhex(r["digest"]),
     )
 
 
 def canonical_checkpoint(c):
     before = c.get("before_ms")
-    return b"".join(
-        field(x)
-        for x in (
-            b"sluice-audit-checkpoint-v1",
-            c["chain"].encode(),
-            struct.pack(">Q", c["seq"]),
-            bytes.fromhex(c["mac"]),
-            struct.pack(">q", c["time_ms"]),
-            c["reason"].encode(),
-            (c.get("environment") or "").encode(),
-            struct.pack(">q", I64_MIN if before is None else before),
-        )
+    return canonical(
+        b"sluice-audit-checkpoint-v1",
+        c["chain"].encode(),
+        struct.pack(">Q", c["seq"]),
+        bytes.fromhex(c["mac"]),
+        struct.pack(">q", c["time_ms"]),
+        c["reason"].encode(),
+        (c.get("environment") or "").encode(),
+        struct.pack(">q", I64_MIN if before is None else before),
     )
 
 
